@@ -1,0 +1,143 @@
+# Capture readers: MITM text logs, pcap and pcapng, detected from content, not file names.
+#
+# ``read_capture`` loads a file, sniffs its format from the first bytes and hands it to the
+# matching reader; every reader returns a CaptureResult of flows and findings, with every
+# payload byte accounted for (``accounting_errors`` checks that).
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from replay.capture.model import (
+    CLOUD,
+    DEVICE,
+    CaptureResult,
+    Finding,
+    Flow,
+    FlowBuilder,
+    FlowPacket,
+    Sender,
+)
+from replay.capture.text import looks_like_text, read_text
+from replay.errors import CaptureError
+
+__all__ = [
+    "CLOUD",
+    "DEFAULT_CLOUD_PORTS",
+    "DEVICE",
+    "CaptureResult",
+    "Finding",
+    "Flow",
+    "FlowBuilder",
+    "FlowPacket",
+    "Sender",
+    "accounting_errors",
+    "detect_format",
+    "read_capture",
+    "read_captures",
+]
+
+DEFAULT_CLOUD_PORTS = (23779, 23778)
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",
+}
+_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+_MSGPACK_HINT = b"cyncsim-model"
+
+Progress = Callable[[int, int], None]
+
+
+def detect_format(head: bytes) -> str:
+    """``pcap``, ``pcapng``, ``text``, ``model`` or ``unknown`` from a file's first bytes."""
+    if head[:4] in _PCAP_MAGICS:
+        return "pcap"
+    if head[:4] == _PCAPNG_MAGIC:
+        return "pcapng"
+    if _MSGPACK_HINT in head[:64]:
+        return "model"
+    if looks_like_text(head):
+        return "text"
+    return "unknown"
+
+
+def load_bytes(path: str | Path) -> bytes:
+    """Read a whole file, turning OS errors into one clear CaptureError."""
+    p = str(path)
+    try:
+        return Path(p).read_bytes()
+    except FileNotFoundError:
+        raise CaptureError(p, "no such file", reason="not_found") from None
+    except IsADirectoryError:
+        raise CaptureError(p, "is a directory, not a capture file", reason="unreadable") from None
+    except OSError as exc:
+        raise CaptureError(p, f"cannot read: {exc.strerror}", reason="unreadable") from None
+
+
+def read_capture(
+    path: str | Path,
+    *,
+    cloud_ports: tuple[int, ...] = DEFAULT_CLOUD_PORTS,
+    progress: Progress | None = None,
+) -> CaptureResult:
+    """Read one capture file of any supported format."""
+    p = str(path)
+    data = load_bytes(p)
+    fmt = detect_format(data[:256])
+    if fmt == "text":
+        return read_text(p, data, progress=progress)
+    if fmt in ("pcap", "pcapng"):
+        from replay.capture.pcap import read_pcap
+
+        return read_pcap(p, data, cloud_ports=cloud_ports, progress=progress)
+    if fmt == "model":
+        raise CaptureError(p, "is a cyncsim model file, not a capture", reason="not_a_capture")
+    if not data:
+        raise CaptureError(p, "file is empty", reason="unknown_format")
+    raise CaptureError(
+        p,
+        f"unknown format (first bytes {data[:8].hex(' ')}): expected pcap, pcapng or a MITM "
+        "text log",
+        reason="unknown_format",
+    )
+
+
+def read_captures(
+    paths: Iterable[str | Path],
+    *,
+    cloud_ports: tuple[int, ...] = DEFAULT_CLOUD_PORTS,
+    progress: Progress | None = None,
+) -> CaptureResult:
+    result = CaptureResult()
+    for p in paths:
+        result.extend(read_capture(p, cloud_ports=cloud_ports, progress=progress))
+    return result
+
+
+def accounting_errors(result: CaptureResult) -> list[str]:
+    """Flows and directions whose payload bytes are not all in packets or findings.
+
+    Packets flagged as defective are still packets (their ``defect:`` findings are flags, not
+    extra bytes); ``gap`` findings count bytes that were never captured, so they are left out.
+    """
+    covered: dict[tuple[str, str], int] = {}
+    for flow in result.flows:
+        for fp in flow.packets:
+            key = (flow.id, fp.sender)
+            covered[key] = covered.get(key, 0) + len(fp.packet)
+    for f in result.findings:
+        if f.sender is None or f.reason == "gap" or f.reason.startswith("defect:"):
+            continue
+        if f.reason in ("not_tcp", "ip_fragment", "bad_record", "truncated_file"):
+            continue
+        key = (f.flow, f.sender)
+        covered[key] = covered.get(key, 0) + f.length
+    errors = []
+    for flow in result.flows:
+        for sender, seen in flow.bytes_seen.items():
+            got = covered.get((flow.id, sender), 0)
+            if got != seen:
+                errors.append(f"{flow.id} {sender}: {seen} bytes seen, {got} accounted")
+    return errors

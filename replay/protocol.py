@@ -1,0 +1,369 @@
+# Cync packet codec: outer header, ID prefix, inner 0x7E frame, checksum, encode/decode.
+#
+# Strategy: every wire layout is declared once below as a struct.Struct plus a table from
+# packet type to decoder class.  A decoded packet keeps every byte it was made from in typed
+# fields (including a stored checksum and the marker bytes), so ``encode()`` rebuilds the
+# exact input; encoders that build a packet from fields leave ``checksum=None`` and get it
+# computed.  There is no byte escaping (PROTOCOL.md section 7.3): frame boundaries come only
+# from the outer length, and the inner frame sits at fixed offsets (packet byte 12).
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import ClassVar
+
+from replay.errors import PacketDecodeError
+
+__all__ = [
+    "FRAME_MARKER",
+    "HEADER",
+    "HEADER_LEN",
+    "AckPacket",
+    "CyncPacket",
+    "FrameKind",
+    "FramedPacket",
+    "GenericPacket",
+    "HelloPacket",
+    "IdPacket",
+    "InnerFrame",
+    "PacketType",
+    "decode_packet",
+    "frame_checksum",
+    "packet_name",
+]
+
+
+class PacketType(IntEnum):
+    """Outer packet types seen on the device <-> cloud connection (PROTOCOL.md section 3)."""
+
+    HELLO = 0x23
+    HELLO_ACK = 0x28
+    STATUS = 0x43
+    STATUS_ACK = 0x48
+    DATA = 0x73
+    DATA_REJECT = 0x78
+    DATA_ACK = 0x7B
+    REPORT = 0x83
+    REPORT_ACK = 0x88
+    CONTROL = 0xA3
+    CONTROL_ACK = 0xAB
+    TIME_REQUEST = 0xC3
+    TIME_REPLY = 0xC8
+    PING = 0xD3
+    PONG = 0xD8
+
+
+class FrameKind(IntEnum):
+    """Direction/kind byte of the inner frame."""
+
+    REQUEST = 0xF8  # command from the cloud
+    RESULT = 0xF9  # device's reply to a command
+    REPORT = 0xFA  # unsolicited device report
+
+
+HEADER = struct.Struct(">BHH")  # type, reserved (always 0), length of what follows
+HEADER_LEN = HEADER.size
+ID_PREFIX = struct.Struct(">4s3s")  # device id, message id (counter BE16 + one byte)
+HELLO_BODY = struct.Struct(">B4sBB16s3s")  # version, id, pad, auth length, auth, tail
+FRAME_HEAD = struct.Struct("<B4sBBH")  # marker, sequence, kind, opcode, data length (LE16)
+FRAME_MARKER = 0x7E
+FIRMWARE_MARKER = 0x00  # 0x83 firmware reports carry 0x00 where the first 0x7E would be
+_FRAME_OVERHEAD = FRAME_HEAD.size + 2  # head + checksum + end marker
+_FIXED_SIZES: dict[int, int] = {
+    0x28: 2,
+    0x48: 3,
+    0x78: 7,
+    0x7B: 7,
+    0x88: 3,
+    0xA3: 7,
+    0xC3: 1,
+    0xC8: 11,
+    0xD3: 0,
+    0xD8: 0,
+    0x23: HELLO_BODY.size,
+}
+
+
+def packet_name(ptype: int) -> str:
+    try:
+        return PacketType(ptype).name.lower()
+    except ValueError:
+        return f"unknown_0x{ptype:02x}"
+
+
+def frame_checksum(opcode: int, length_le: bytes, data: bytes) -> int:
+    """Checksum of an inner frame: sum of opcode, the two length bytes and the data, mod 256."""
+    return (opcode + length_le[0] + length_le[1] + sum(data)) & 0xFF
+
+
+@dataclass(slots=True)
+class InnerFrame:
+    """The 0x7E-framed message inside a 0x73 or 0x83 (PROTOCOL.md section 7.1)."""
+
+    seq: bytes
+    kind: int
+    opcode: int
+    data: bytes
+    checksum: int | None = None  # None: computed on encode
+    marker: int = FRAME_MARKER
+    end_marker: int = FRAME_MARKER
+
+    @property
+    def seq_byte(self) -> int:
+        """The first sequence byte: the command counter copied into f9 results."""
+        return self.seq[0]
+
+    def expected_checksum(self) -> int:
+        n = len(self.data)
+        return (self.opcode + (n & 0xFF) + (n >> 8) + sum(self.data)) & 0xFF
+
+    @property
+    def checksum_ok(self) -> bool:
+        return self.checksum is None or self.checksum == self.expected_checksum()
+
+    def encode(self) -> bytes:
+        cs = self.expected_checksum() if self.checksum is None else self.checksum
+        head = FRAME_HEAD.pack(self.marker, self.seq, self.kind, self.opcode, len(self.data))
+        return head + self.data + bytes((cs, self.end_marker))
+
+    @classmethod
+    def decode(cls, body: bytes, offset: int) -> InnerFrame:
+        """Decode a frame from ``body``; ``offset`` is where ``body`` starts in the packet."""
+        if len(body) < _FRAME_OVERHEAD:
+            raise PacketDecodeError("too_short", "inner frame shorter than 11 bytes", offset=offset)
+        marker, seq, kind, opcode, length = FRAME_HEAD.unpack_from(body)
+        if marker not in (FRAME_MARKER, FIRMWARE_MARKER):
+            raise PacketDecodeError(
+                "bad_marker", f"inner frame starts with 0x{marker:02x}, not 0x7e", offset=offset
+            )
+        if body[-1] != FRAME_MARKER:
+            raise PacketDecodeError(
+                "bad_marker",
+                f"inner frame ends with 0x{body[-1]:02x}, not 0x7e",
+                offset=offset + len(body) - 1,
+            )
+        if FRAME_HEAD.size + length + 2 != len(body):
+            raise PacketDecodeError(
+                "length_mismatch",
+                f"inner length {length} does not fit a {len(body)}-byte frame",
+                offset=offset + 7,
+            )
+        end = FRAME_HEAD.size + length
+        return cls(seq, kind, opcode, body[FRAME_HEAD.size : end], body[end], marker, body[-1])
+
+
+@dataclass(slots=True)
+class CyncPacket:
+    """Base of every decoded packet.  ``encode()`` gives the bytes back."""
+
+    type: int
+    reserved: int = field(default=0, kw_only=True)  # bytes 1-2, zero in every real packet
+    defect: str | None = field(default=None, kw_only=True)  # set only by non-strict decoding
+
+    has_frame: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        return packet_name(self.type)
+
+    @property
+    def checksum_ok(self) -> bool | None:
+        """None for packets that carry no checksum."""
+        return None
+
+    def body(self) -> bytes:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        body = self.body()
+        return HEADER.pack(self.type, self.reserved, len(body)) + body
+
+    def __len__(self) -> int:
+        return HEADER_LEN + len(self.body())
+
+
+@dataclass(slots=True)
+class GenericPacket(CyncPacket):
+    """A packet with no further structure (0x28, 0xC3, 0xD3, 0xD8, 0x48, 0xC8, unknown types)."""
+
+    payload: bytes = b""
+
+    def body(self) -> bytes:
+        return self.payload
+
+
+@dataclass(slots=True)
+class AckPacket(CyncPacket):
+    """0x88: acknowledges a 0x83 by echoing its 3-byte message id."""
+
+    msg_id: bytes = b"\0\0\0"
+
+    def body(self) -> bytes:
+        return self.msg_id
+
+
+@dataclass(slots=True)
+class HelloPacket(CyncPacket):
+    """0x23 hello: device id and 16-character auth code (PROTOCOL.md section 4.1)."""
+
+    device_id: bytes = b"\0\0\0\0"
+    auth_code: bytes = b"0" * 16
+    version: int = 0x03
+    pad: int = 0x00
+    tail: bytes = b"\x00\x00\x3c"
+
+    def body(self) -> bytes:
+        return HELLO_BODY.pack(
+            self.version, self.device_id, self.pad, len(self.auth_code), self.auth_code, self.tail
+        )
+
+
+@dataclass(slots=True)
+class IdPacket(CyncPacket):
+    """Packets with the 12-byte prefix: 0x43, 0x78, 0x7B, 0xA3, 0xAB (and base of 0x73/0x83)."""
+
+    device_id: bytes = b"\0\0\0\0"
+    msg_id: bytes = b"\0\0\0"
+    payload: bytes = b""
+
+    @property
+    def counter(self) -> int:
+        """Sender's counter: message id bytes 0-1, big-endian."""
+        return (self.msg_id[0] << 8) | self.msg_id[1]
+
+    def body(self) -> bytes:
+        return self.device_id + self.msg_id + self.payload
+
+
+@dataclass(slots=True)
+class FramedPacket(IdPacket):
+    """0x73 data channel and 0x83 report: ID prefix, then an inner frame at packet byte 12.
+
+    ``frame`` is None only for a non-strict decode of a packet whose frame is malformed
+    (``defect`` names why); ``payload`` then holds the raw bytes after the prefix.
+    """
+
+    frame: InnerFrame | None = None
+
+    has_frame: ClassVar[bool] = True
+
+    @property
+    def checksum_ok(self) -> bool | None:
+        return None if self.frame is None else self.frame.checksum_ok
+
+    @property
+    def kind(self) -> int | None:
+        return None if self.frame is None else self.frame.kind
+
+    @property
+    def opcode(self) -> int | None:
+        return None if self.frame is None else self.frame.opcode
+
+    def body(self) -> bytes:
+        inner = self.payload if self.frame is None else self.frame.encode()
+        return self.device_id + self.msg_id + inner
+
+
+def _decode_generic(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+    return GenericPacket(ptype, payload=body, reserved=reserved)
+
+
+def _decode_ack(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+    return AckPacket(ptype, msg_id=body, reserved=reserved)
+
+
+def _decode_hello(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+    version, dev, pad, alen, auth, tail = HELLO_BODY.unpack(body)
+    if alen != len(auth):
+        return _layout_error(ptype, reserved, body, strict, f"auth length byte {alen} is not 16")
+    return HelloPacket(
+        ptype, device_id=dev, auth_code=auth, version=version, pad=pad, tail=tail, reserved=reserved
+    )
+
+
+def _decode_id(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+    if len(body) < ID_PREFIX.size:
+        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix")
+    return IdPacket(
+        ptype, device_id=body[:4], msg_id=body[4:7], payload=body[7:], reserved=reserved
+    )
+
+
+def _decode_framed(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+    if len(body) < ID_PREFIX.size:
+        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix")
+    dev = body[:4]
+    mid = body[4:7]
+    try:
+        frame = InnerFrame.decode(body[7:], HEADER_LEN + 7)
+    except PacketDecodeError as exc:
+        if strict:
+            raise
+        return FramedPacket(
+            ptype, device_id=dev, msg_id=mid, payload=body[7:], reserved=reserved, defect=exc.reason
+        )
+    if strict and not frame.checksum_ok:
+        raise PacketDecodeError(
+            "invalid_checksum",
+            f"inner checksum 0x{frame.checksum:02x}, expected 0x{frame.expected_checksum():02x}",
+            offset=HEADER_LEN + len(body) - 2,
+        )
+    return FramedPacket(ptype, device_id=dev, msg_id=mid, frame=frame, reserved=reserved)
+
+
+def _layout_error(ptype: int, reserved: int, body: bytes, strict: bool, why: str) -> CyncPacket:
+    if strict:
+        raise PacketDecodeError(
+            "bad_layout", f"0x{ptype:02x} body does not fit its layout: {why}", offset=HEADER_LEN
+        )
+    return GenericPacket(ptype, payload=body, reserved=reserved, defect="bad_layout")
+
+
+_Decoder = Callable[[int, int, bytes, bool], CyncPacket]
+_DECODERS: dict[int, _Decoder] = {
+    0x23: _decode_hello,
+    0x43: _decode_id,
+    0x73: _decode_framed,
+    0x78: _decode_id,
+    0x7B: _decode_id,
+    0x83: _decode_framed,
+    0x88: _decode_ack,
+    0xA3: _decode_id,
+    0xAB: _decode_id,
+}
+
+
+def decode_packet(data: bytes, *, strict: bool = True) -> CyncPacket:
+    """Decode exactly one packet.
+
+    Raises PacketDecodeError when ``data`` is not one whole packet.  With ``strict=False`` a
+    packet whose inner frame or layout is wrong is still returned, with ``defect`` set and
+    (for a bad checksum) ``checksum_ok`` False, so no real packet is lost.
+    """
+    data = bytes(data)
+    n = len(data)
+    if n < HEADER_LEN:
+        raise PacketDecodeError("too_short", f"{n} bytes, a header needs 5", data=data)
+    ptype, reserved, length = HEADER.unpack_from(data)
+    if reserved != 0:
+        raise PacketDecodeError(
+            "bad_header", f"bytes 1-2 are 0x{reserved:04x}, not zero", offset=1, data=data
+        )
+    if HEADER_LEN + length != n:
+        raise PacketDecodeError(
+            "length_mismatch",
+            f"header says {length} bytes follow, {n - HEADER_LEN} do",
+            offset=3,
+            data=data,
+        )
+    body = data[HEADER_LEN:]
+    size = _FIXED_SIZES.get(ptype)
+    if size is not None and size != length:
+        pkt = _layout_error(ptype, reserved, body, strict, f"{length} bytes, expected {size}")
+    else:
+        pkt = _DECODERS.get(ptype, _decode_generic)(ptype, reserved, body, strict)
+    if not strict and pkt.defect is None and pkt.checksum_ok is False:
+        pkt.defect = "invalid_checksum"
+    return pkt
