@@ -1,0 +1,259 @@
+# DeviceModel: everything learned from captures, and its versioned msgpack file format.
+#
+# Strategy: the model is plain data (exchanges, behaviour per variant, device identities,
+# source files with hashes, findings).  Serialisation walks it into dicts with a fixed key
+# order, so importing the same captures twice gives byte-identical files; loading checks
+# the format marker and version and turns any malformed content into one ModelError.
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from replay.capture import CaptureResult, read_captures
+from replay.errors import ModelError
+from replay.model.behaviour import Behaviour, DeviceIdentity, learn_behaviour, learn_devices
+from replay.model.dist import Distribution
+from replay.model.learn import ExchangeModel, ResponseModel, learn_exchanges
+from replay.model.template import Template
+
+__all__ = ["FORMAT", "VERSION", "DeviceModel", "import_captures", "learn_model"]
+
+FORMAT = "cyncsim-model"
+VERSION = 1
+
+
+@dataclass(slots=True)
+class DeviceModel:
+    sources: list[dict[str, object]] = field(default_factory=list)
+    exchanges: list[ExchangeModel] = field(default_factory=list)
+    behaviour: dict[str, Behaviour] = field(default_factory=dict)
+    devices: list[DeviceIdentity] = field(default_factory=list)
+    findings: dict[str, int] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def variants(self) -> list[str]:
+        return sorted({e.variant for e in self.exchanges} | set(self.behaviour))
+
+    def exchange(self, request: str, role: str, variant: str | None = None) -> ExchangeModel | None:
+        """The exchange for a request key; falls back to another variant, then to the type."""
+        order = [variant] if variant else []
+        order += [v for v in self.variants if v not in order]
+        for want in (request, request.split(":", 1)[0]):
+            for v in order:
+                for ex in self.exchanges:
+                    if ex.request == want and ex.role == role and ex.variant == v:
+                        return ex
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        kinds = []
+        for ex in self.exchanges:
+            first = ex.responses[0]
+            kinds.append(
+                {
+                    "request": ex.request,
+                    "role": ex.role,
+                    "variant": ex.variant,
+                    "responses": [r.key for r in ex.responses],
+                    "samples": first.latency.count,
+                    "requests": ex.requests,
+                    "ambiguous_dropped": ex.ambiguous,
+                    "latency_ms": _ms(first.latency),
+                }
+            )
+        hb: dict[str, Any] = {}
+        for v, beh in sorted(self.behaviour.items()):
+            if beh.heartbeat_idle:
+                hb[v] = {
+                    "p50": round(beh.heartbeat_idle.p50, 2),
+                    "samples": beh.heartbeat_idle.count,
+                    "method": beh.heartbeat_idle.method,
+                }
+        best = max(hb.values(), key=lambda h: (h["method"] == "per-connection", h["samples"]))
+        return {
+            "kinds": kinds,
+            "heartbeat_idle_s": dict(best) | {"by_variant": hb} if hb else {},
+            "devices": len(self.devices),
+            "sources": self.sources,
+            "findings": [{"reason": k, "count": v} for k, v in sorted(self.findings.items())],
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "sources": self.sources,
+            "exchanges": [_exchange_obj(e) for e in self.exchanges],
+            "behaviour": {v: _behaviour_obj(b) for v, b in sorted(self.behaviour.items())},
+            "devices": [d.to_obj() for d in self.devices],
+            "findings": dict(sorted(self.findings.items())),
+        }
+
+    def dumps(self) -> bytes:
+        data: bytes = msgpack.packb(self.to_obj(), use_bin_type=True)
+        return data
+
+    def save(self, path: str | Path) -> None:
+        try:
+            Path(path).write_bytes(self.dumps())
+        except OSError as exc:
+            raise ModelError(f"cannot write: {exc.strerror}", path=str(path)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeviceModel:
+        p = str(path)
+        try:
+            raw = Path(p).read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read: {exc.strerror}", path=p, reason="unreadable") from None
+        return cls.loads(raw, path=p)
+
+    @classmethod
+    def loads(cls, raw: bytes, *, path: str = "") -> DeviceModel:
+        try:
+            obj = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ModelError(
+                f"not a model file (msgpack: {exc})", path=path, reason="corrupt"
+            ) from None
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ModelError("not a cyncsim model file", path=path, reason="corrupt")
+        if obj.get("version") != VERSION:
+            raise ModelError(
+                f"model format version {obj.get('version')!r}, this cyncsim reads {VERSION}:"
+                " re-import the captures",
+                path=path,
+                reason="version",
+            )
+        try:
+            return _from_obj(obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"corrupt model content: {exc!r}", path=path, reason="corrupt"
+            ) from None
+
+
+def _ms(d: Distribution) -> dict[str, float]:
+    s = d.summary(1000.0)
+    return {k: float(v) for k, v in s.items() if k != "samples"}
+
+
+def _exchange_obj(e: ExchangeModel) -> dict[str, Any]:
+    return {
+        "request": e.request,
+        "role": e.role,
+        "variant": e.variant,
+        "requests": e.requests,
+        "answered": e.answered,
+        "ambiguous": e.ambiguous,
+        "responses": [
+            {
+                "key": r.key,
+                "template": r.template.to_obj(),
+                "share": r.share,
+                "latency": r.latency.to_obj(),
+                "service": r.service.to_obj() if r.service else None,
+            }
+            for r in e.responses
+        ],
+        "by_outstanding": {k: d.to_obj() for k, d in e.by_outstanding.items()},
+    }
+
+
+def _behaviour_obj(b: Behaviour) -> dict[str, Any]:
+    return {
+        "heartbeat_idle": b.heartbeat_idle.to_obj(),
+        "status_interval": b.status_interval.to_obj(),
+        "hello_retry": b.hello_retry.to_obj(),
+        "connect": [list(c) for c in b.connect],
+        "connect_count": b.connect_count,
+    }
+
+
+def _from_obj(obj: dict[str, Any]) -> DeviceModel:
+    m = DeviceModel(sources=list(obj["sources"]), findings=dict(obj["findings"]))
+    for e in obj["exchanges"]:
+        ex = ExchangeModel(
+            str(e["request"]), str(e["role"]), str(e["variant"]),
+            int(e["requests"]), int(e["answered"]), int(e["ambiguous"]),
+        )  # fmt: skip
+        for r in e["responses"]:
+            svc = r["service"]
+            ex.responses.append(
+                ResponseModel(
+                    str(r["key"]),
+                    Template.from_obj(r["template"]),
+                    float(r["share"]),
+                    Distribution.from_obj(r["latency"]),
+                    Distribution.from_obj(svc) if svc else None,
+                )
+            )
+        ex.by_outstanding = {k: Distribution.from_obj(d) for k, d in e["by_outstanding"].items()}
+        m.exchanges.append(ex)
+    for v, b in obj["behaviour"].items():
+        m.behaviour[v] = Behaviour(
+            str(v),
+            Distribution.from_obj(b["heartbeat_idle"]),
+            Distribution.from_obj(b["status_interval"]),
+            Distribution.from_obj(b["hello_retry"]),
+            [(str(k), float(d)) for k, d in b["connect"]],
+            int(b["connect_count"]),
+        )
+    for d in obj["devices"]:
+        m.devices.append(
+            DeviceIdentity(
+                bytes(d["id"]),
+                bytes(d["auth"]),
+                str(d["variant"]),
+                dict(d["firmware"]),
+                d["mesh_node"],
+                dict(d["state"]),
+            )
+        )
+    return m
+
+
+def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = None) -> DeviceModel:
+    """Learn a model from already-read captures (``raw_sources`` gives file bytes to hash)."""
+    exchanges, variants = learn_exchanges(result)
+    flows_by_variant: dict[str, list[Any]] = {}
+    for flow in result.flows:
+        if flow.kind == "cync":
+            flows_by_variant.setdefault(variants[flow.source], []).append(flow)
+    model = DeviceModel(exchanges=exchanges)
+    for v, flows in sorted(flows_by_variant.items()):
+        model.behaviour[v] = learn_behaviour(v, flows)
+    model.devices = learn_devices(flows_by_variant)
+    counts: Counter[str] = Counter()
+    for src in result.sources:
+        data = (raw_sources or {}).get(src, b"")
+        packets = sum(len(f.packets) for f in result.flows if f.source == src)
+        model.sources.append(
+            {
+                "name": Path(src).name,
+                "sha256": hashlib.sha256(data).hexdigest() if data else "",
+                "packets": packets,
+                "variant": variants.get(src, "none"),
+            }
+        )
+    for f in result.findings:
+        counts[f.reason] += 1
+    model.findings = dict(counts)
+    return model
+
+
+def import_captures(paths: list[str], **kwargs: Any) -> DeviceModel:
+    """Read captures and learn a model from them."""
+    try:
+        raw = {p: Path(p).read_bytes() for p in paths}
+    except OSError:
+        raw = {}
+    result = read_captures(paths, **kwargs)
+    return learn_model(result, raw)

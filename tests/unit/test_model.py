@@ -1,0 +1,203 @@
+# The learned model: what is learned from the real captures, sampling fidelity,
+# determinism, persistence errors and the shipped default model.
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from captures import DEFAULT_MODEL_PATH
+from replay.errors import ModelError
+from replay.model import DeviceModel, Distribution, StratifiedUniform, import_captures
+from tests.conftest import capture_path, captures_dir
+
+REAL_CLOUD = "capture_20251106_085753.txt"
+LOCAL = "capture_20251107_152132.txt"
+
+
+@pytest.fixture(scope="module")
+def cloud_model() -> DeviceModel:
+    return import_captures([str(capture_path(REAL_CLOUD))])
+
+
+@pytest.fixture(scope="module")
+def local_model() -> DeviceModel:
+    return import_captures([str(capture_path(LOCAL))])
+
+
+@pytest.fixture(scope="module")
+def all_model() -> DeviceModel:
+    files = sorted(str(p) for p in captures_dir().glob("capture_*.txt"))
+    if not files:
+        pytest.skip(f"no captures in {captures_dir()}")
+    return import_captures(files)
+
+
+def _roles(model: DeviceModel, request: str, role: str, resp: str) -> dict[str, tuple[str, int]]:
+    ex = model.exchange(request, role)
+    assert ex is not None, f"no exchange {request} answered by {role}"
+    r = next(r for r in ex.responses if r.key == resp)
+    return {f.name: (f.role, f.source) for f in r.template.fields}
+
+
+def test_heartbeat_idle_between_20_and_22_s(all_model: DeviceModel) -> None:
+    hb = all_model.summary()["heartbeat_idle_s"]
+    assert 20.0 <= hb["p50"] <= 22.0
+    assert hb["method"] == "per-connection" and hb["samples"] >= 30
+    # The capture without conn ids is estimated from the aggregate ping rate, and says so.
+    cloud = hb["by_variant"]["cloud"]
+    assert cloud["method"] == "aggregate-rate" and 20.0 <= cloud["p50"] <= 22.5
+
+
+def test_ping_latency_of_real_cloud_matches_protocol(cloud_model: DeviceModel) -> None:
+    ex = cloud_model.exchange("0xd3", "cloud")
+    assert ex is not None and [r.key for r in ex.responses] == ["0xd8"]
+    p50_ms = ex.responses[0].latency.p50 * 1000
+    assert abs(p50_ms - 42.2) <= 4.22
+    # Mixed connections: pairs with several candidates are dropped, and counted.
+    assert ex.ambiguous > 0 and ex.responses[0].latency.count + ex.ambiguous <= ex.requests
+
+
+def test_7b_echoes_bytes_5_to_11_from_real_cloud_alone(cloud_model: DeviceModel) -> None:
+    roles = _roles(cloud_model, "0x73", "device", "0x7b")
+    assert roles["device_id"] == ("echo", 5)
+    assert roles["msg_id"] == ("echo", 9)
+
+
+def test_ack_rules_of_protocol_section_8(local_model: DeviceModel) -> None:
+    assert _roles(local_model, "0x73:f8:d0", "device", "0x7b")["device_id"] == ("echo", 5)
+    assert _roles(local_model, "0x73:f8:d0", "device", "0x7b")["msg_id"] == ("echo", 9)
+    assert _roles(local_model, "0x83:fa:db", "cloud", "0x88")["msg_id"] == ("echo", 9)
+    f9 = _roles(local_model, "0x73:f8:d0", "device", "0x73:f9:d0")
+    assert f9["seq"] == ("echo", 13)  # the f9 result copies the command's sequence
+    assert f9["msg_id"][0] == "counter"  # ... with the device's own 0x73 counter
+    assert f9["device_id"][0] == "identity"
+    assert f9["checksum"][0] == "checksum"
+
+
+def test_78_copies_bytes_5_to_10(cloud_model: DeviceModel) -> None:
+    roles = _roles(cloud_model, "0x7b", "cloud", "0x78")
+    assert roles["device_id"] == ("echo", 5)
+    assert roles["msg_id[1]"] == ("echo", 10)
+    assert roles["msg_id[2]"][0] == "constant"
+
+
+def test_strip_bridge_command_sequences(local_model: DeviceModel) -> None:
+    for op in ("d0", "f0"):
+        ex = local_model.exchange(f"0x73:f8:{op}", "device")
+        assert ex is not None
+        assert [r.key for r in ex.responses] == ["0x7b", f"0x73:f9:{op}", "0x83:fa:db"]
+        status = ex.responses[2].template.roles()
+        assert status["on"] == "state" and status["brightness"] == "state"
+    d0 = local_model.exchange("0x73:f8:d0", "device")
+    assert d0 is not None and d0.responses[1].latency.count == 35
+    assert abs(d0.responses[1].latency.p50 * 1000 - 347.9) < 1.0  # PROTOCOL.md 10.1
+    f0 = local_model.exchange("0x73:f8:f0", "device")
+    assert f0 is not None and f0.responses[0].latency.count == 84
+    # Queueing: the 0x7B waits longer with more commands outstanding, and the de-queued
+    # service time is shorter than the raw latency.
+    buckets = f0.by_outstanding
+    assert buckets["0"].p50 < buckets["5+"].p50
+    service = f0.responses[0].service
+    assert service is not None and service.p50 < f0.responses[0].latency.p50
+
+
+def test_mesh_info_request_gets_two_f9_results(local_model: DeviceModel) -> None:
+    ex = local_model.exchange("0x73:f8:52", "device")
+    assert ex is not None
+    keys = [r.key for r in ex.responses]
+    assert keys == ["0x7b", "0x73:f9:52", "0x73:f9:52"]
+    assert len(ex.responses[2].template.exemplar) == 773
+
+
+@pytest.mark.parametrize(("request_key", "role"), [("0xd3", "cloud"), ("0x73:f8:f0", "device")])
+def test_sampling_reproduces_captured_quantiles(
+    all_model: DeviceModel, request_key: str, role: str
+) -> None:
+    ex = all_model.exchange(request_key, role)
+    assert ex is not None
+    dist = ex.responses[0].latency
+    rng = StratifiedUniform(random.Random(1234))
+    draws = sorted(dist.sample(rng) for _ in range(10_000))
+    for q in (0.5, 0.95, 0.99):
+        got = draws[int(q * (len(draws) - 1))]
+        want = dist.quantile(q)
+        assert abs(got - want) <= 0.05 * want, (q, got, want)
+
+
+def test_import_is_deterministic() -> None:
+    files = [str(capture_path(REAL_CLOUD)), str(capture_path(LOCAL))]
+    assert import_captures(files).dumps() == import_captures(files).dumps()
+
+
+def test_save_load_round_trip(local_model: DeviceModel, tmp_path: Path) -> None:
+    path = tmp_path / "m.msgpack"
+    local_model.save(path)
+    again = DeviceModel.load(path)
+    assert again.dumps() == local_model.dumps()
+    assert again.summary() == local_model.summary()
+
+
+def test_corrupt_and_foreign_version_files(local_model: DeviceModel, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"\xc1garbage")
+    with pytest.raises(ModelError) as err:
+        DeviceModel.load(bad)
+    assert err.value.reason == "corrupt" and str(bad) in str(err.value)
+    obj = local_model.to_obj()
+    obj["version"] = 99
+    old = tmp_path / "old.msgpack"
+    old.write_bytes(msgpack.packb(obj))
+    with pytest.raises(ModelError) as err:
+        DeviceModel.load(old)
+    assert err.value.reason == "version"
+    obj["version"] = 1
+    del obj["exchanges"][0]["responses"][0]["latency"]
+    broken = tmp_path / "broken.msgpack"
+    broken.write_bytes(msgpack.packb(obj))
+    with pytest.raises(ModelError, match="corrupt model content"):
+        DeviceModel.load(broken)
+    with pytest.raises(ModelError) as err:
+        DeviceModel.load(tmp_path / "missing.msgpack")
+    assert err.value.reason == "unreadable"
+
+
+def test_default_model_is_up_to_date() -> None:
+    from tools.build_default_model import build
+
+    if not list(captures_dir().glob("capture_*.txt")):
+        pytest.skip(f"no captures in {captures_dir()}")
+    assert DEFAULT_MODEL_PATH.read_bytes() == build(captures_dir()), (
+        "captures/default_model.msgpack is stale: run `make model`"
+    )
+
+
+def test_devices_and_identities(all_model: DeviceModel) -> None:
+    ids = {d.device_id for d in all_model.devices}
+    assert bytes.fromhex("6457e7f2") in ids
+    assert len(all_model.devices) == 26  # PROTOCOL.md 4.1: 26 distinct device ids
+    for d in all_model.devices:
+        assert len(d.device_id) == 4 and len(d.auth_code) == 16
+        assert d.auth_code.startswith(b"1e07d")
+
+
+def test_distribution_cap_keeps_tails() -> None:
+    samples = [i / 10_000 for i in range(10_001)]
+    d = Distribution.from_samples(samples, cap=101)
+    assert d.count == 10_001 and len(d.values) == 101
+    assert d.quantile(0.0) == 0.0 and d.quantile(1.0) == 1.0
+    assert abs(d.quantile(0.99) - 0.99) < 1e-9
+    with pytest.raises(ValueError):
+        Distribution.from_obj({"values": [3.0, 1.0], "count": 2, "method": "measured"})
+
+
+def test_stratified_draws_are_uniform_and_cover_every_slice() -> None:
+    u = StratifiedUniform(random.Random(7), strata=100)
+    draws = [u.random() for _ in range(1000)]
+    assert all(0.0 <= x < 1.0 for x in draws)
+    for block in range(10):
+        slices = sorted(int(x * 100) for x in draws[block * 100 : (block + 1) * 100])
+        assert slices == list(range(100))
+    assert draws[:100] != sorted(draws[:100])  # random order inside a block
