@@ -115,17 +115,14 @@ def print_summary(result: CaptureResult, out: TextIO, *, as_json: bool) -> None:
     out.write(f"packet types: {summary['packet_types']}\n")
     if result.findings:
         out.write(f"findings by reason: {summary['finding_reasons']}\n")
-        shown = 0
+        shown: dict[str, int] = {}
         for f in result.findings:
-            if f.reason.startswith("defect:") and shown >= 10:
-                continue
-            out.write(
-                f"  {f.reason}: {f.flow} {f.sender or '-'} offset {f.offset} length {f.length}"
-                f" {f.detail}\n"
-            )
-            shown += 1
-            if shown >= 20:
-                rest = len(result.findings) - shown
-                if rest > 0:
-                    out.write(f"  ... {rest} more (see --json)\n")
-                break
+            n = shown.get(f.reason, 0)
+            shown[f.reason] = n + 1
+            if n < 3:
+                out.write(
+                    f"  {f.reason}: {f.flow} {f.sender or '-'} offset {f.offset} "
+                    f"length {f.length} {f.detail}\n"
+                )
+            elif n == 3:
+                out.write(f"  {f.reason}: ... (all in --json)\n")
