@@ -4,13 +4,15 @@
 # "not yet": a partial packet stays buffered for the next call.  Bytes that cannot start a
 # packet (bytes 1-2 of a header are always zero, so a non-zero pair means we are not at a
 # packet boundary) are skipped one at a time until a plausible header, and every skipped run
-# is recorded in ``findings`` with its stream offset, so no byte is lost silently.
+# is recorded in ``findings`` with its stream offset (when the run ends, or at ``flush``; a run
+# cut across ``feed`` calls is one finding), so no byte is lost silently and the result does
+# not depend on how the stream was chunked.
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from replay.errors import PacketDecodeError
-from replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_packet
+from replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_packet, packet_name
 
 __all__ = ["FramerFinding", "PacketFramer"]
 
@@ -43,13 +45,14 @@ class PacketFramer:
     it, and keeps the good packets decoded before it for the next ``feed`` call.
     """
 
-    __slots__ = ("_base", "_buf", "_held", "findings", "strict")
+    __slots__ = ("_base", "_buf", "_held", "_run", "findings", "strict")
 
     def __init__(self, *, strict: bool = False, offset: int = 0) -> None:
         self.strict = strict
         self._buf = b""
         self._base = offset  # stream offset of _buf[0]
         self._held: list[tuple[int, CyncPacket]] = []
+        self._run: tuple[int, int, bytes] | None = None  # open skipped run: offset, length, head
         self.findings: list[FramerFinding] = []
 
     @property
@@ -73,7 +76,9 @@ class PacketFramer:
         pos = 0
         n = len(buf)
         base = self._base
-        skip_start = -1
+        # A run of skipped bytes may continue from the previous call: resume it at buf[0], so
+        # that the outcome does not depend on how the stream was cut into calls.
+        skip_start = 0 if self._run is not None else -1
         while n - pos >= 3:
             if buf[pos + 1] or buf[pos + 2] or (skip_start >= 0 and buf[pos] not in _KNOWN_TYPES):
                 if skip_start < 0:
@@ -81,7 +86,8 @@ class PacketFramer:
                 pos += 1
                 continue
             if skip_start >= 0:
-                self._skip(buf, skip_start, pos, "not_cync")
+                self._grow_run(buf, skip_start, pos)
+                self._close_run()
                 skip_start = -1
             if n - pos < HEADER_LEN:
                 break
@@ -94,28 +100,48 @@ class PacketFramer:
                 self._buf = buf[end:]
                 self._base = base + end
                 self._held = out
-                exc.offset += base + pos
-                raise
+                detail = str(exc.args[0]).partition(": ")[2] if exc.args else str(exc)
+                raise PacketDecodeError(
+                    exc.reason,
+                    f"{packet_name(buf[pos])} packet at stream offset {base + pos}: {detail}",
+                    offset=base + pos + exc.offset,
+                    data=buf[pos:end],
+                ) from exc
             out.append((base + pos, pkt))
             pos = end
         if skip_start >= 0:
-            # Bytes that cannot begin a header even with more input: report them now, but keep
-            # the last two, which could still be the start of a packet.
+            # Bytes that cannot begin a header even with more input join the open run (reported
+            # when it ends, so a run cut across calls is still one finding); the last two are
+            # kept, as they could still be the start of a packet.
             keep = max(skip_start, n - 2)
-            if keep > skip_start:
-                self._skip(buf, skip_start, keep, "not_cync")
+            self._grow_run(buf, skip_start, keep)
             pos = keep
         self._buf = buf[pos:]
         self._base = base + pos
         return out
 
-    def _skip(self, buf: bytes, start: int, end: int, reason: str) -> None:
-        self.findings.append(
-            FramerFinding(self._base + start, end - start, reason, buf[start:end][:16])
-        )
+    def _grow_run(self, buf: bytes, start: int, end: int) -> None:
+        """Add ``buf[start:end]`` to the open run of skipped bytes (opening one if needed)."""
+        if self._run is None:
+            self._run = (self._base + start, 0, b"")
+        offset, length, head = self._run
+        if len(head) < 16:
+            head = (head + buf[start : min(end, start + 16)])[:16]
+        self._run = (offset, length + end - start, head)
+
+    def _close_run(self) -> None:
+        if self._run is not None:
+            offset, length, head = self._run
+            self._run = None
+            self.findings.append(FramerFinding(offset, length, "not_cync", head))
 
     def flush(self) -> FramerFinding | None:
-        """End of stream: report what is still buffered as a trailing partial packet."""
+        """End of stream: report what is still buffered as a trailing partial packet.
+
+        An open run of skipped bytes is reported first (as ``not_cync``); the return value is
+        the ``trailing_partial`` finding, or None when nothing was buffered.
+        """
+        self._close_run()
         if not self._buf:
             return None
         finding = FramerFinding(self._base, len(self._buf), "trailing_partial", self._buf[:16])

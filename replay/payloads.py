@@ -266,7 +266,7 @@ def firmware_version(pkt: CyncPacket) -> tuple[str, str] | None:
     if not isinstance(pkt, FramedPacket) or pkt.frame is None:
         return None
     f = pkt.frame
-    if f.kind != FrameKind.REPORT or f.opcode != 0x00 or len(f.data) < 8:
+    if f.kind != FrameKind.REPORT or f.opcode != 0x00 or len(f.data) < 14:
         return None
     # Packet byte 34 is data byte 13; digits start at packet byte 35.
     which = "device" if f.data[13] == 1 else "network"

@@ -98,9 +98,13 @@ def frame_checksum(opcode: int, length_le: bytes, data: bytes) -> int:
     return (opcode + length_le[0] + length_le[1] + sum(data)) & 0xFF
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class InnerFrame:
-    """The 0x7E-framed message inside a 0x73 or 0x83 (PROTOCOL.md section 7.1)."""
+    """The 0x7E-framed message inside a 0x73 or 0x83 (PROTOCOL.md section 7.1).
+
+    Two frames are equal when they encode to the same bytes: ``checksum=None`` (computed on
+    encode) equals the explicit correct checksum, so a built frame equals its own decode.
+    """
 
     seq: bytes
     kind: int
@@ -123,18 +127,41 @@ class InnerFrame:
     def checksum_ok(self) -> bool:
         return self.checksum is None or self.checksum == self.expected_checksum()
 
+    def _key(self) -> tuple[bytes, int, int, bytes, int, int, int]:
+        cs = self.expected_checksum() if self.checksum is None else self.checksum
+        return (
+            bytes(self.seq),
+            self.kind,
+            self.opcode,
+            bytes(self.data),
+            cs,
+            self.marker,
+            self.end_marker,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InnerFrame):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any eq dataclass
+
     def encode(self) -> bytes:
         cs = self.expected_checksum() if self.checksum is None else self.checksum
         head = FRAME_HEAD.pack(self.marker, self.seq, self.kind, self.opcode, len(self.data))
         return head + self.data + bytes((cs, self.end_marker))
 
     @classmethod
-    def decode(cls, body: bytes, offset: int) -> InnerFrame:
-        """Decode a frame from ``body``; ``offset`` is where ``body`` starts in the packet."""
+    def decode(cls, body: bytes, offset: int, *, firmware_marker: bool = True) -> InnerFrame:
+        """Decode a frame from ``body``; ``offset`` is where ``body`` starts in the packet.
+
+        ``firmware_marker`` accepts 0x00 as the first marker (the 0x83 firmware report form);
+        a 0x73 always starts its frame with 0x7e.
+        """
         if len(body) < _FRAME_OVERHEAD:
             raise PacketDecodeError("too_short", "inner frame shorter than 11 bytes", offset=offset)
         marker, seq, kind, opcode, length = FRAME_HEAD.unpack_from(body)
-        if marker not in (FRAME_MARKER, FIRMWARE_MARKER):
+        if marker != FRAME_MARKER and not (firmware_marker and marker == FIRMWARE_MARKER):
             raise PacketDecodeError(
                 "bad_marker", f"inner frame starts with 0x{marker:02x}, not 0x7e", offset=offset
             )
@@ -277,7 +304,9 @@ def _decode_ack(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPac
 def _decode_hello(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
     version, dev, pad, alen, auth, tail = HELLO_BODY.unpack(body)
     if alen != len(auth):
-        return _layout_error(ptype, reserved, body, strict, f"auth length byte {alen} is not 16")
+        return _layout_error(
+            ptype, reserved, body, strict, f"auth length byte {alen} is not 16", HEADER_LEN + 6
+        )
     return HelloPacket(
         ptype, device_id=dev, auth_code=auth, version=version, pad=pad, tail=tail, reserved=reserved
     )
@@ -285,7 +314,7 @@ def _decode_hello(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncP
 
 def _decode_id(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
     if len(body) < ID_PREFIX.size:
-        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix")
+        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix", 3)
     return IdPacket(
         ptype, device_id=body[:4], msg_id=body[4:7], payload=body[7:], reserved=reserved
     )
@@ -293,11 +322,13 @@ def _decode_id(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPack
 
 def _decode_framed(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
     if len(body) < ID_PREFIX.size:
-        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix")
+        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix", 3)
     dev = body[:4]
     mid = body[4:7]
     try:
-        frame = InnerFrame.decode(body[7:], HEADER_LEN + 7)
+        frame = InnerFrame.decode(
+            body[7:], HEADER_LEN + 7, firmware_marker=ptype == PacketType.REPORT
+        )
     except PacketDecodeError as exc:
         if strict:
             raise
@@ -313,10 +344,13 @@ def _decode_framed(ptype: int, reserved: int, body: bytes, strict: bool) -> Cync
     return FramedPacket(ptype, device_id=dev, msg_id=mid, frame=frame, reserved=reserved)
 
 
-def _layout_error(ptype: int, reserved: int, body: bytes, strict: bool, why: str) -> CyncPacket:
+def _layout_error(
+    ptype: int, reserved: int, body: bytes, strict: bool, why: str, offset: int
+) -> CyncPacket:
+    # ``offset``: the length field (3) for a size that does not fit, else the offending byte.
     if strict:
         raise PacketDecodeError(
-            "bad_layout", f"0x{ptype:02x} body does not fit its layout: {why}", offset=HEADER_LEN
+            "bad_layout", f"0x{ptype:02x} body does not fit its layout: {why}", offset=offset
         )
     return GenericPacket(ptype, payload=body, reserved=reserved, defect="bad_layout")
 
@@ -360,10 +394,16 @@ def decode_packet(data: bytes, *, strict: bool = True) -> CyncPacket:
         )
     body = data[HEADER_LEN:]
     size = _FIXED_SIZES.get(ptype)
-    if size is not None and size != length:
-        pkt = _layout_error(ptype, reserved, body, strict, f"{length} bytes, expected {size}")
-    else:
-        pkt = _DECODERS.get(ptype, _decode_generic)(ptype, reserved, body, strict)
+    try:
+        if size is not None and size != length:
+            why = f"{length} bytes, expected {size}"
+            pkt = _layout_error(ptype, reserved, body, strict, why, 3)  # 3: the length field
+        else:
+            pkt = _DECODERS.get(ptype, _decode_generic)(ptype, reserved, body, strict)
+    except PacketDecodeError as exc:
+        if not exc.data:
+            exc.data = data  # the whole offending packet, for the report
+        raise
     if not strict and pkt.defect is None and pkt.checksum_ok is False:
         pkt.defect = "invalid_checksum"
     return pkt

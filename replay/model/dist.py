@@ -102,9 +102,7 @@ class Distribution:
             raise ValueError("distribution count/method of the wrong type")
         if not isinstance(dropped, int):
             raise ValueError("distribution dropped count of the wrong type")
-        if any(b < a for a, b in itertools.pairwise(vals)) or any(
-            math.isnan(v) for v in vals
-        ):
+        if any(b < a for a, b in itertools.pairwise(vals)) or any(math.isnan(v) for v in vals):
             raise ValueError("distribution values are not sorted numbers")
         return cls(tuple(float(v) for v in vals), count, method, dropped)
 
