@@ -4,6 +4,7 @@
 # learned, and shows the default model shipped inside the package.
 from __future__ import annotations
 
+import io
 import sys
 import tempfile
 from pathlib import Path
@@ -17,9 +18,11 @@ def main() -> int:
     if files:
         print(f"== cyncsim inspect (summary of {len(files)} shared captures)")
         for f in files:
-            code = cli(["inspect", "--no-progress", f], out=_Tail())
+            buf = io.StringIO()
+            code = cli(["inspect", "--no-progress", f], out=buf)
             if code:
                 return code
+            print(_summary_only(buf.getvalue()))
         with tempfile.TemporaryDirectory() as tmp:
             out = str(Path(tmp) / "model.msgpack")
             print("\n== cyncsim import (learning a model from them)")
@@ -29,40 +32,15 @@ def main() -> int:
     else:
         print(f"no shared captures in {shared_captures_dir()}; showing the shipped model")
     print(f"\n== cyncsim inspect {DEFAULT_MODEL_PATH.name} (the default model in the package)")
-    return cli(["inspect", "--no-progress", str(DEFAULT_MODEL_PATH)], out=_Head(6))
+    buf = io.StringIO()
+    code = cli(["inspect", "--no-progress", str(DEFAULT_MODEL_PATH)], out=buf)
+    print("\n".join(buf.getvalue().splitlines()[:8]))
+    return code
 
 
-class _Tail:
-    """Keep only the summary lines of an inspect run (they follow the first blank line)."""
-
-    def __init__(self) -> None:
-        self._on = False
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines(keepends=True):
-            if not line.strip():
-                self._on = True
-            if self._on:
-                sys.stdout.write(line)
-        return len(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
-
-
-class _Head:
-    def __init__(self, n: int) -> None:
-        self._left = n
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines(keepends=True):
-            if self._left > 0:
-                sys.stdout.write(line)
-                self._left -= 1
-        return len(text)
-
-    def flush(self) -> None:
-        sys.stdout.flush()
+def _summary_only(text: str) -> str:
+    """The summary of an inspect run: what follows its first blank line."""
+    return text.split("\n\n", 1)[1] if "\n\n" in text else text
 
 
 if __name__ == "__main__":
