@@ -1,0 +1,571 @@
+# Chaos, the pure core: declared config fields, seeds and the per-packet decisions.
+#
+# Strategy: the config classes (in simulator/chaos.py) declare each field's rule once, as
+# dataclass field metadata; ConfigSpec checks them with one table of checkers and builds
+# them from plain data, rejecting unknown keys.  A SeedTree turns one root seed into
+# independent named random streams (blake2b of root + name, never hash()).  A ChaosPolicy
+# takes whole packets with their direction and the caller's clock value and returns what to
+# emit as data (Emission), logging every decision.  Nothing here awaits, touches a socket or
+# reads a clock.  Import the public names from simulator.chaos, not from here.
+#
+# Stream discipline: every fault has its own stream per direction, and every stream is
+# consumed the same way for every packet whatever the other faults decide, so changing one
+# fault's setting never changes another fault's decisions.
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import random
+import secrets
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from replay.errors import ChaosConfigError
+
+if TYPE_CHECKING:
+    from simulator.chaos import ChaosConfig, PacketFaults
+
+__all__ = [
+    "ChaosPolicy",
+    "ConfigSpec",
+    "Direction",
+    "Emission",
+    "FaultEvent",
+    "SeedTree",
+]
+
+logger = logging.getLogger("cyncsim.chaos")
+_T = TypeVar("_T")
+
+
+class Direction(StrEnum):
+    """Direction of a packet, from the device's point of view."""
+
+    TO_DEVICE = "to_device"  # the device receives it (controller/cloud -> device)
+    FROM_DEVICE = "from_device"  # the device sends it (device -> controller/cloud)
+
+    @classmethod
+    def parse(cls, value: Direction | str) -> Direction:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ChaosConfigError(
+                f"direction={value!r} is not a direction: allowed 'to_device' or 'from_device'"
+            ) from None
+
+
+# --- declared field rules -------------------------------------------------------------------
+
+
+def real_field(default: Any = MISSING, *, lo: float = 0.0, hi: float = math.inf, **kw: Any) -> Any:
+    """A finite float field in [lo, hi] (``lo_open=True``: > lo; ``optional=True``: or None)."""
+    return field(default=default, metadata={"kind": "real", "lo": lo, "hi": hi, **kw})
+
+
+def rate_field(default: float = 0.0) -> Any:
+    """A probability field, 0..1."""
+    return real_field(default, hi=1.0)
+
+
+def int_field(default: Any = MISSING, *, lo: int = 1, optional: bool = False) -> Any:
+    """An integer field >= lo (``optional=True``: or None)."""
+    return field(default=default, metadata={"kind": "int", "lo": lo, "optional": optional})
+
+
+def flag_field(default: bool) -> Any:
+    return field(default=default, metadata={"kind": "bool"})
+
+
+def pattern_field() -> Any:
+    """A set of 1-based packet numbers, stored as a sorted tuple."""
+    return field(default=(), metadata={"kind": "pattern"})
+
+
+def spec_meta(cls: type, optional: bool = False) -> dict[str, Any]:
+    """Metadata of a nested ConfigSpec field (use with ``field(metadata=...)``)."""
+    return {"kind": "spec", "cls": cls, "optional": optional}
+
+
+DIRECTION_META: dict[str, Any] = {"kind": "direction"}  # None or a Direction
+
+
+def _or_none(meta: Mapping[str, Any]) -> str:
+    return " or None" if meta.get("optional") else ""
+
+
+def _range_text(name: str, meta: Mapping[str, Any]) -> str:
+    lo, hi, lo_open = meta["lo"], meta.get("hi", math.inf), meta.get("lo_open", False)
+    if hi == math.inf:
+        return f"{name} {'>' if lo_open else '>='} {lo:g}"
+    return f"{lo:g} {'<' if lo_open else '<='} {name} <= {hi:g}"
+
+
+def _bad_range(name: str, value: object, meta: Mapping[str, Any]) -> ChaosConfigError:
+    return ChaosConfigError(
+        f"{name}={value!r} is out of range: allowed {_range_text(name, meta)}{_or_none(meta)}"
+    )
+
+
+def _bad_type(name: str, value: object, expected: str) -> ChaosConfigError:
+    return ChaosConfigError(
+        f"{name}={value!r} has the wrong type ({type(value).__name__}): expected {expected}"
+    )
+
+
+def _check_real(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    if value is None and meta.get("optional"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad_type(name, value, "a number" + _or_none(meta))
+    v = float(value)
+    lo_ok = v > meta["lo"] if meta.get("lo_open") else v >= meta["lo"]
+    if not (math.isfinite(v) and lo_ok and v <= meta["hi"]):
+        raise _bad_range(name, value, meta)
+    return v
+
+
+def _check_int(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    if value is None and meta.get("optional"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad_type(name, value, "an integer" + _or_none(meta))
+    if value < meta["lo"]:
+        raise _bad_range(name, value, meta)
+    return value
+
+
+def _check_bool(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    if not isinstance(value, bool):
+        raise _bad_type(name, value, "true or false")
+    return value
+
+
+def _check_pattern(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise _bad_type(name, value, "a list of packet numbers")
+    for n in value:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise _bad_type(f"{name} item", n, "an integer packet number")
+        if n < 1:
+            raise ChaosConfigError(
+                f"{name} item {n!r} is out of range: packet numbers are 1-based (>= 1)"
+            )
+    return tuple(sorted(set(value)))
+
+
+def _check_spec(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    if value is None and meta.get("optional"):
+        return None
+    if type(value) is not meta["cls"]:
+        raise _bad_type(name, value, meta["cls"].__name__ + _or_none(meta))
+    return value
+
+
+def _check_direction(name: str, value: Any, meta: Mapping[str, Any]) -> Any:
+    return None if value is None else Direction.parse(value)
+
+
+_CHECKERS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
+    "real": _check_real,
+    "int": _check_int,
+    "bool": _check_bool,
+    "pattern": _check_pattern,
+    "spec": _check_spec,
+    "direction": _check_direction,
+}
+
+
+class ConfigSpec:
+    """Base of the config dataclasses: validation of declared fields, from_dict, to_dict."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            kind = f.metadata.get("kind")
+            if kind is None:
+                continue
+            value = getattr(self, f.name)
+            checked = _CHECKERS[kind](f.name, value, f.metadata)
+            if checked is not value:
+                object.__setattr__(self, f.name, checked)
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Rules across fields; overridden by the classes that have some."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Self:
+        """Build from plain data (parsed TOML/JSON); unknown keys are rejected.
+
+        Errors raise ChaosConfigError naming ``source`` (a file name), the key path
+        (``to_device.burst.p``), the value and the allowed range.
+        """
+        return build_spec(cls, data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (TOML/JSON-able); ``from_dict(to_dict())`` gives an equal object."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, ConfigSpec):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Direction):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def build_spec(cls: type[_T], data: object, source: str, prefix: str = "") -> _T:
+    """``cls(**data)`` with nested tables built too; errors name ``source`` and the key path."""
+    what = prefix.rstrip(".") or "chaos config"
+    if not isinstance(data, Mapping):
+        raise ChaosConfigError(f"{source}: {what} must be a table/object, got {data!r}")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in known:
+            raise ChaosConfigError(
+                f"{source}: unknown key {prefix + str(key)!r} in {what}; known keys: "
+                + ", ".join(sorted(known))
+            )
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        meta = known[key].metadata
+        if meta.get("kind") == "spec" and value is not None:
+            value = build_spec(meta["cls"], value, source, f"{prefix}{key}.")
+        kwargs[key] = value
+    for name, f in known.items():
+        if f.default is MISSING and f.default_factory is MISSING and name not in kwargs:
+            raise ChaosConfigError(f"{source}: {prefix}{name} is required in {what}")
+    try:
+        return cls(**kwargs)
+    except ChaosConfigError as e:
+        raise ChaosConfigError(f"{source}: {prefix}{e}") from None
+
+
+# --- seeds ----------------------------------------------------------------------------------
+
+
+class SeedTree:
+    """One root seed split into independent named streams.
+
+    ``stream(name)`` is a fresh random.Random seeded from blake2b(root, name), so the same
+    root and name always give the same sequence, on any machine and Python version, and
+    different names are independent.  With ``root=None`` a random root is drawn and logged
+    (logger "cyncsim.chaos", INFO) so the run can be reproduced.
+    """
+
+    def __init__(self, root: int | None = None) -> None:
+        if root is None:
+            root = secrets.randbits(63)
+            logger.info("no chaos seed given: drew root seed %d (pass it to reproduce)", root)
+        elif isinstance(root, bool) or not isinstance(root, int):
+            raise ChaosConfigError(f"seed={root!r} must be an integer")
+        self.root: int = root
+
+    def __repr__(self) -> str:
+        return f"SeedTree({self.root})"
+
+    def derive(self, name: str) -> int:
+        """The 128-bit integer derived from root + name."""
+        digest = hashlib.blake2b(
+            f"{self.root}\x00{name}".encode(), digest_size=16, person=b"cyncsim.chaos"
+        ).digest()
+        return int.from_bytes(digest, "big")
+
+    def stream(self, name: str) -> random.Random:
+        return random.Random(self.derive(name))
+
+    def uniform(self, name: str) -> float:
+        """One keyed draw in [0, 1) for ``name``, independent of any call order."""
+        return (self.derive(name) >> 75) / float(1 << 53)
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Emission:
+    """What to send for one handed-over packet (a packet may give 0, 1 or 2 emissions).
+
+    ``delay_s`` is relative to the ``now`` given to ``on_packet``; ``chunks`` are the writes
+    (one, or several slices ``slice_gap_s`` apart); ``tags`` among "corrupt", "sliced",
+    "reordered", "dup" (the second copy of a duplicated packet).
+    """
+
+    packet_no: int
+    delay_s: float
+    chunks: tuple[bytes, ...]
+    slice_gap_s: float = 0.0
+    tags: tuple[str, ...] = ()
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @property
+    def span_s(self) -> float:
+        """Time from the first to the last chunk."""
+        return (len(self.chunks) - 1) * self.slice_gap_s
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """One logged decision.  packet_no 0 / direction None: not about one packet."""
+
+    packet_no: int
+    direction: Direction | None
+    kind: str
+    details: dict[str, Any]
+    time: float
+
+
+_FAULT_STREAMS = ("latency", "loss", "burst", "duplicate", "reorder", "corrupt", "slice")
+
+
+@dataclass
+class _Lane:
+    faults: PacketFaults
+    rng: dict[str, random.Random]
+    pattern: frozenset[int]
+    count: int = 0
+    floor: float = -math.inf  # earliest time the next in-order packet may start
+    bad: bool = False  # Gilbert-Elliott state
+
+
+class ChaosPolicy:
+    """Seeded per-packet and per-connection fault decisions for one device; pure.
+
+    The caller passes its clock value ``now`` (seconds, e.g. ``loop.time()``) to every call;
+    ``t0`` is that clock's value at which the config's ``*_s`` offsets start.  Packet numbers
+    are 1-based, per direction, and count every packet handed to ``on_packet`` over the
+    policy's life (make one policy per connection if numbering should restart).
+
+    Use by the I/O layer: hand every outgoing packet to ``on_packet(FROM_DEVICE, ...)`` (or
+    use simulator.chaos.ChaosWriter) and every whole incoming packet to
+    ``on_packet(TO_DEVICE, ...)`` before processing the emissions' bytes at their times;
+    before each read honour ``stall_until``; after each packet ask ``should_reset``; refuse
+    connections when ``accepts_connection`` is false.
+    """
+
+    def __init__(
+        self,
+        config: ChaosConfig,
+        seed: SeedTree | int | None = None,
+        *,
+        name: str = "chaos",
+        t0: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.seeds = seed if isinstance(seed, SeedTree) else SeedTree(seed)
+        self.name = name
+        self.t0 = t0
+        self.log: list[FaultEvent] = []
+        self._lanes = {d: self._lane(d) for d in Direction}
+        self._stalls: list[tuple[float, float]] = []
+        if config.stall is not None and config.stall.at_s is not None:
+            start = t0 + config.stall.at_s
+            self._stalls.append((start, start + config.stall.duration_s))
+        self._time_stall_logged = False
+        self._reset_time_fired = False
+        self._reset_decisions: dict[tuple[Direction, int], bool] = {}
+        self._manual_partition = False
+        self._healed = False
+
+    def _lane(self, d: Direction) -> _Lane:
+        f = self.config.faults(d)
+        rng = {s: self.seeds.stream(f"{self.name}/{d}/{s}") for s in _FAULT_STREAMS}
+        return _Lane(f, rng, frozenset(f.drop_pattern))
+
+    def _detail(self, d: Direction, fault: str, no: int) -> random.Random:
+        # Which bytes / where to cut: a stream keyed by the packet, so it does not depend on
+        # how many packets before were corrupted, sliced or lost.
+        return self.seeds.stream(f"{self.name}/{d}/{fault}/{no}")
+
+    def _note(self, now: float, d: Direction | None, no: int, kind: str, **details: Any) -> None:
+        self.log.append(FaultEvent(no, d, kind, details, now))
+
+    def packets_seen(self, direction: Direction | str) -> int:
+        """How many packets of ``direction`` were handed to on_packet."""
+        return self._lanes[Direction.parse(direction)].count
+
+    def on_packet(self, direction: Direction | str, data: bytes, now: float) -> list[Emission]:
+        """Decide the fate of one whole packet; an empty list means it is lost."""
+        d = Direction.parse(direction)
+        lane, f = self._lanes[d], self._lanes[d].faults
+        lane.count += 1
+        no = lane.count
+        rng = lane.rng
+        # Every stream is drawn the same way for every packet (see the module comment).
+        z = rng["latency"].normalvariate(0.0, 1.0)
+        u_loss = rng["loss"].random()
+        u_state, u_step = rng["burst"].random(), rng["burst"].random()
+        u_dup, u_reorder = rng["duplicate"].random(), rng["reorder"].random()
+        u_corrupt, u_slice = rng["corrupt"].random(), rng["slice"].random()
+        burst_lost = u_state < (f.burst.loss_bad if lane.bad else f.burst.loss_good)
+        lane.bad = (u_step >= f.burst.r) if lane.bad else (u_step < f.burst.p)
+        stall = self.config.stall
+        if d is Direction.TO_DEVICE and stall is not None and stall.after_packet == no:
+            self._stalls.append((now, now + stall.duration_s))
+            self._note(now, d, no, "stall", until=now + stall.duration_s, cause="packet")
+
+        if self.blackholes(now):
+            self._note(now, d, no, "partition_drop")
+            return []
+        if lane.pattern:
+            if no in lane.pattern:
+                self._note(now, d, no, "drop", cause="pattern")
+                return []
+        elif u_loss < f.packet_loss_rate:
+            self._note(now, d, no, "drop", cause="rate")
+            return []
+        elif burst_lost:
+            self._note(now, d, no, "burst_drop")
+            return []
+
+        tags: list[str] = []
+        if u_corrupt < f.corruption_rate and data:
+            data = self._corrupt(
+                self._detail(d, "corrupt", no), data, f.corruption_bytes, now, d, no
+            )
+            tags.append("corrupt")
+        chunks: tuple[bytes, ...] = (data,)
+        if u_slice < f.slicing.rate and len(data) >= 2:
+            chunks = self._slice(self._detail(d, "slice", no), data, f.slicing.max_pieces)
+            self._note(now, d, no, "slice", sizes=[len(c) for c in chunks])
+            tags.append("sliced")
+        gap = f.slicing.delay_ms / 1000.0 if len(chunks) > 1 else 0.0
+        span = (len(chunks) - 1) * gap
+        delay = max(0.0, f.latency_ms + f.latency_variance * z) / 1000.0
+        reordered = u_reorder < f.reorder_rate
+        if reordered:
+            due = now + delay + f.reorder_delay_ms / 1000.0
+            self._note(now, d, no, "reorder", hold_ms=f.reorder_delay_ms)
+            tags.append("reordered")
+        else:
+            due = max(now + delay, lane.floor)
+            lane.floor = due + span
+        if due > now:
+            self._note(now, d, no, "delay", delay_s=due - now)
+        out = [Emission(no, due - now, chunks, gap, tuple(tags))]
+        if u_dup < f.duplicate_rate:
+            dup_due = due + span
+            if not reordered:
+                dup_due = lane.floor
+                lane.floor = dup_due + span
+            out.append(Emission(no, dup_due - now, chunks, gap, (*tags, "dup")))
+            self._note(now, d, no, "duplicate", delay_s=dup_due - now)
+        return out
+
+    def _corrupt(
+        self, rng: random.Random, data: bytes, n: int, now: float, d: Direction, no: int
+    ) -> bytes:
+        buf = bytearray(data)
+        positions = sorted(rng.sample(range(len(buf)), min(n, len(buf))))
+        for pos in positions:
+            buf[pos] ^= rng.randrange(1, 256)
+        self._note(now, d, no, "corrupt", positions=positions)
+        return bytes(buf)
+
+    @staticmethod
+    def _slice(rng: random.Random, data: bytes, max_pieces: int) -> tuple[bytes, ...]:
+        k = rng.randint(2, min(max_pieces, len(data)))
+        cuts = [0, *sorted(rng.sample(range(1, len(data)), k - 1)), len(data)]
+        return tuple(data[a:b] for a, b in itertools.pairwise(cuts))
+
+    # --- connection level -------------------------------------------------------------------
+
+    def stall_until(self, now: float) -> float | None:
+        """While a stall is on: the clock value at which reading may resume; else None."""
+        ends = [end for start, end in self._stalls if start <= now < end]
+        stall = self.config.stall
+        if ends and not self._time_stall_logged and stall is not None and stall.at_s is not None:
+            start = self.t0 + stall.at_s
+            if start <= now < start + stall.duration_s:
+                self._time_stall_logged = True
+                self._note(now, None, 0, "stall", until=start + stall.duration_s, cause="time")
+        return max(ends) if ends else None
+
+    def reset_deadline(self) -> float | None:
+        """Clock value of the pending time-triggered reset (None: none or already fired)."""
+        spec = self.config.reset
+        if spec is None or spec.at_s is None or self._reset_time_fired:
+            return None
+        return self.t0 + spec.at_s
+
+    def reset_due(self, now: float) -> bool:
+        """True once, at the first call at or after ``reset_deadline()``."""
+        deadline = self.reset_deadline()
+        if deadline is None or now < deadline:
+            return False
+        self._reset_time_fired = True
+        self._note(now, None, 0, "reset", cause="time")
+        return True
+
+    def should_reset(self, direction: Direction | str, packet_no: int, now: float) -> bool:
+        """Whether to close the connection abruptly once packet ``packet_no`` of ``direction``
+        is out (asking twice about the same packet gives the same answer, logged once)."""
+        d = Direction.parse(direction)
+        if self.reset_due(now):
+            return True
+        spec = self.config.reset
+        if spec is None or (spec.direction is not None and spec.direction is not d):
+            return False
+        key = (d, packet_no)
+        if key not in self._reset_decisions:
+            cause = None
+            if spec.after_packet == packet_no:
+                cause = "packet"
+            elif self.seeds.uniform(f"{self.name}/{d}/reset/{packet_no}") < spec.probability:
+                cause = "probability"
+            self._reset_decisions[key] = cause is not None
+            if cause is not None:
+                self._note(now, d, packet_no, "reset", cause=cause)
+        return self._reset_decisions[key]
+
+    def is_partitioned(self, now: float) -> bool:
+        """True during the configured window (unless healed) or a manual partition."""
+        if self._manual_partition:
+            return True
+        spec = self.config.partition
+        if spec is None or spec.start_s is None or self._healed:
+            return False
+        end = math.inf if spec.end_s is None else self.t0 + spec.end_s
+        return self.t0 + spec.start_s <= now < end
+
+    def accepts_connection(self, now: float) -> bool:
+        """False while a partition refuses new connections."""
+        spec = self.config.partition
+        refuses = spec is None or spec.refuse_connections
+        return not (refuses and self.is_partitioned(now))
+
+    def blackholes(self, now: float) -> bool:
+        """True while a partition swallows packets."""
+        spec = self.config.partition
+        return (spec is None or spec.blackhole) and self.is_partitioned(now)
+
+    def partition_start(self, now: float) -> None:
+        """Start a manual partition (until partition_end)."""
+        self._manual_partition = True
+        self._note(now, None, 0, "partition_start", cause="manual")
+
+    def partition_end(self, now: float) -> None:
+        """End a manual partition and heal the configured window if it has begun."""
+        self._manual_partition = False
+        spec = self.config.partition
+        if spec is not None and spec.start_s is not None and now >= self.t0 + spec.start_s:
+            self._healed = True
+        self._note(now, None, 0, "partition_end", cause="manual")
+
+    def fault_counts(self, direction: Direction | str | None = None) -> dict[str, int]:
+        """How many events of each kind were logged (optionally for one direction)."""
+        d = None if direction is None else Direction.parse(direction)
+        counts = Counter(e.kind for e in self.log if d is None or e.direction is d)
+        return dict(sorted(counts.items()))
