@@ -1,0 +1,592 @@
+# ReliableTransport: the controller ("cloud") side of one connection to a Cync device.
+#
+# Strategy: the controller answers what devices send (0x23 -> 0x28, 0x43 -> 0x48, 0x83 -> 0x88,
+# 0xD3 -> 0xD8, 0xC3 -> 0xC8) and sends 0x73 commands (and 0xA3), PROTOCOL.md sections 4-9.
+# Incoming packets are dispatched synchronously from the protocol callback through one table
+# keyed by packet type.  A 0x73 is matched to its 0x7B by bytes 5-11 (device id + message id
+# from our own counter); its f9 result by the inner sequence byte (PROTOCOL.md section 8).  Each
+# exchange runs in the caller's task: write, wait for the ACK future, back off (seeded jitter),
+# retransmit the identical bytes, at most ``max_retries`` times.  Everything is bounded: open
+# exchanges (``max_pending``; beyond it a command fails at once with reason "backpressure", so
+# callers see the overload instead of hidden queueing latency), the 0x83 de-duplication LRU
+# (``dedup_window``) and the inbox (``recv_queue_size``; oldest dropped and counted).
+# Failures are Result values; decode problems are raised by ``recv_reliable``.
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Self
+
+from replay.errors import CyncError, HandshakeError, PacketDecodeError
+from replay.payloads import (
+    UNCHANGED,
+    LightStateCommand,
+    PowerCommand,
+    TimeReply,
+    build_ack_for,
+    build_command,
+    build_control,
+    build_simple,
+    build_time_reply,
+)
+from replay.protocol import CyncPacket, FramedPacket, FrameKind, HelloPacket, IdPacket, PacketType
+from simulator._transport_conn import ConnectionManager, DeviceLink, Inbox, Result, TransportStats
+
+__all__ = ["GROUP_BASE", "ConnectionManager", "ReliableTransport", "Result", "TransportStats"]
+
+GROUP_BASE = 0x8000  # mesh targets from here on are groups (PROTOCOL.md 7.5)
+RGB_MODE = 0xFE
+_HELLO_ACK = build_simple(PacketType.HELLO_ACK).encode()
+_STATUS_ACK = build_simple(PacketType.STATUS_ACK).encode()
+_PONG = build_simple(PacketType.PONG).encode()
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_Outcome = CyncPacket | str  # what an exchange's futures resolve to: a packet or a failure reason
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    key: bytes  # bytes 5-11 of the 0x73: device id + message id
+    seq: int | None  # inner sequence byte awaited in the f9 result, None when not waiting
+    opcode: int
+    ack: asyncio.Future[_Outcome]
+    result: asyncio.Future[_Outcome] | None
+
+
+async def _settled(fut: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``fut`` without cancelling it; True when it is done."""
+    if not fut.done():
+        await asyncio.wait((fut,), timeout=seconds)
+    return fut.done()
+
+
+def time_reply_bytes(now: float) -> bytes:
+    """0xC8 for local time ``now`` (PROTOCOL.md 4.3: weekday Sunday=1, UTC offset +-hhmm)."""
+    tm = time.localtime(now)
+    minutes = (tm.tm_gmtoff or 0) // 60
+    hhmm = (-1 if minutes < 0 else 1) * ((abs(minutes) // 60) * 100 + abs(minutes) % 60)
+    weekday = (tm.tm_wday + 1) % 7 + 1
+    reply = TimeReply(tm.tm_year, tm.tm_mon, tm.tm_mday, weekday, tm.tm_hour, tm.tm_min,
+                      tm.tm_sec, hhmm)  # fmt: skip
+    return build_time_reply(reply).encode()
+
+
+def _decode_error(packet: CyncPacket, offset: int, peer: str, why: str) -> PacketDecodeError:
+    reason = packet.defect or "bad_layout"
+    where = f"{packet.name} ({len(packet)} bytes) from {peer}"
+    return PacketDecodeError(reason, f"{where}: {why}", offset=offset, data=packet.encode())
+
+
+class ReliableTransport:
+    """Controller side of a Cync device connection, with ACK matching, retries and reconnect.
+
+    ``connect()`` dials a listening device; ``serve()`` listens (``.port`` is the bound port)
+    and accepts a dialling device (``wait_connected``).  Then ``handshake()``, commands and
+    ``recv_reliable()``.  Heartbeat: only devices send 0xD3, so ``send_heartbeat`` waits for
+    the device's next 0xD3 (answered with 0xD8 as always) and reports the wait: a liveness check.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ack_timeout_seconds: float = 2.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.1,
+        backoff_max: float = 2.0,
+        jitter: float = 0.1,
+        seed: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        max_pending: int = 256,
+        dedup_window: int = 1024,
+        auto_reconnect: bool = True,
+        result_timeout_seconds: float = 5.0,
+        handshake_timeout_seconds: float = 10.0,
+        heartbeat_timeout_seconds: float = 30.0,
+        reconnect_timeout_seconds: float = 30.0,
+        connect_timeout_seconds: float = 5.0,
+        recv_queue_size: int = 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if min(ack_timeout_seconds, result_timeout_seconds, handshake_timeout_seconds) <= 0:
+            raise ValueError("timeouts must be > 0")
+        if max_retries < 0 or not 0 <= backoff_base <= backoff_max or not 0 <= jitter <= 1:
+            raise ValueError("need max_retries >= 0, 0 <= backoff_base <= backoff_max, jitter 0-1")
+        if not 1 <= max_pending <= 0x8000 or min(dedup_window, recv_queue_size) < 1:
+            raise ValueError("need 1 <= max_pending <= 32768, dedup_window and queue size >= 1")
+        self.ack_timeout_seconds = ack_timeout_seconds
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.jitter = jitter
+        self.max_pending = max_pending
+        self.dedup_window = dedup_window
+        self.result_timeout_seconds = result_timeout_seconds
+        self.handshake_timeout_seconds = handshake_timeout_seconds
+        self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
+        self._rng = random.Random(seed)
+        self._clock = clock
+        self.device_id: bytes | None = None
+        self.auth_code: str | None = None
+        self.stats = TransportStats()
+        self.conn_mgr = ConnectionManager(
+            self, host=host, port=port, tls=tls, auto_reconnect=auto_reconnect,
+            reconnect_timeout_seconds=reconnect_timeout_seconds,
+            connect_timeout_seconds=connect_timeout_seconds,
+        )  # fmt: skip
+        self._pending: dict[bytes, _Pending] = {}
+        self._result_waiters: dict[int, _Pending] = {}
+        self._seen_reports: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._inbox = Inbox(recv_queue_size)
+        self._ping_waiters: list[asyncio.Future[_Outcome]] = []
+        self._msg_counter = 0
+        self._seq_counter = 0
+        self._ever_handshaken = False
+        self._send_control = False
+        self._handlers: dict[int, Callable[[DeviceLink, int, CyncPacket], None]] = {
+            PacketType.HELLO: self._on_hello,
+            PacketType.DATA_ACK: self._on_data_ack,
+            PacketType.DATA: self._on_data,
+            PacketType.REPORT: self._on_report,
+            PacketType.STATUS: self._on_status,
+            PacketType.PING: self._on_ping,
+            PacketType.TIME_REQUEST: self._on_time_request,
+            PacketType.CONTROL_ACK: self._on_control_ack,
+        }
+
+    # ------------------------------------------------------------------ connection lifecycle
+    @property
+    def state(self) -> str:
+        return self.conn_mgr.state
+
+    @property
+    def port(self) -> int:
+        return self.conn_mgr.port
+
+    async def connect(self) -> None:
+        """Dial a listening device at host:port; CyncError(reason="connect_failed") if not."""
+        await self.conn_mgr.connect()
+
+    async def serve(self) -> None:
+        """Listen on host:port (0 = any free port, see ``.port``) for a dialling device."""
+        await self.conn_mgr.serve()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self.conn_mgr.wait_connected(timeout)
+
+    async def close(self) -> None:
+        """Fail open exchanges with reason "closed" and close everything; safe twice."""
+        await self.conn_mgr.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Delay after failed attempt ``attempt``: exponential, capped, with seeded jitter."""
+        base = min(self.backoff_max, self.backoff_base * (2.0**attempt))
+        return max(0.0, base * (1.0 + self.jitter * self._rng.uniform(-1.0, 1.0)))
+
+    # ------------------------------------------------------------------------- handshake
+    async def handshake(
+        self,
+        *,
+        send_control: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> HelloPacket:
+        """Wait for the device's 0x23, answer 0x28; with ``send_control`` also 0xA3 -> 0xAB.
+
+        Raises HandshakeError (reason ``malformed_hello``, ``unexpected_packet``, ``timeout``,
+        ``closed``, ``not_connected``, ``reconnecting``, ``bad_control_answer``).  Every later
+        reconnect redoes it before the connection counts as connected.
+        """
+        link = self.conn_mgr.link
+        if link is None:
+            raise HandshakeError(
+                f"no device connection (state {self.state})", reason=self._refusal() or "closed"
+            )
+        hello = await self._handshake_link(link, send_control, timeout)
+        self._ever_handshaken, self._send_control = True, send_control
+        return hello
+
+    async def _handshake_link(
+        self, link: DeviceLink, send_control: bool, seconds: float | None
+    ) -> HelloPacket:
+        limit = self.handshake_timeout_seconds if seconds is None else seconds
+        hello = await link.wait_hello(limit)
+        if link.handshaken:
+            return hello  # handshake() called again: the 0x28 was sent already
+        if not link.write(_HELLO_ACK):
+            raise HandshakeError(f"connection to {link.peer} closed", reason="closed")
+        link.handshaken = True
+        self.device_id, self.auth_code = hello.device_id, hello.auth_code.decode("ascii")
+        if send_control:
+            request = build_control(hello.device_id, self._rng.randbytes(2))
+            await link.control_exchange(request, limit)
+        return hello
+
+    # hooks for the ConnectionManager
+    @property
+    def needs_handshake(self) -> bool:
+        return self._ever_handshaken
+
+    async def rehandshake(self, link: DeviceLink) -> None:
+        await self._handshake_link(link, self._send_control, None)
+
+    def link_down(self, reason: str) -> None:
+        """The connection is gone: every waiting exchange ends now with ``reason``."""
+        for entry in list(self._pending.values()):
+            for fut in (entry.ack, entry.result):
+                if fut is not None and not fut.done():
+                    fut.set_result(reason)
+        for fut in self._ping_waiters:
+            if not fut.done():
+                fut.set_result(reason)
+
+    def state_changed(self, state: str) -> None:
+        if state in ("closed", "disconnected", "idle"):
+            self._inbox.wake_all()
+
+    # -------------------------------------------------------------------------- commands
+    def _refusal(self) -> str | None:
+        state = self.conn_mgr.state
+        if state == "connected" and self.conn_mgr.link is not None:
+            return None
+        return "reconnecting" if state == "reconnecting" else "not_connected"
+
+    @staticmethod
+    def group(number: int) -> int:
+        """Mesh address of group ``number`` (0x8000 + n)."""
+        return GROUP_BASE + number
+
+    async def send_toggle_command(
+        self,
+        device_id_or_node: bytes | int,
+        state: bool,
+        *,
+        target: int | None = None,
+        wait_result: bool = False,
+    ) -> Result:
+        """Power a mesh node or group on/off (f8 d0).  ``device_id_or_node`` is a 4-byte
+        device id (bytes; ``target`` then names the node or group) or a node/group id (int;
+        the device id is the handshaken one)."""
+        if isinstance(device_id_or_node, bytes | bytearray):
+            if len(device_id_or_node) != 4 or target is None:
+                raise ValueError("a bytes device id must have 4 bytes and needs target=")
+            device_id: bytes | None = bytes(device_id_or_node)
+            node = target
+        else:
+            if target is not None and target != device_id_or_node:
+                raise ValueError(f"node {device_id_or_node} and target={target} disagree")
+            device_id, node = self.device_id, device_id_or_node
+        _check_target(node)
+        return await self._send_command(
+            device_id, lambda ctr: PowerCommand(ctr, node, bool(state)), wait_result
+        )
+
+    async def send_light_state(
+        self,
+        target: int,
+        brightness: int | None = None,
+        color_temp: int | None = None,
+        rgb: tuple[int, int, int] | None = None,
+        *,
+        device_id: bytes | None = None,
+        wait_result: bool = False,
+    ) -> Result:
+        """Brightness 0-100, colour temperature 0-100 or RGB (f8 f0); None = unchanged (0xff),
+        RGB switches to RGB mode (0xfe).  ``device_id`` defaults to the handshaken one."""
+        _check_target(target)
+        if rgb is not None and color_temp is not None:
+            raise ValueError("give color_temp or rgb, not both")
+        if any(v is not None and not 0 <= v <= 100 for v in (brightness, color_temp)):
+            raise ValueError(f"brightness {brightness} / color_temp {color_temp} not in 0-100")
+        if rgb is not None and (len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb)):
+            raise ValueError(f"rgb {rgb} is not three values 0-255")
+        bri = UNCHANGED if brightness is None else brightness
+        ct = RGB_MODE if rgb is not None else (UNCHANGED if color_temp is None else color_temp)
+        colour = (0xFF, 0xFF, 0xFF) if rgb is None else (rgb[0], rgb[1], rgb[2])
+        dev = self.device_id if device_id is None else bytes(device_id)
+        return await self._send_command(
+            dev, lambda ctr: LightStateCommand(ctr, target, bri, ct, colour), wait_result
+        )
+
+    async def _send_command(
+        self,
+        device_id: bytes | None,
+        make: Callable[[int], PowerCommand | LightStateCommand],
+        wait_result: bool,
+    ) -> Result:
+        refusal = self._refusal()
+        if refusal is not None:
+            return Result(False, refusal)
+        if device_id is None:
+            return Result(False, "no_device_id")
+        seq = self._next_seq()
+        if seq is None:
+            self.stats.backpressure += 1
+            return Result(False, "backpressure")
+        packet = build_command(device_id, self._next_msg_id(device_id), make(seq))
+        return await self.send_reliable(packet, wait_result=wait_result)
+
+    def _next_seq(self) -> int | None:
+        for _ in range(256):
+            self._seq_counter = (self._seq_counter + 1) & 0xFF
+            if self._seq_counter not in self._result_waiters:
+                return self._seq_counter
+        return None
+
+    def _next_msg_id(self, device_id: bytes) -> bytes:
+        while True:  # terminates: at most max_pending (<= 32768) of 65536 ids are in use
+            self._msg_counter = (self._msg_counter + 1) & 0xFFFF
+            msg_id = struct.pack(">HB", self._msg_counter, 0)
+            if device_id + msg_id not in self._pending:
+                return msg_id
+
+    async def send_reliable(self, packet: CyncPacket, *, wait_result: bool = False) -> Result:
+        """Send a 0x73 until a 0x7B echoing its bytes 5-11 arrives or the retries run out.
+
+        Sent as given; retransmissions are the same bytes (same message id and sequence, so a
+        device can de-duplicate).  ``wait_result`` also waits for the f9 result carrying the
+        frame's sequence byte.  Refused at once with reason ``id_in_use`` when that message id
+        (or awaited sequence byte) is already open, ``backpressure`` at ``max_pending``.
+        """
+        if not isinstance(packet, FramedPacket) or packet.type != PacketType.DATA:
+            raise ValueError(f"send_reliable sends 0x73 packets, not {packet.name}")
+        frame = packet.frame
+        if wait_result and (frame is None or frame.kind != FrameKind.REQUEST):
+            raise ValueError("wait_result needs a 0x73 with an f8 request frame")
+        refusal = self._refusal()
+        if refusal is not None:
+            return Result(False, refusal)
+        key = packet.device_id + packet.msg_id
+        seq = frame.seq_byte if wait_result and frame is not None else None
+        if key in self._pending or (seq is not None and seq in self._result_waiters):
+            return Result(False, "id_in_use")
+        if len(self._pending) >= self.max_pending:
+            self.stats.backpressure += 1
+            return Result(False, "backpressure")
+        loop = asyncio.get_running_loop()
+        opcode = -1 if frame is None else frame.opcode
+        result_fut = loop.create_future() if seq is not None else None
+        entry = _Pending(key, seq, opcode, loop.create_future(), result_fut)
+        self._pending[key] = entry
+        if seq is not None:
+            self._result_waiters[seq] = entry
+        self.stats.commands += 1
+        try:
+            return await self._exchange(entry, packet.encode())
+        finally:
+            if self._pending.get(key) is entry:
+                del self._pending[key]
+            if seq is not None and self._result_waiters.get(seq) is entry:
+                del self._result_waiters[seq]
+
+    async def _exchange(self, entry: _Pending, data: bytes) -> Result:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        retries = 0
+        for attempt in range(self.max_retries + 1):
+            retries = attempt
+            link = self.conn_mgr.link
+            if link is not None and not entry.ack.done():
+                await link.wait_writable()
+            if entry.ack.done() or link is None or not link.write(data):
+                break
+            self.stats.transmissions += 1
+            self.stats.retransmissions += 1 if attempt else 0
+            if await _settled(entry.ack, self.ack_timeout_seconds):
+                break
+            if attempt == self.max_retries:
+                self.stats.timeouts += 1
+                return Result(False, "timeout", retries, loop.time() - start)
+            # An ACK arriving during the back-off still completes this exchange.
+            if await _settled(entry.ack, self.backoff_delay(attempt)):
+                break
+        ack = entry.ack.result() if entry.ack.done() else (self._refusal() or "connection_lost")
+        if isinstance(ack, str):
+            return Result(False, ack, retries, loop.time() - start)
+        self.stats.acked += 1
+        if entry.result is None:
+            return Result(True, "acked", retries, loop.time() - start, ack)
+        if not await _settled(entry.result, self.result_timeout_seconds):
+            return Result(False, "result_timeout", retries, loop.time() - start, ack)
+        res = entry.result.result()
+        if isinstance(res, str):
+            return Result(False, res, retries, loop.time() - start, ack)
+        return Result(True, "acked", retries, loop.time() - start, ack, res)
+
+    async def send_heartbeat(self, timeout: float | None = None) -> Result:  # noqa: ASYNC109
+        """Wait for the device's next 0xD3 ping (the dispatcher answers it with 0xD8).
+
+        Success: reason "ping_answered", ``result`` = the 0xD3, ``latency_s`` = the wait.
+        """
+        refusal = self._refusal()
+        if refusal is not None:
+            return Result(False, refusal)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_Outcome] = loop.create_future()
+        self._ping_waiters.append(fut)
+        start = loop.time()
+        try:
+            limit = self.heartbeat_timeout_seconds if timeout is None else timeout
+            done = await _settled(fut, limit)
+        finally:
+            self._ping_waiters.remove(fut)
+        got = fut.result() if done else "timeout"
+        if isinstance(got, str):
+            return Result(False, got, 0, loop.time() - start)
+        return Result(True, "ping_answered", 0, loop.time() - start, None, got)
+
+    async def send_raw(self, packet: CyncPacket | bytes) -> bool:
+        """Write bytes without waiting for an answer; False when not connected."""
+        link = self.conn_mgr.link
+        if link is None or self._refusal() is not None:
+            return False
+        await link.wait_writable()
+        return link.write(packet if isinstance(packet, bytes) else packet.encode())
+
+    # --------------------------------------------------------------------------- receive
+    async def recv_reliable(self, timeout: float | None = None) -> CyncPacket:  # noqa: ASYNC109
+        """The next device packet the transport did not consume: 0x83 reports, 0x43, f9
+        results nobody waited for, anything unexpected (0x83/0x43 are already answered).
+        Raises PacketDecodeError for a defective packet or non-Cync bytes (the connection
+        stays up), TimeoutError after ``timeout``, CyncError when closed / not connected."""
+        item = await self._inbox.get(timeout, self._recv_end)
+        if isinstance(item, PacketDecodeError):
+            raise item
+        return item
+
+    def _recv_end(self) -> CyncError | None:
+        state = self.conn_mgr.state
+        if state == "closed":
+            return CyncError("transport is closed", reason="closed")
+        if state in ("idle", "disconnected"):
+            return CyncError(f"no device connection (state {state})", reason="not_connected")
+        return None
+
+    def _deliver(self, item: CyncPacket | PacketDecodeError) -> None:
+        if self._inbox.put(item):
+            self.stats.recv_dropped += 1
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Sizes of the internal tables: all bounded, the first four 0 when nothing waits."""
+        return {
+            "pending": len(self._pending),
+            "result_waiters": len(self._result_waiters),
+            "ping_waiters": len(self._ping_waiters),
+            "inbox_waiters": self._inbox.waiters,
+            "inbox": len(self._inbox),
+            "dedup": len(self._seen_reports),
+        }
+
+    # ---------------------------------------------------------------- packet dispatching
+    def link_error(self, error: PacketDecodeError) -> None:
+        self.stats.decode_errors += 1
+        self._deliver(error)
+
+    def link_packet(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        ptype = packet.type
+        if packet.defect is not None and ptype != PacketType.HELLO:
+            if ptype == PacketType.REPORT and isinstance(packet, IdPacket):
+                self._ack_report(link, packet)  # never leave a device report unanswered
+            self.link_error(_decode_error(packet, offset, link.peer, packet.defect))
+            return
+        self._handlers.get(ptype, self._on_other)(link, offset, packet)
+
+    def _on_other(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        self._deliver(packet)
+
+    def _on_hello(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        problem = _hello_problem(packet)
+        if link.hello is not None or link.handshaken:  # a repeated 0x23 on this connection
+            self.stats.rehellos += 1
+            if problem is not None:
+                self.link_error(_decode_error(packet, offset, link.peer, problem))
+            elif link.handshaken:
+                link.write(_HELLO_ACK)  # the device still waits for a 0x28
+        elif problem is not None or not isinstance(packet, HelloPacket):
+            link.fail_hello(
+                f"malformed 0x23 at stream offset {offset}: {problem}", "malformed_hello"
+            )
+        else:
+            link.offer_hello(packet)
+
+    def _on_data_ack(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        entry = self._pending.get(packet.encode()[5:12])
+        if entry is None:
+            self.stats.unmatched_acks += 1  # late (after a timeout), stale or foreign
+        elif entry.ack.done():
+            self.stats.duplicate_acks += 1
+        else:
+            entry.ack.set_result(packet)
+
+    def _on_data(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        frame = packet.frame if isinstance(packet, FramedPacket) else None
+        if frame is not None and frame.kind == FrameKind.RESULT:
+            entry = self._result_waiters.get(frame.seq_byte)
+            fut = None if entry is None or entry.opcode != frame.opcode else entry.result
+            if fut is not None and not fut.done():
+                self.stats.results += 1
+                fut.set_result(packet)
+                return
+        self._deliver(packet)
+
+    def _ack_report(self, link: DeviceLink, packet: IdPacket) -> bool:
+        """Answer a 0x83 with 0x88; True when it is new (not in the de-duplication window)."""
+        link.write(build_ack_for(packet).encode())
+        key, seen = packet.device_id + packet.msg_id, self._seen_reports
+        if key in seen:
+            seen.move_to_end(key)
+            self.stats.duplicate_reports += 1
+            return False
+        seen[key] = None
+        if len(seen) > self.dedup_window:
+            seen.popitem(last=False)
+        return True
+
+    def _on_report(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        if isinstance(packet, IdPacket) and self._ack_report(link, packet):
+            self.stats.reports += 1
+            self._deliver(packet)
+
+    def _on_status(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        link.write(_STATUS_ACK)
+        self.stats.status_packets += 1
+        self._deliver(packet)
+
+    def _on_ping(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        link.write(_PONG)
+        self.stats.pings_answered += 1
+        for fut in self._ping_waiters:
+            if not fut.done():
+                fut.set_result(packet)
+
+    def _on_time_request(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        link.write(time_reply_bytes(self._clock()))
+        self.stats.time_replies += 1
+
+    def _on_control_ack(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None:
+        if not link.offer_control_answer(packet):
+            self._deliver(packet)
+
+
+def _hello_problem(pkt: CyncPacket) -> str | None:
+    if pkt.defect is not None or not isinstance(pkt, HelloPacket):
+        return f"layout of the {len(pkt)}-byte 0x23 is wrong ({pkt.defect})"
+    if len(pkt.auth_code) != 16 or not set(pkt.auth_code) <= _HEX:
+        return f"auth code {pkt.auth_code!r} is not 16 hex characters"
+    return None
+
+
+def _check_target(node: int) -> None:
+    if not 0 <= node <= 0xFFFF:
+        raise ValueError(f"mesh target {node} is not a 16-bit node or group id (0x8000 + n)")
