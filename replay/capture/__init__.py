@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 DEFAULT_CLOUD_PORTS = (23779, 23778)
+# Flow findings for bytes that were never fed to a FlowBuilder (see capture/tcp.py).
+_NOT_FED = frozenset({"gap", "overlap_conflict", "before_start", "out_of_window"})
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1",
     b"\xa1\xb2\xc3\xd4",
@@ -128,7 +130,7 @@ def accounting_errors(result: CaptureResult) -> list[str]:
             key = (flow.id, fp.sender)
             covered[key] = covered.get(key, 0) + len(fp.packet)
     for f in result.findings:
-        if f.sender is None or f.reason == "gap" or f.reason.startswith("defect:"):
+        if f.sender is None or f.reason in _NOT_FED or f.reason.startswith("defect:"):
             continue
         if f.reason in ("not_tcp", "ip_fragment", "bad_record", "truncated_file"):
             continue

@@ -134,7 +134,7 @@ class FlowBuilder:
     """Frames the payload bytes of one flow, direction by direction, with byte accounting.
 
     Feed payload bytes in stream order with ``feed(sender, ts, data)``; report holes with
-    ``gap(sender, ts, length)``; call ``close()`` at the end.  A direction whose first bytes
+    ``gap(sender, ts, offset, length)``; call ``close()`` at the end.  A direction whose first bytes
     are a TLS record marks the flow as TLS and its bytes become one ``tls`` finding.
     """
 

@@ -42,8 +42,26 @@ _RAW_IP = frozenset({101, 12, 14, 228, 229})
 _NULL = frozenset({0, 108})
 _IP6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
 _TCPH = struct.Struct(">IIH")  # seq, ack, data offset + flags (at TCP byte 4)
+# Fast path, Ethernet + 20-byte IPv4 header + TCP in one unpack: ethertype, version/IHL,
+# total length, flags/fragment offset, protocol, addresses + ports (the 4-tuple key), seq,
+# ack, data offset + flags.
+_ETH_IP4_TCP = struct.Struct(">12xHBxH2xHxB2x12sIIH")
+_FAST_MIN = 54  # 14 + 20 + 20
 
 Progress = Callable[[int, int], None]
+
+
+class _Tally:
+    """Frames skipped for one reason: counted, not reported one by one."""
+
+    __slots__ = ("count", "first", "kinds", "length", "ts")
+
+    def __init__(self, first: int, ts: float) -> None:
+        self.count = 0
+        self.first = first  # file offset of the first such record
+        self.length = 0
+        self.ts = ts
+        self.kinds: Counter[str] = Counter()
 
 
 class _Decoder:
@@ -54,16 +72,15 @@ class _Decoder:
     def __init__(self, reasm: TcpReassembler) -> None:
         self.reasm = reasm
         self.segment = reasm.segment
-        # reason -> [frames, first record offset, bytes, first ts, Counter of kinds]
-        self.notes: dict[str, list[object]] = {}
+        self.notes: dict[str, _Tally] = {}
 
     def note(self, reason: str, rec_off: int, length: int, ts: float, kind: str) -> None:
-        entry = self.notes.get(reason)
-        if entry is None:
-            entry = self.notes[reason] = [0, rec_off, 0, ts, Counter()]
-        entry[0] += 1  # type: ignore[operator]
-        entry[2] += length  # type: ignore[operator]
-        entry[4][kind] += 1  # type: ignore[index]
+        tally = self.notes.get(reason)
+        if tally is None:
+            tally = self.notes[reason] = _Tally(rec_off, ts)
+        tally.count += 1
+        tally.length += length
+        tally.kinds[kind] += 1
 
     def frame(self, buf: bytes, pos: int, end: int, lt: int, ts: float, cut: int, rec: int) -> None:
         """Decode frame ``buf[pos:end]`` of link type ``lt``; ``cut`` bytes were not captured."""
@@ -130,6 +147,8 @@ class _Decoder:
                 tcp += (buf[tcp + 1] + 1) << 3
             if nh == 44:
                 return self.note("ip_fragment", rec, end - pos, ts, "ipv6")
+            if nh in _IP6_EXT:
+                return self._short(rec, end - pos, ts, cut, "ipv6 extension header")
             if nh != 6:
                 return self.note("not_tcp", rec, end - pos, ts, f"ipv6 next header {nh}")
             plen = (buf[ip + 4] << 8) | buf[ip + 5]
@@ -153,14 +172,16 @@ class _Decoder:
         # The frame ends before the IP packet does.
         if not cut:
             return self.note("malformed", rec, end - pos, ts, "ip length beyond frame")
-        missing = ip_end - max(start, end)
-        self.note("truncated", rec, missing, ts, "snap length")
-        self.segment(key, ts, seq, ack, offflags & 0x3F, buf[start:end], missing)
+        self.note("truncated", rec, cut, ts, "tcp payload")
+        self.segment(key, ts, seq, ack, offflags & 0x3F, buf[start:end], ip_end - max(start, end))
         return None
 
     def _short(self, rec: int, length: int, ts: float, cut: int, what: str) -> None:
         # Headers incomplete: cut by the snap length (the segment is lost), or malformed.
-        self.note("truncated" if cut else "malformed", rec, length, ts, what)
+        if cut:
+            self.note("truncated", rec, cut, ts, what)
+        else:
+            self.note("malformed", rec, length, ts, what)
 
     def findings(self, source: str) -> Iterable[Finding]:
         text = {
@@ -169,19 +190,11 @@ class _Decoder:
             "truncated": "frames cut by the snap length",
             "malformed": "frames with malformed headers (skipped)",
         }
-        for reason, (count, off, length, ts, kinds) in self.notes.items():
-            what = ", ".join(f"{k}: {n}" for k, n in kinds.most_common(6))  # type: ignore[attr-defined]
-            unit = "bytes missing" if reason == "truncated" else "bytes"
-            yield Finding(
-                source,
-                "",
-                None,
-                off,  # type: ignore[arg-type]
-                length,  # type: ignore[arg-type]
-                reason,
-                f"{count} {text[reason]}, {length} {unit} ({what}); first at file offset {off}",
-                ts,  # type: ignore[arg-type]
-            )
+        for reason, t in self.notes.items():
+            what = ", ".join(f"{k}: {n}" for k, n in t.kinds.most_common(6))
+            unit = "bytes not captured" if reason == "truncated" else "bytes"
+            detail = f"{t.count} {text[reason]}, {t.length} {unit} ({what})"
+            yield Finding(source, "", None, t.first, t.length, reason, detail, t.ts)
 
 
 def _walk_pcap(path: str, buf: bytes, dec: _Decoder, progress: Progress | None) -> None:
@@ -194,9 +207,13 @@ def _walk_pcap(path: str, buf: bytes, dec: _Decoder, progress: Progress | None) 
     rec = struct.Struct(order + "IIII")
     unpack = rec.unpack_from
     frame = dec.frame
+    segment = dec.segment
+    # the fast path covers untruncated Ethernet / IPv4 / TCP; everything else takes frame()
+    fast = _ETH_IP4_TCP.unpack_from if linktype == 1 else None
     n = len(buf)
     pos = 24
     i = 0
+    mark = _PROGRESS_EVERY
     while pos + 16 <= n:
         sec, frac, caplen, origlen = unpack(buf, pos)
         start = pos + 16
@@ -210,19 +227,28 @@ def _walk_pcap(path: str, buf: bytes, dec: _Decoder, progress: Progress | None) 
             )
         if end > n:
             break
-        frame(
-            buf,
-            start,
-            end,
-            linktype,
-            sec + frac / units,
-            origlen - caplen if origlen > caplen else 0,
-            pos,
-        )
+        ts = sec + frac / units
+        if fast is not None and caplen >= _FAST_MIN:
+            et, vihl, total, frag, proto, key, seq, ack, offflags = fast(buf, start)
+            if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                data = start + 34 + ((offflags >> 10) & 0x3C)
+                ip_end = start + 14 + total
+                if start + _FAST_MIN <= data <= ip_end <= end:
+                    segment(key, ts, seq, ack, offflags & 0x3F, buf[data:ip_end])
+                    pos = end
+                    i += 1
+                    if i == mark:
+                        mark += _PROGRESS_EVERY
+                        if progress is not None:
+                            progress(pos, n)
+                    continue
+        frame(buf, start, end, linktype, ts, origlen - caplen if origlen > caplen else 0, pos)
         pos = end
         i += 1
-        if progress is not None and not i % _PROGRESS_EVERY:
-            progress(pos, n)
+        if i == mark:
+            mark += _PROGRESS_EVERY
+            if progress is not None:
+                progress(pos, n)
     if pos < n:
         _cut_file(dec, pos, n, f"record {i} starts at offset {pos} but the file ends")
 
@@ -242,6 +268,8 @@ def _walk_pcapng(path: str, buf: bytes, dec: _Decoder, progress: Progress | None
     # per interface: (link type, units per second, offset seconds, snap length)
     ifaces: list[tuple[int, float, int, int]] = []
     frame = dec.frame
+    segment = dec.segment
+    fast = _ETH_IP4_TCP.unpack_from
     i = 0
     last_ts = 0.0
     while pos + 12 <= n:
@@ -286,15 +314,18 @@ def _walk_pcapng(path: str, buf: bytes, dec: _Decoder, progress: Progress | None
                 )
             lt, units, tsoff, _ = ifaces[itf]
             last_ts = ((hi << 32) | lo) / units + tsoff
-            frame(
-                buf,
-                pos + 28,
-                pos + 28 + caplen,
-                lt,
-                last_ts,
-                origlen - caplen if origlen > caplen else 0,
-                pos,
-            )
+            start, end = pos + 28, pos + 28 + caplen
+            if lt == 1 and caplen >= _FAST_MIN:  # same fast path as in _walk_pcap
+                et, vihl, total, frag, proto, key, seq, ack, offflags = fast(buf, start)
+                if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
+                    data = start + 34 + ((offflags >> 10) & 0x3C)
+                    ip_end = start + 14 + total
+                    if start + _FAST_MIN <= data <= ip_end <= end:
+                        segment(key, last_ts, seq, ack, offflags & 0x3F, buf[data:ip_end])
+                        pos += blen
+                        i += 1
+                        continue
+            frame(buf, start, end, lt, last_ts, origlen - caplen if origlen > caplen else 0, pos)
         elif btype == 3:  # simple packet block: interface 0, no timestamp
             if not ifaces:
                 raise CaptureError(

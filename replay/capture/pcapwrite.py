@@ -27,6 +27,7 @@ __all__ = [
     "SYN",
     "Frame",
     "Interface",
+    "PcapWriter",
     "TcpConversation",
     "generate_benchmark_pcap",
     "internet_checksum",
@@ -45,7 +46,6 @@ _IP4 = struct.Struct(">BBHHHBBH4s4s")  # ver/ihl, tos, total, id, flags/frag, tt
 _IP6 = struct.Struct(">IHBB16s16s")  # ver/class/label, payload length, next header, hops
 _TCP = struct.Struct(">HHIIHHHH")  # ports, seq, ack, offset/flags, window, csum, urgent
 _UDP = struct.Struct(">HHHH")
-_ETH = struct.Struct(">6s6sH")
 _PCAP_HDR = ">IHHiIII"  # magic, version 2.4, thiszone, sigfigs, snaplen, linktype
 _PCAP_REC = "IIII"  # ts seconds, ts fraction, captured length, original length
 _DEFAULT_SNAPLEN = 262144
@@ -202,6 +202,41 @@ def _open(dest: Dest) -> Iterator[BinaryIO]:
         yield dest
 
 
+class PcapWriter:
+    """Incremental classic-pcap writer (for recording live traffic frame by frame)."""
+
+    def __init__(
+        self,
+        fh: BinaryIO,
+        *,
+        linktype: int = 1,
+        nanosecond: bool = False,
+        big_endian: bool = False,
+        snaplen: int = _DEFAULT_SNAPLEN,
+    ) -> None:
+        order = ">" if big_endian else "<"
+        self._fh = fh
+        self._units = 1_000_000_000 if nanosecond else 1_000_000
+        self._rec = struct.Struct(order + _PCAP_REC)
+        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+        fh.write(struct.pack(order + _PCAP_HDR[1:], magic, 2, 4, 0, 0, snaplen, linktype))
+        self.count = 0
+
+    def record(self, frame: Frame | tuple[float, bytes]) -> bytes:
+        """The bytes of one record (header + frame)."""
+        f = _as_frame(frame)
+        sec = int(f.ts // 1)
+        frac = round((f.ts - sec) * self._units)
+        if frac >= self._units:
+            sec, frac = sec + 1, frac - self._units
+        orig = len(f.data) if f.origlen is None else f.origlen
+        return self._rec.pack(sec, frac, len(f.data), orig) + f.data
+
+    def write(self, frame: Frame | tuple[float, bytes]) -> None:
+        self._fh.write(self.record(frame))
+        self.count += 1
+
+
 def write_pcap(
     dest: Dest,
     frames: Iterable[Frame | tuple[float, bytes]],
@@ -212,24 +247,13 @@ def write_pcap(
     snaplen: int = _DEFAULT_SNAPLEN,
 ) -> int:
     """Write a classic pcap file; returns the number of frames written."""
-    order = ">" if big_endian else "<"
-    magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
-    units = 1_000_000_000 if nanosecond else 1_000_000
-    rec = struct.Struct(order + _PCAP_REC)
-    parts = [struct.pack(order + _PCAP_HDR[1:], magic, 2, 4, 0, 0, snaplen, linktype)]
-    count = 0
-    for f in map(_as_frame, frames):
-        sec = int(f.ts // 1)
-        frac = round((f.ts - sec) * units)
-        if frac >= units:
-            sec, frac = sec + 1, frac - units
-        orig = len(f.data) if f.origlen is None else f.origlen
-        parts.append(rec.pack(sec, frac, len(f.data), orig))
-        parts.append(f.data)
-        count += 1
     with _open(dest) as fh:
-        fh.write(b"".join(parts))
-    return count
+        w = PcapWriter(
+            fh, linktype=linktype, nanosecond=nanosecond, big_endian=big_endian, snaplen=snaplen
+        )
+        records = [w.record(f) for f in frames]
+        fh.write(b"".join(records))
+    return len(records)
 
 
 def _pcapng_block(order: str, btype: int, body: bytes) -> bytes:
@@ -415,29 +439,8 @@ def _bench_packets(rng: random.Random, dev: bytes, counters: list[int]) -> list[
         counters[0] = (counters[0] + 1) & 0xFFFF
         mid = counters[0].to_bytes(2, "big") + b"\0"
         node = rng.randrange(256)
-        data = bytes(
-            [
-                0,
-                0x11,
-                0x11,
-                0x11,
-                node,
-                0,
-                node,
-                0,
-                0xDB,
-                0x11,
-                2,
-                1,
-                1,
-                rng.randrange(101),
-                0x0A,
-                0,
-                0,
-                0,
-                0,
-            ]
-        )
+        state = bytes([node, 0, node, 0]) + b"\xdb\x11\x02\x01\x01"
+        data = b"\x00\x11\x11\x11" + state + bytes([rng.randrange(101)]) + b"\x0a\0\0\0\0"
         frame = InnerFrame(bytes([counters[0] & 0xFF, 0x65, 0x22, 0x11]), 0xFA, 0xDB, data)
         report = FramedPacket(0x83, device_id=dev, msg_id=mid, frame=frame).encode()
         return [("client", report), ("server", b"\x88\0\0\0\x03" + mid)]
@@ -459,29 +462,8 @@ def _bench_packets(rng: random.Random, dev: bytes, counters: list[int]) -> list[
             0x73, device_id=dev, msg_id=counters[2].to_bytes(2, "big") + b"\0", frame=res
         ).encode()
         return [("server", command), ("client", ack + result)]
-    entry = bytes(
-        [
-            5,
-            0,
-            0x10,
-            rng.randrange(256),
-            1,
-            rng.randrange(101),
-            0x0A,
-            0xFF,
-            0xFF,
-            0xFF,
-            1,
-            0,
-            0x2C,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]
-    )
+    state = bytes([rng.randrange(256), 1, rng.randrange(101)])
+    entry = b"\x05\x00\x10" + state + b"\x0a\xff\xff\xff\x01\x00\x2c" + bytes(6)
     status = IdPacket(0x43, device_id=dev, msg_id=b"\x01\x01\x06", payload=entry).encode()
     return [("client", status), ("server", GenericPacket(0x48, payload=b"\x01\x01\x00").encode())]
 

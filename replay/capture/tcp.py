@@ -488,6 +488,9 @@ class TcpReassembler:
             self._resolve(conn, None)
         assert conn.flow is not None
         flow = conn.flow.close(ts)
+        for d in (conn.a, conn.b):  # nothing can arrive any more: free the buffers
+            d.hist = bytearray()
+            d.pend_start, d.pend_data, d.pend_bytes = [], [], 0
         for key in conn.keys:
             held = self._dirs.get(key)
             if held is not None and held.conn is conn:

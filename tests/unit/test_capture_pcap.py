@@ -16,6 +16,7 @@ from replay.capture.pcapwrite import (
     PSH,
     Frame,
     Interface,
+    PcapWriter,
     TcpConversation,
     internet_checksum,
     link_frame,
@@ -264,6 +265,7 @@ def test_frames_cut_by_snap_length() -> None:
     assert gaps == [(10, 21), (36, 42)]
     (cut,) = by_reason(result, "truncated")
     assert cut.detail.startswith("2 frames cut by the snap length")
+    assert cut.length == 21 + (20 + 20 + len(REPORT) - 10)  # bytes not captured
     assert_accounting(result)
 
 
@@ -408,3 +410,79 @@ def test_writer_output_parses_with_dpkt() -> None:
     pseudo = ip.src + ip.dst + struct.pack(">HH", 6, len(tcp))
     assert internet_checksum(pseudo + tcp) == 0
     assert internet_checksum(pseudo + tcp[:16] + b"\x00\x00" + tcp[18:]) == ip.data.sum
+
+
+def test_malformed_headers_and_unknown_link_types_are_counted() -> None:
+    good = conversation_frames()
+    conv = TcpConversation(("10.0.0.9", 40000), SRV4)
+    (frame,) = conv.send(T0, "client", PING)
+    long_ip = bytearray(frame.data)
+    long_ip[14 + 2 : 14 + 4] = (200).to_bytes(2, "big")  # IP says 200 bytes, frame has 59
+    bad_offset = bytearray(frame.data)
+    bad_offset[14 + 20 + 12] = 0x30  # TCP data offset 3 (< 5 words)
+    data = pcapng_bytes(
+        [
+            *good,
+            Frame(T0, bytes(long_ip)),
+            Frame(T0, bytes(bad_offset)),
+            Frame(T0, b"x" * 30, None, 1),
+        ],
+        interfaces=[Interface(linktype=1), Interface(linktype=127)],
+    )
+    result = read_pcap("x.pcapng", data)
+    assert_exchange(result)
+    (malformed,) = by_reason(result, "malformed")
+    assert malformed.detail.startswith("2 frames with malformed headers")
+    assert (
+        "ip length beyond frame: 1" in malformed.detail and "tcp data offset: 1" in malformed.detail
+    )
+    (other,) = by_reason(result, "not_tcp")
+    assert "link type 127: 1" in other.detail
+
+
+def test_pcapng_simple_packet_block_uses_interface_zero() -> None:
+    conv = TcpConversation(DEV4, SRV4)
+    data = pcapng_bytes([conv.segment(5.0, "client", PING)])
+    conv.sent["client"] += 5
+    (frame,) = conv.send(6.0, "client", REPORT)
+    body = struct.pack("<I", len(frame.data)) + frame.data + bytes(-len(frame.data) % 4)
+    spb = struct.pack("<II", 3, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+    result = read_pcap("x.pcapng", data + spb)
+    assert packets(result, "device") == [PING, REPORT]
+    assert [fp.ts for fp in result.flows[0].packets] == [5.0, 5.0]  # SPB has no time stamp
+
+
+def test_incremental_writer_matches_write_pcap(tmp_path: Path) -> None:
+    frames = conversation_frames()
+    out = io.BytesIO()
+    w = PcapWriter(out, nanosecond=True)
+    for f in frames:
+        w.write(f)
+    assert w.count == len(frames)
+    assert out.getvalue() == pcap_bytes(frames, nanosecond=True)
+    assert write_pcap(tmp_path / "c.pcap", frames, nanosecond=True) == len(frames)
+    assert (tmp_path / "c.pcap").read_bytes() == out.getvalue()
+
+
+def test_conversation_sequence_and_ack_numbers() -> None:
+    conv = TcpConversation(DEV4, SRV4, isn_client=2**32 - 3, isn_server=77)
+    frames = conv.handshake(1.0) + conv.send(2.0, "client", HELLO) + conv.send(3.0, "server", ACK28)
+    frames += conv.close(4.0)
+    segs = []
+    for f in frames:
+        tcp = dpkt.ethernet.Ethernet(f.data).data.data
+        segs.append((tcp.sport, tcp.flags, tcp.seq, tcp.ack, len(tcp.data)))
+    c, s = DEV4[1], SRV4[1]
+    syn, fin = dpkt.tcp.TH_SYN, dpkt.tcp.TH_FIN
+    a = dpkt.tcp.TH_ACK
+    pa = a | dpkt.tcp.TH_PUSH
+    assert segs == [
+        (c, syn, 2**32 - 3, 0, 0),
+        (s, syn | a, 77, 2**32 - 2, 0),
+        (c, a, 2**32 - 2, 78, 0),
+        (c, pa, 2**32 - 2, 78, 31),  # the hello wraps the sequence space
+        (s, pa, 78, 29, 7),
+        (c, fin | a, 29, 85, 0),
+        (s, fin | a, 85, 30, 0),
+        (c, a, 30, 86, 0),
+    ]
