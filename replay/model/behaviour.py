@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from replay.capture.model import CLOUD, DEVICE, Flow
+from replay.capture.model import CLOUD, DEVICE, Flow, FlowPacket
 from replay.describe import request_key
 from replay.model.dist import Distribution
 from replay.payloads import decode_status_entries, decode_status_report, firmware_version
@@ -19,6 +19,7 @@ from replay.protocol import HelloPacket, IdPacket, PacketType
 __all__ = ["Behaviour", "DeviceIdentity", "learn_behaviour", "learn_devices"]
 
 CONNECT_SPAN = 10.0  # seconds after a hello that count as the connect sequence
+MAX_SCRIPTS = 8
 
 
 @dataclass(slots=True)
@@ -47,8 +48,10 @@ class Behaviour:
     heartbeat_idle: Distribution = field(default_factory=Distribution)
     status_interval: Distribution = field(default_factory=Distribution)
     hello_retry: Distribution = field(default_factory=Distribution)
-    connect: list[tuple[str, float]] = field(default_factory=list)  # (device key, delay)
-    connect_count: int = 0
+    # What devices sent on their own in the first CONNECT_SPAN seconds after the hello, as
+    # (how many connections did exactly this, [(packet key, seconds after the hello)]),
+    # most common first.  Answers to the peer's requests (0x7B, f9 results) are left out.
+    connect_scripts: list[tuple[int, list[tuple[str, float]]]] = field(default_factory=list)
 
 
 def learn_behaviour(variant: str, flows: list[Flow]) -> Behaviour:
@@ -69,6 +72,28 @@ def learn_behaviour(variant: str, flows: list[Flow]) -> Behaviour:
             span = pkts[-1].ts - pkts[0].ts
             if pings and devices:
                 aggregate.append(span * len(devices) / pings)
+            # Connections are mixed: only packets that carry the device's id can be told
+            # apart, so status cadence and connect sequence use those alone.
+            last_by_dev: dict[bytes, float] = {}
+            for fp in pkts:
+                if fp.sender == DEVICE and fp.packet.type == PacketType.STATUS:
+                    dev = getattr(fp.packet, "device_id", b"")
+                    if dev in last_by_dev:
+                        status_gaps.append(fp.ts - last_by_dev[dev])
+                    last_by_dev[dev] = fp.ts
+            for i, fp in enumerate(pkts):
+                if isinstance(fp.packet, HelloPacket):
+                    dev_id = fp.packet.device_id
+                    hellos[dev_id].append((fp.ts, True))
+                    later = [
+                        q
+                        for q in pkts[i + 1 :]
+                        if q.ts - fp.ts <= CONNECT_SPAN
+                        and q.sender == DEVICE
+                        and isinstance(q.packet, IdPacket)
+                        and q.packet.device_id == dev_id
+                    ]
+                    _add_script(scripts, delays, fp.ts, later)
             continue
         prev_ts: float | None = None
         last_status: float | None = None
@@ -88,19 +113,12 @@ def learn_behaviour(variant: str, flows: list[Flow]) -> Behaviour:
         hellos[hello.packet.device_id].append((hello.ts, answered))
         if not answered:
             continue
-        seq = tuple(
-            request_key(fp.packet)
+        later = [
+            fp
             for fp in pkts
             if fp.sender == DEVICE and fp is not hello and fp.ts - hello.ts <= CONNECT_SPAN
-        )
-        scripts[seq] += 1
-        delays[seq].append(
-            [
-                fp.ts - hello.ts
-                for fp in pkts
-                if fp.sender == DEVICE and fp is not hello and fp.ts - hello.ts <= CONNECT_SPAN
-            ]
-        )
+        ]
+        _add_script(scripts, delays, hello.ts, later)
     if idle:
         beh.heartbeat_idle = Distribution.from_samples(idle, method="per-connection")
     elif aggregate:
@@ -115,12 +133,28 @@ def learn_behaviour(variant: str, flows: list[Flow]) -> Behaviour:
     ]
     if retries:
         beh.hello_retry = Distribution.from_samples(retries)
-    if scripts:
-        best = max(scripts, key=lambda s: (scripts[s], len(s), s))
-        first = delays[best][0]
-        beh.connect = [(k, round(d, 6)) for k, d in zip(best, first, strict=True)]
-        beh.connect_count = scripts[best]
+    ranked = sorted(scripts, key=lambda s: (-scripts[s], s))[:MAX_SCRIPTS]
+    beh.connect_scripts = [
+        (scripts[seq], [(k, round(d, 6)) for k, d in zip(seq, delays[seq][0], strict=True)])
+        for seq in ranked
+    ]
     return beh
+
+
+def _add_script(
+    scripts: Counter[tuple[str, ...]],
+    delays: dict[tuple[str, ...], list[list[float]]],
+    start: float,
+    later: list[FlowPacket],
+) -> None:
+    own = [fp for fp in later if not _is_answer(request_key(fp.packet))]
+    seq = tuple(request_key(fp.packet) for fp in own)
+    scripts[seq] += 1
+    delays[seq].append([fp.ts - start for fp in own])
+
+
+def _is_answer(key: str) -> bool:
+    return key in ("0x7b", "0xab") or key.startswith("0x73:f9:")
 
 
 def learn_devices(flows_by_variant: dict[str, list[Flow]]) -> list[DeviceIdentity]:

@@ -172,8 +172,7 @@ def _behaviour_obj(b: Behaviour) -> dict[str, Any]:
         "heartbeat_idle": b.heartbeat_idle.to_obj(),
         "status_interval": b.status_interval.to_obj(),
         "hello_retry": b.hello_retry.to_obj(),
-        "connect": [list(c) for c in b.connect],
-        "connect_count": b.connect_count,
+        "connect_scripts": [[n, [list(step) for step in steps]] for n, steps in b.connect_scripts],
     }
 
 
@@ -203,8 +202,7 @@ def _from_obj(obj: dict[str, Any]) -> DeviceModel:
             Distribution.from_obj(b["heartbeat_idle"]),
             Distribution.from_obj(b["status_interval"]),
             Distribution.from_obj(b["hello_retry"]),
-            [(str(k), float(d)) for k, d in b["connect"]],
-            int(b["connect_count"]),
+            [(int(n), [(str(k), float(d)) for k, d in steps]) for n, steps in b["connect_scripts"]],
         )
     for d in obj["devices"]:
         m.devices.append(

@@ -201,3 +201,24 @@ def test_stratified_draws_are_uniform_and_cover_every_slice() -> None:
         slices = sorted(int(x * 100) for x in draws[block * 100 : (block + 1) * 100])
         assert slices == list(range(100))
     assert draws[:100] != sorted(draws[:100])  # random order inside a block
+
+
+def test_connect_sequences(cloud_model: DeviceModel, local_model: DeviceModel) -> None:
+    # Real cloud, mixed connections: only packets carrying the device's id are attributed.
+    cloud = cloud_model.behaviour["cloud"].connect_scripts
+    assert sum(n for n, _ in cloud) == 25  # one per hello
+    with_status = [steps for _, steps in cloud if steps]
+    assert with_status and all(k == "0x43" and 8.0 < d < 10.0 for k, d in with_status[0])
+    # Local server, one answered connection: the strip bridge's burst of 0x83 status reports
+    # follows the hello; its 0xAB answer to the server's 0xA3 is not part of the script.
+    (n, steps), *_ = local_model.behaviour["local"].connect_scripts
+    assert n == 1 and steps[0][0] == "0x83:fa:db"
+    assert all(k != "0xab" for k, _ in steps)
+    assert sum(1 for k, _ in steps if k == "0x83:fa:db") >= 42
+
+
+def test_reconnect_and_status_cadence(local_model: DeviceModel) -> None:
+    beh = local_model.behaviour["local"]
+    # Rejected devices re-send their hello every 15.0 s (PROTOCOL.md 10.3).
+    assert abs(beh.hello_retry.p50 - 15.0) < 0.2 and beh.hello_retry.count > 1000
+    assert beh.status_interval.count > 100
