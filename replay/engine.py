@@ -1,0 +1,615 @@
+# The replay engine: a learned model turned into a device (or cloud) that answers packets.
+#
+# Strategy: pure and sans-IO.  The caller hands in whole packets and its clock value ``now``
+# (seconds, any monotonic clock) and gets back actions as data: Send(at, bytes, key),
+# Close(at, reason), Relay(at, target, command).  Timers are not run here: ``next_deadline()``
+# says when ``poll(now)`` must be called next, and calling it early is harmless (a heartbeat
+# deadline that traffic moved later simply returns nothing).  Every response byte comes from
+# a learned template (replay/_engine_render.py) and every delay from a learned distribution
+# times ``time_scale``.  A device works through its requests one after another, per response
+# kind: response k leaves at max(arrival_k, departure_{k-1}) + a service sample, never before
+# the previous response to the same request, so a burst queues up as on real bridges.
+# Dispatch is a table by packet type.  Randomness: named streams of one SeedTree root.
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+from replay._engine_render import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_RECONNECT_S,
+    Action,
+    Close,
+    DeviceState,
+    ModelView,
+    Relay,
+    RenderContext,
+    ResponsePlan,
+    SeedSource,
+    Send,
+    firmware_report,
+    frame_key,
+    pick_script,
+    root_seed,
+    status_packet,
+)
+from replay.describe import request_key
+from replay.errors import PacketDecodeError
+from replay.model import DeviceModel, Distribution, StratifiedUniform
+from replay.payloads import (
+    GROUP_BASE,
+    RGB_MODE,
+    UNCHANGED,
+    Command,
+    LightStateCommand,
+    PowerCommand,
+    StatusReport,
+    build_command,
+    build_hello,
+    build_report,
+    build_simple,
+    decode_command,
+)
+from replay.protocol import (
+    CyncPacket,
+    FramedPacket,
+    FrameKind,
+    HelloPacket,
+    PacketType,
+    decode_packet,
+)
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_S",
+    "DEFAULT_RECONNECT_S",
+    "Action",
+    "Close",
+    "CloudEngine",
+    "DeviceEngine",
+    "DeviceState",
+    "Engine",
+    "ModelView",
+    "Relay",
+    "SeedSource",
+    "Send",
+]
+
+INF = math.inf
+DEDUP_WINDOW = 64  # recent (id, message id, sequence) of commands kept for duplicate detection
+MIN_CADENCE_S = 0.001  # floor for spontaneous timers, so a zero sample never spins
+_PING = build_simple(PacketType.PING).encode()
+_TIME_REQUEST = build_simple(PacketType.TIME_REQUEST).encode()
+
+
+class Engine:
+    """What both roles share: model view, queueing, rendering, dispatch by packet type.
+
+    Subclasses fill ``_handlers`` (packet type -> method) and the session hooks.
+    """
+
+    role: ClassVar[str] = ""
+    _queued: ClassVar[bool] = True  # device: FIFO service queue per response kind
+
+    def __init__(
+        self,
+        model: DeviceModel | ModelView,
+        *,
+        variant: str | None = None,
+        seed: int | SeedSource | None = None,
+        name: str = "",
+        time_scale: float = 1.0,
+        wall_offset: float = 0.0,
+    ) -> None:
+        if not (time_scale >= 0 and math.isfinite(time_scale)):
+            raise ValueError(f"time_scale={time_scale!r} must be a finite number >= 0")
+        self.view = (
+            model if isinstance(model, ModelView) else ModelView.get(model, self.role, variant)
+        )
+        self.name = name or self.role
+        self.seeds = root_seed(seed, f"{self.role} engine {self.name}")
+        self.time_scale = time_scale
+        self.wall_offset = wall_offset  # wall clock = now + wall_offset (for 0xC8)
+        self.stats: dict[str, int] = {}
+        self._delay_rng: StratifiedUniform | None = None
+        self._free_at: dict[str, float] = {}
+        self._counter_out: dict[str, float] = {}  # counter -> departure of its last value
+        self._last_out = -INF
+        self.last_traffic = -INF
+        self.connected = False
+        self._handlers: dict[int, Callable[[bytes, CyncPacket | None, float], list[Action]]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _count(self, what: str, n: int = 1) -> None:
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    def sample_delay(self, plan: ResponsePlan) -> float:
+        """One learned delay for ``plan``, scaled (stratified draws from the delay stream)."""
+        if self.time_scale == 0:
+            return 0.0
+        if self._delay_rng is None:
+            rng = self.seeds.stream(f"engine/{self.name}/delay")
+            self._delay_rng = StratifiedUniform(rng, strata=100)
+        return max(0.0, plan.delay.sample(self._delay_rng)) * self.time_scale
+
+    def _context(self, now: float) -> RenderContext:
+        raise NotImplementedError
+
+    def _respond(
+        self, request: bytes, plans: Iterable[ResponsePlan], now: float, ctx: RenderContext
+    ) -> list[Action]:
+        """Render ``plans`` as answers to ``request`` with their departure times.
+
+        Device: response k of a kind leaves at max(arrival, the kind's previous departure)
+        + a service sample.  Cloud: arrival + a latency sample, never before the previous
+        answer (replies are matched by order).  Both: never before the previous response to
+        this request, nor before the packet that took the previous value of its counter.
+        """
+        out: list[Action] = []
+        prev = now
+        scaled = self.time_scale != 0
+        queued = self._queued
+        free, slots = self._free_at, self._counter_out
+        for plan in plans:
+            key = plan.key
+            delay = self.sample_delay(plan) if scaled else 0.0
+            if queued:
+                at = max(now, free.get(key, -INF)) + delay
+                free[key] = at = max(at, prev)
+            else:
+                at = self._last_out = max(now + delay, self._last_out, prev)
+            tpl = plan.template
+            if tpl.counter:
+                at = max(at, slots.get(tpl.counter, -INF))
+                slots[tpl.counter] = at
+            prev = at
+            out.append(Send(at, tpl.render(request, ctx), key))
+        return out
+
+    def _counter_slot(self, counter: str, at: float) -> float:
+        """Departure for a packet taking the next value of ``counter``: never before the
+        packet that took the previous value, so counters advance by one on the wire."""
+        at = max(at, self._counter_out.get(counter, -INF))
+        self._counter_out[counter] = at
+        return at
+
+    def _sent(self, actions: list[Action]) -> list[Action]:
+        for a in actions:
+            if type(a) is Send and a.at > self.last_traffic:
+                self.last_traffic = a.at
+        return actions
+
+    # ------------------------------------------------------------------ public API
+    def connection_made(self, now: float) -> list[Action]:
+        """A new connection: per-connection state starts afresh (counters and state stay)."""
+        self.connected = True
+        self._free_at.clear()
+        self._counter_out.clear()
+        self._last_out = -INF
+        self.last_traffic = now
+        return []
+
+    def connection_lost(self, now: float) -> None:
+        self.connected = False
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """One whole packet (its bytes) arrived at ``now``; returns what to do."""
+        self.last_traffic = max(self.last_traffic, now)
+        stats = self.stats
+        stats["received"] = stats.get("received", 0) + 1
+        if len(data) < 5:
+            self._count("undecodable")
+            return []
+        try:
+            pkt: CyncPacket | None = decode_packet(data, strict=False)
+        except PacketDecodeError:
+            pkt = None
+        handler = self._handlers.get(data[0], self._on_generic)
+        return self._sent(handler(data, pkt, now))
+
+    def _on_generic(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
+        if pkt is None:
+            self._count("undecodable")
+            return []
+        plans = self.view.plans(request_key(pkt))
+        if plans is None:
+            self._count("unanswered")
+            return []
+        return self._respond(data, plans, now, self._context(now))
+
+    def poll(self, now: float) -> list[Action]:
+        """Timers due at ``now``; safe to call at any time."""
+        return []
+
+    def next_deadline(self) -> float:
+        """Clock value at which ``poll`` has work (inf: none)."""
+        return INF
+
+
+class DeviceEngine(Engine):
+    """A Cync device: answers the controller, keeps state and counters, talks on its own.
+
+    Choices where the captures are silent: the 0x23 is sent again after each learned hello
+    retry until a 0x28 comes; after the 0x28 the two firmware reports (network, device) go
+    out first when the picked learned script has none, then the script (its 0x83 fa db steps
+    report each known mesh node once); every command applied to this node is followed by a
+    0x83 status (the learned share of that answer is not sampled); a foreign device id, a
+    duplicate, a malformed frame or a bad checksum gets the 0x7B alone; the f9 52 table is
+    rendered with the ``mesh`` states; ``time_scale`` 0 turns delays and spontaneous traffic
+    (heartbeat, 0x43, hello retries) off.
+
+    ``mesh`` maps mesh node ids to states the device can report (its own node is added);
+    a fleet may pass one shared dict so every bridge's mesh table shows the whole fleet.
+    ``groups``: group numbers n (or addresses 0x8000 + n) this node belongs to.
+    ``hello_attempts``: close the connection after this many unanswered 0x23 (None: never).
+    """
+
+    role = "device"
+
+    def __init__(
+        self,
+        model: DeviceModel | ModelView,
+        device_id: bytes,
+        auth_code: bytes,
+        *,
+        mesh_node: int,
+        state: DeviceState | None = None,
+        groups: Iterable[int] = (),
+        mesh: dict[int, DeviceState] | None = None,
+        firmware: dict[str, str] | None = None,
+        variant: str | None = None,
+        seed: int | SeedSource | None = None,
+        time_scale: float = 1.0,
+        wall_offset: float = 0.0,
+        hello_attempts: int | None = None,
+    ) -> None:
+        if len(device_id) != 4 or len(auth_code) != 16:
+            raise ValueError("device_id must be 4 bytes and auth_code 16 bytes")
+        if not 0 <= mesh_node < GROUP_BASE:
+            raise ValueError(f"mesh_node={mesh_node} must be 0..{GROUP_BASE - 1}")
+        super().__init__(
+            model,
+            variant=variant,
+            seed=seed,
+            name=device_id.hex(),
+            time_scale=time_scale,
+            wall_offset=wall_offset,
+        )
+        self.device_id = device_id
+        self.auth_code = auth_code
+        self.mesh_node = mesh_node
+        self.state = state if state is not None else DeviceState()
+        self.groups = frozenset(g - GROUP_BASE if g >= GROUP_BASE else g for g in groups)
+        self.mesh = mesh if mesh is not None else {}
+        self.mesh[mesh_node] = self.state
+        self.firmware = dict(firmware or {})
+        self.hello_attempts = hello_attempts
+        self.counters: dict[str, int] = {"device:0x73": 1, "device:0x83": 1}
+        self._ctx = RenderContext(
+            device_id, auth_code, self.counters, mesh_node, self.state, self.mesh
+        )
+        self._beh_rng = self.seeds.stream(f"engine/{self.name}/behaviour")
+        self._recent: deque[bytes] = deque()  # the last DEDUP_WINDOW command idents ...
+        self._recent_set: set[bytes] = set()  # ... and the same as a set
+        self.acked = False
+        self.hellos = 0
+        self._hello_at = self._hello_due = self._status_due = INF
+        self._hb_idle = INF
+        self._script: deque[tuple[float, str]] = deque()
+        self._script_pos = 0
+        self._fw_sent = 0
+        self._handlers = {PacketType.DATA: self._on_data, PacketType.HELLO_ACK: self._on_hello_ack}
+
+    # ------------------------------------------------------------------ timing
+    def _context(self, now: float) -> RenderContext:
+        self._ctx.wall = now + self.wall_offset
+        return self._ctx
+
+    def _behaviour(self, dist: Distribution | None, default: float | None) -> float:
+        """A scaled cadence sample (``default`` seconds when the model has none); inf: off."""
+        if self.time_scale == 0:
+            return INF
+        if dist:
+            base = dist.sample(self._beh_rng)
+        elif default is not None:
+            base = default
+        else:
+            return INF
+        return max(MIN_CADENCE_S, base * self.time_scale)
+
+    def reconnect_delay(self) -> float:
+        """Back-off before dialling again: the learned hello retry (default 15 s), scaled."""
+        d = self._behaviour(self.view.reconnect, DEFAULT_RECONNECT_S)
+        return 0.0 if d == INF else d
+
+    # ------------------------------------------------------------------ session
+    def connection_made(self, now: float) -> list[Action]:
+        super().connection_made(now)
+        self.acked = False
+        self.hellos = 0
+        self._recent.clear()
+        self._recent_set.clear()
+        self._script.clear()
+        self._script_pos = self._fw_sent = 0
+        self._status_due = INF
+        self._hb_idle = self._behaviour(self.view.heartbeat, DEFAULT_HEARTBEAT_S)
+        return self._sent(self._hello(now))
+
+    def connection_lost(self, now: float) -> None:
+        super().connection_lost(now)
+        self._hello_due = self._status_due = self._hb_idle = INF
+        self._script.clear()
+
+    def _hello(self, now: float) -> list[Action]:
+        self.hellos += 1
+        self._count("hellos")
+        self._hello_at = now
+        self._hello_due = now + self._behaviour(self.view.reconnect, DEFAULT_RECONNECT_S)
+        return [Send(now, build_hello(self.device_id, self.auth_code).encode(), "0x23")]
+
+    def _on_hello_ack(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
+        if self.acked:
+            return []
+        self.acked = True
+        self._hello_due = INF
+        steps = pick_script(self.view.scripts, self._beh_rng.random()) if self.view.scripts else []
+        keys = [k for k, _ in steps]
+        if self.firmware and "0x83:fa:00" not in keys:
+            steps = [("0x83:fa:00", 0.0)] * len(self.firmware) + list(steps)
+        scale = self.time_scale
+        for key, offset in steps:
+            self._script.append((max(now, self._hello_at + offset * scale), key))
+        self._status_due = now + self._behaviour(self.view.status_interval, None)
+        return self.poll(now)
+
+    def poll(self, now: float) -> list[Action]:
+        if not self.connected:
+            return []
+        out: list[Action] = []
+        if self._hello_due <= now:
+            if self.hello_attempts is not None and self.hellos >= self.hello_attempts:
+                self._hello_due = INF
+                self._count("hello_give_up")
+                return [Close(now, f"no 0x28 after {self.hellos} hellos")]
+            out += self._hello(now)
+        while self._script and self._script[0][0] <= now:
+            _, key = self._script.popleft()
+            out += self._script_step(key, now)
+        if self._status_due <= now:
+            out.append(Send(now, status_packet(self.device_id, self.mesh_node, self.state), "0x43"))
+            self._status_due = now + self._behaviour(self.view.status_interval, None)
+        self._sent(out)
+        if self.last_traffic + self._hb_idle <= now:
+            out.append(Send(now, _PING, "0xd3"))
+            self._count("pings")
+            self.last_traffic = now
+            self._hb_idle = self._behaviour(self.view.heartbeat, DEFAULT_HEARTBEAT_S)
+        return out
+
+    def next_deadline(self) -> float:
+        if not self.connected:
+            return INF
+        t = min(self._hello_due, self._status_due, self.last_traffic + self._hb_idle)
+        return min(t, self._script[0][0]) if self._script else t
+
+    def _script_step(self, key: str, now: float) -> list[Action]:
+        if key == "0x43":
+            return [Send(now, status_packet(self.device_id, self.mesh_node, self.state), key)]
+        if key == "0x83:fa:db":
+            nodes = [self.mesh_node, *sorted(n for n in self.mesh if n != self.mesh_node)]
+            self._script_pos += 1
+            if self._script_pos > len(nodes):
+                return []  # a learned burst longer than the mesh: each node once
+            node = nodes[self._script_pos - 1]
+            return [self._report(node, now, key)]
+        if key == "0x83:fa:00":
+            which = ("network", "device")[self._fw_sent % 2]
+            self._fw_sent += 1
+            ver = self.firmware.get(which, "0")
+            mid = self._ctx.next_count("device:0x83").to_bytes(2, "big") + b"\0"
+            at = self._counter_slot("device:0x83", now)
+            return [Send(at, firmware_report(self.device_id, mid, which, ver), key)]
+        if key == "0xc3":
+            return [Send(now, _TIME_REQUEST, key)]
+        if key == "0xd3":
+            return [Send(now, _PING, key)]
+        self._count("script_skipped")
+        return []
+
+    # ------------------------------------------------------------------ commands
+    def _on_data(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
+        if len(data) < 12:
+            self._count("undecodable")
+            return []
+        self._count("commands")
+        frame = pkt.frame if isinstance(pkt, FramedPacket) else None
+        if frame is not None and not frame.checksum_ok:
+            frame = None  # a bad checksum: treated as malformed (acked, not executed)
+        ident = data[5:17]
+        foreign = data[5:9] != self.device_id
+        duplicate = ident in self._recent_set
+        if not duplicate:
+            self._remember(ident)
+        ctx = self._context(now)
+        if frame is None or frame.kind != FrameKind.REQUEST:
+            self._count("malformed" if frame is None else "unknown")
+            return self._respond(data, self.view.acks(None), now, ctx)
+        key = frame_key(frame.kind, frame.opcode)
+        split = self.view.split(key)
+        if not split.known:
+            self._count("unknown")  # no learned result: the 0x7b alone, as for injections
+        if foreign or duplicate:
+            self._count("foreign" if foreign else "duplicates")
+            return self._respond(data, split.acks, now, ctx)
+        command = decode_command(frame)
+        if command is None:
+            return self._respond(data, split.without_status, now, ctx)
+        applied = self._apply(command)
+        out = self._respond(data, split.plans if applied else split.without_status, now, ctx)
+        if command.target != self.mesh_node:
+            out.append(Relay(now, command.target, command))
+        return out
+
+    def _remember(self, ident: bytes) -> None:
+        self._recent.append(ident)
+        self._recent_set.add(ident)
+        if len(self._recent) > DEDUP_WINDOW:
+            self._recent_set.discard(self._recent.popleft())
+
+    def _targets_me(self, target: int) -> bool:
+        if target >= GROUP_BASE:
+            return target - GROUP_BASE in self.groups
+        return target == self.mesh_node
+
+    def _apply(self, command: Command) -> bool:
+        """Apply a command to this node if it is addressed to it; True when applied."""
+        if not self._targets_me(command.target):
+            return False
+        st = self.state
+        if isinstance(command, PowerCommand):
+            st.on = command.on
+        elif isinstance(command, LightStateCommand):
+            if command.brightness != UNCHANGED:
+                st.brightness = command.brightness
+            if command.color_temp == RGB_MODE:
+                st.color_temp = RGB_MODE
+                st.rgb = command.rgb
+            elif command.color_temp != UNCHANGED:
+                st.color_temp = command.color_temp
+        st.toggle_count += 1
+        self._count("applied")
+        return True
+
+    def apply_command(self, command: Command, now: float) -> list[Action]:
+        """A command relayed over the mesh (not over this connection): apply it if it is
+        addressed to this node and report the new state like a physical change."""
+        if not self._apply(command):
+            return []
+        return self._sent([self._report(self.mesh_node, now)])
+
+    # ------------------------------------------------------------------ state
+    def _report(self, node: int, now: float, key: str = "0x83:fa:db") -> Send:
+        data = self.report_bytes(node, now)
+        return Send(self._counter_slot("device:0x83", now), data, key)
+
+    def report_bytes(self, node: int, now: float) -> bytes:
+        """A 0x83 fa db 13 status for ``node`` from the learned template (own counter)."""
+        ctx = self._context(now)
+        ctx.node, ctx.state = node, self.mesh.get(node, self.state)
+        try:
+            if self.view.report is not None:
+                return self.view.report.template.render(None, ctx)
+            st = ctx.state
+            mid = ctx.next_count("device:0x83").to_bytes(2, "big") + b"\0"
+            rep = StatusReport(node, st.on, st.brightness, st.color_temp, st.rgb, int(st.online))
+            return build_report(self.device_id, mid, rep).encode()
+        finally:
+            ctx.node, ctx.state = self.mesh_node, self.state
+
+    def set_state(
+        self,
+        now: float,
+        *,
+        on: bool | None = None,
+        brightness: int | None = None,
+        color_temp: int | None = None,
+        rgb: tuple[int, int, int] | None = None,
+        online: bool | None = None,
+    ) -> list[Action]:
+        """Change state as a physical switch would; a 0x83 status follows when connected."""
+        if brightness is not None and not 0 <= brightness <= 100:
+            raise ValueError(f"brightness={brightness} must be 0..100")
+        if color_temp is not None and not (0 <= color_temp <= 100 or color_temp == RGB_MODE):
+            raise ValueError(f"color_temp={color_temp} must be 0..100 or 0xfe (RGB)")
+        if rgb is not None and (len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb)):
+            raise ValueError(f"rgb={rgb} must be three values 0..255")
+        st = self.state
+        st.on = st.on if on is None else bool(on)
+        st.brightness = st.brightness if brightness is None else brightness
+        if rgb is not None:
+            st.rgb, st.color_temp = (rgb[0], rgb[1], rgb[2]), RGB_MODE
+        if color_temp is not None:
+            st.color_temp = color_temp
+        st.online = st.online if online is None else bool(online)
+        st.toggle_count += 1
+        return self.status_broadcast(now)
+
+    def status_broadcast(self, now: float) -> list[Action]:
+        """A 0x83 with the current state (nothing when not connected)."""
+        if not self.connected:
+            return []
+        return self._sent([self._report(self.mesh_node, now)])
+
+
+class CloudEngine(Engine):
+    """The cloud / controller side: answers device requests as the model's cloud did, in
+    order (each answer leaves no earlier than the one before), and builds commands.
+
+    A 0x7B that answers a command this engine sent is consumed; only an unexpected one gets
+    the learned 0x78, and only when the engine's own variant has that exchange.
+    """
+
+    role = "cloud"
+    _queued = False
+
+    def __init__(
+        self,
+        model: DeviceModel | ModelView,
+        *,
+        variant: str | None = None,
+        seed: int | SeedSource | None = None,
+        name: str = "cloud",
+        time_scale: float = 1.0,
+        wall_offset: float = 0.0,
+    ) -> None:
+        super().__init__(
+            model,
+            variant=variant,
+            seed=seed,
+            name=name,
+            time_scale=time_scale,
+            wall_offset=wall_offset,
+        )
+        self.device_id: bytes | None = None
+        self.auth_code: bytes | None = None
+        self._msg = 0
+        self._seq = 0
+        self._sent_ids: deque[bytes] = deque(maxlen=DEDUP_WINDOW * 4)
+        self._ctx = RenderContext(b"\0" * 4, b"0" * 16, {}, 0, DeviceState(), {})
+        self._handlers = {PacketType.HELLO: self._on_hello, PacketType.DATA_ACK: self._on_data_ack}
+
+    def _context(self, now: float) -> RenderContext:
+        self._ctx.wall = now + self.wall_offset
+        return self._ctx
+
+    def _on_hello(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
+        if isinstance(pkt, HelloPacket):
+            self.device_id, self.auth_code = pkt.device_id, pkt.auth_code
+        return self._on_generic(data, pkt, now)
+
+    def _on_data_ack(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
+        if data[5:12] in self._sent_ids:
+            self._count("acks")
+            return []
+        self._count("unexpected_acks")
+        return self._on_generic(data, pkt, now)
+
+    def command(self, command: Command, now: float, device_id: bytes | None = None) -> Send:
+        """A 0x73 f8 command with the next message id and sequence byte (sent at ``now``)."""
+        dev = device_id if device_id is not None else self.device_id
+        if dev is None or len(dev) != 4:
+            raise ValueError("no device id: pass device_id= or wait for the device's 0x23")
+        self._msg = self._msg % 0xFFFF + 1
+        mid = self._msg.to_bytes(2, "big") + b"\0"
+        cmd = dataclasses.replace(command, ctr=self._seq % 0xFF + 1)
+        self._seq = cmd.ctr
+        data = build_command(dev, mid, cmd).encode()
+        self._sent_ids.append(data[5:12])
+        self._last_out = max(self._last_out, now)
+        return Send(now, data, f"0x73:f8:{data[18]:02x}")
+
+    def expect_ack(self, data: bytes) -> None:
+        """Remember bytes 5-11 of a raw 0x73 sent by the caller, so its 0x7B is consumed."""
+        self._sent_ids.append(bytes(data[5:12]))

@@ -1,0 +1,241 @@
+# Dial mode: the simulated device connects out to a controller, plain and over TLS.
+#
+# A minimal controller written here (a TCP server answering 0x23 with 0x28 and 0xD3 with
+# 0xD8) sees the connect sequence, heartbeats at the learned cadence scaled by 0.01, and the
+# device dialling again with the learned back-off after the controller closes the link.
+# TLS uses a self-signed RSA certificate made with the openssl CLI and a server limited to
+# the four static-RSA suites of old firmware (PROTOCOL.md section 1), which proves the device
+# offers them.  Also: source address binding, the cloud simulator, and connect failures.
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from replay.engine import ModelView
+from replay.errors import CyncError
+from replay.payloads import PowerCommand, decode_status_report, firmware_version
+from replay.protocol import decode_packet
+from simulator._device_conn import default_model
+from simulator.cloud import CyncCloudSimulator
+from simulator.device import CyncDeviceSimulator, DeviceState
+from tests.integration.test_device import RawController, socket_fds
+from tests.unit.test_engine import AUTH, DEV, HELLO_ACK
+
+SCALE = 0.01
+STATIC_RSA = {"AES256-SHA256", "AES256-SHA", "AES128-SHA256", "AES128-SHA"}
+
+
+def _answer(pkt: bytes) -> bytes | None:
+    if pkt[0] == 0x23:
+        return HELLO_ACK
+    return bytes.fromhex("d8 00 00 00 00") if pkt[0] == 0xD3 else None
+
+
+class MiniController:
+    """Answers 0x23 with 0x28 and 0xD3 with 0xD8; one RawController per connection."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.links: list[RawController] = []
+        self.ciphers: list[str] = []
+        self.peers: list[str] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.tls)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cipher = writer.get_extra_info("cipher")
+        if cipher:
+            self.ciphers.append(cipher[0])
+        self.peers.append(writer.get_extra_info("peername")[0])
+        link = RawController(_answer)
+        link.attach(reader, writer)
+        self.links.append(link)
+
+    async def wait_links(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while len(self.links) < n:
+            assert loop.time() < end, f"only {len(self.links)} connections, wanted {n}"
+            await asyncio.sleep(0.005)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in self.links:
+            await link.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def _learned(attr: str) -> tuple[float, float]:
+    view = ModelView.get(default_model(), "device")
+    dist = getattr(view, attr)
+    return dist.values[0] * SCALE, dist.values[-1] * SCALE
+
+
+async def _dial_session(server_tls: ssl.SSLContext | None, **connect: object) -> None:
+    ctl = MiniController(server_tls)
+    port = await ctl.start()
+    before = socket_fds()
+    sim = CyncDeviceSimulator(DEV, mesh_node=206, seed=4, time_scale=SCALE,
+                              firmware_version="11158")  # fmt: skip
+    try:
+        await sim.connect("127.0.0.1", port, **connect)  # type: ignore[arg-type]
+        await ctl.wait_links(1)
+        first = ctl.links[0]
+        await first.wait_count("0xd3", 3, timeout=10)
+        # Connect sequence: hello first (id + auth), firmware reports after the 0x28.
+        assert _k(first.packets[0][1]) == "0x23"
+        hello = first.packets[0][1]
+        assert hello[6:10] == DEV and hello[12:28] == AUTH
+        fw = [firmware_version(decode_packet(p)) for p in first.of("0x83:fa:00")]
+        assert fw == [("network", "0"), ("device", "11158")]
+        # Heartbeats: each 0xD3 after the learned idle time (scaled), never before it.
+        lo, hi = _learned("heartbeat")
+        pings = [t for t, _ in first.timed("0xd3")]
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        assert all(lo - 0.002 <= g <= hi + 0.25 for g in gaps), (gaps, lo, hi)
+        # The controller closes: the device dials again after the learned back-off.
+        closed_at = asyncio.get_running_loop().time()
+        await first.close()
+        await ctl.wait_links(2)
+        second = ctl.links[1]
+        (hello2,) = await second.wait_count("0x23", 1)
+        assert hello2 == hello
+        rlo, _ = _learned("reconnect")
+        assert second.packets[0][0] - closed_at >= rlo - 0.002
+        fw2 = await second.wait_count("0x83:fa:00", 2)
+        assert [p[9:12] for p in fw2] == [b"\0\3\0", b"\0\4\0"]  # counters survive
+        assert sim.connections == 2
+    finally:
+        await sim.stop()
+        await ctl.close()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert socket_fds() <= before
+
+
+def _k(data: bytes) -> str:
+    from replay.describe import request_key
+
+    return request_key(decode_packet(data, strict=False))
+
+
+async def test_dial_connect_heartbeat_reconnect() -> None:
+    await _dial_session(None)
+
+
+@pytest.fixture(scope="module")
+def rsa_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is not installed: cannot make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "2", "-subj", "/CN=cm.gelighting.com"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _static_rsa_server(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(":".join(sorted(STATIC_RSA)))
+    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    return ctx
+
+
+async def test_dial_over_tls_with_static_rsa_suites(rsa_cert: tuple[Path, Path]) -> None:
+    ctl_ctx = _static_rsa_server(rsa_cert)
+    # the same session over TLS; the server accepts nothing but the static-RSA suites
+    ctl = MiniController(ctl_ctx)
+    port = await ctl.start()
+    sim = CyncDeviceSimulator(DEV, mesh_node=206, seed=4, time_scale=SCALE)
+    try:
+        await sim.connect("127.0.0.1", port, tls=True)
+        await ctl.wait_links(1)
+        await ctl.links[0].wait_count("0xd3", 1, timeout=10)
+        assert ctl.ciphers and set(ctl.ciphers) <= STATIC_RSA
+    finally:
+        await sim.stop()
+        await ctl.close()
+    await _dial_session(ctl_ctx, tls=True)
+
+
+async def test_tls_certificate_checked_only_when_asked(rsa_cert: tuple[Path, Path]) -> None:
+    ctl = MiniController(_static_rsa_server(rsa_cert))
+    port = await ctl.start()
+    sim = CyncDeviceSimulator(DEV, mesh_node=206, seed=4, time_scale=SCALE)
+    try:
+        with pytest.raises(CyncError, match="no connection") as err:
+            await sim.connect("127.0.0.1", port, tls=True, verify=True, timeout=0.5)
+        assert err.value.reason == "connect_failed"
+        assert isinstance(sim.last_error, ssl.SSLError) and not ctl.peers[1:]
+    finally:
+        await sim.stop()
+        await ctl.close()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_source_address_binding() -> None:
+    ctl = MiniController()
+    port = await ctl.start()
+    sims = [CyncDeviceSimulator(bytes((0x10, 0, 0, i)), seed=i, time_scale=SCALE,
+                                source_host=f"127.0.0.{i + 2}") for i in range(2)]  # fmt: skip
+    try:
+        for s in sims:
+            await s.connect("127.0.0.1", port)
+        await ctl.wait_links(2)
+        assert sorted(ctl.peers) == ["127.0.0.2", "127.0.0.3"]
+    finally:
+        for s in sims:
+            await s.stop()
+        await ctl.close()
+    with pytest.raises(CyncError, match="loopback"):
+        CyncDeviceSimulator(DEV, source_host="10.0.0.2")
+
+
+async def test_connect_failure_is_reported() -> None:
+    from simulator.ports import find_free_port
+
+    sim = CyncDeviceSimulator(DEV, seed=1, time_scale=SCALE)
+    with pytest.raises(CyncError) as err:
+        await sim.connect("127.0.0.1", find_free_port(), timeout=0.3)
+    assert err.value.reason == "connect_failed" and sim.connect_failures >= 1
+    await sim.stop()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_device_dials_the_cloud_simulator() -> None:
+    async with CyncCloudSimulator(seed=9, time_scale=SCALE) as cloud:
+        sim = CyncDeviceSimulator(DEV, mesh_node=206, seed=4, time_scale=SCALE,
+                                  state=DeviceState(on=True, brightness=80))  # fmt: skip
+        try:
+            await sim.connect("127.0.0.1", cloud.port)
+            await sim.wait_handshaken()
+            sent = cloud.send_command(PowerCommand(0, 206, False), DEV)
+            await sim.wait_for(lambda: sim.state.on is False)
+            await cloud.wait_for(lambda: any(
+                (st := decode_status_report(p)) is not None and not st.on
+                for p in cloud.received(0x83)))  # fmt: skip
+            link = cloud.link_for(DEV)
+            assert link is not None and link.device_id == DEV
+            acks = [p for _, s, p in cloud.seen if s == "device" and p.type == 0x7B]
+            assert acks and acks[0].encode()[5:12] == sent[5:12]
+            assert link.engine.stats.get("acks") == 1  # consumed: no 0x78 for a known ack
+            await cloud.wait_for(lambda: len(cloud.received(0xD3)) >= 2, timeout=5)
+            answered = {p.type for _, s, p in cloud.seen if s == "cloud"}
+            assert {0x28, 0xD8, 0x88} <= answered and 0x78 not in answered
+        finally:
+            await sim.stop()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
