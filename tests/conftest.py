@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ("pytester",)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
