@@ -28,7 +28,14 @@ from replay.model.template import Template, learn_template
 from replay.payloads import decode_command, decode_status_report, decode_time_reply
 from replay.protocol import CyncPacket, FramedPacket, PacketType, decode_packet
 
-__all__ = ["ExchangeModel", "ResponseModel", "learn_exchanges", "source_variant"]
+__all__ = [
+    "MAX_WAIT",
+    "ExchangeModel",
+    "ResponseModel",
+    "learn_exchanges",
+    "source_variant",
+    "status_answers_command",
+]
 
 WINDOW = 3.0  # seconds a response may take to count as one
 MAX_WAIT = 10.0  # outstanding requests older than this are given up
@@ -196,7 +203,7 @@ def _match(
 
 def _echo_ok(p: _Pending, raw: bytes, key: str, echoes: EchoMap) -> bool:
     if key == "0x83:fa:db":
-        return _status_matches(p.fp.packet, raw)
+        return status_answers_command(p.fp.packet, raw)
     ranges = echoes.get((p.key, key))
     if not ranges:
         return True
@@ -204,7 +211,7 @@ def _echo_ok(p: _Pending, raw: bytes, key: str, echoes: EchoMap) -> bool:
     return all(req[src : src + w] == raw[dst : dst + w] for dst, w, src in ranges)
 
 
-def _status_matches(request: CyncPacket, raw: bytes) -> bool:
+def status_answers_command(request: CyncPacket, raw: bytes) -> bool:
     """A status report answers a command when it reports the node the command targeted."""
     if not isinstance(request, FramedPacket) or request.frame is None:
         return False

@@ -75,10 +75,13 @@ class DeviceModel:
                     "samples": beh.heartbeat_idle.count,
                     "method": beh.heartbeat_idle.method,
                 }
-        best = max(hb.values(), key=lambda h: (h["method"] == "per-connection", h["samples"]))
+        heartbeat: dict[str, Any] = {}
+        if hb:
+            best = max(hb.values(), key=lambda h: (h["method"] == "per-connection", h["samples"]))
+            heartbeat = dict(best) | {"by_variant": hb}
         return {
             "kinds": kinds,
-            "heartbeat_idle_s": dict(best) | {"by_variant": hb} if hb else {},
+            "heartbeat_idle_s": heartbeat,
             "devices": len(self.devices),
             "sources": self.sources,
             "findings": [{"reason": k, "count": v} for k, v in sorted(self.findings.items())],

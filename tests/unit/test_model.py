@@ -222,3 +222,15 @@ def test_reconnect_and_status_cadence(local_model: DeviceModel) -> None:
     # Rejected devices re-send their hello every 15.0 s (PROTOCOL.md 10.3).
     assert abs(beh.hello_retry.p50 - 15.0) < 0.2 and beh.hello_retry.count > 1000
     assert beh.status_interval.count > 100
+
+
+def test_summary_of_a_capture_without_pings(tmp_path: Path) -> None:
+    log = tmp_path / "short.txt"
+    log.write_text(
+        "2025-11-07T15:00:00.000000 DEV→CLOUD [conn:1] (12 bytes)\n430000000764 57e7f2010106\n\n"
+        "2025-11-07T15:00:00.010000 CLOUD→DEV [conn:1] (8 bytes)\n4800000003010100\n\n",
+        encoding="utf-8",
+    )
+    summary = import_captures([str(log)]).summary()
+    assert summary["heartbeat_idle_s"] == {}
+    assert [k["request"] for k in summary["kinds"]] == ["0x43"]
