@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from replay.errors import PacketDecodeError
-from replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_packet, packet_name
+from replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_body, packet_name
 
 __all__ = ["FramerFinding", "PacketFramer"]
 
@@ -68,14 +68,39 @@ class PacketFramer:
     def feed(self, data: bytes) -> list[CyncPacket]:
         return [pkt for _, pkt in self.feed_with_offsets(data)]
 
+    def feed_whole(self, data: bytes) -> CyncPacket | None:
+        """Fast path for callers that mostly get one whole packet per chunk (TCP segments).
+
+        When nothing is buffered and ``data`` is exactly one packet, frame it and return it
+        (its stream offset is ``offset`` as it was before the call); otherwise consume nothing
+        and return None, and the caller hands ``data`` to ``feed_with_offsets``.  The outcome
+        is the same as ``feed_with_offsets(data)``, errors included.
+        """
+        if self._buf or self._run is not None or self._held:
+            return None
+        n = len(data)
+        if n < HEADER_LEN or data[1] or data[2] or HEADER_LEN + ((data[3] << 8) | data[4]) != n:
+            return None
+        base = self._base
+        self._base = base + n
+        try:
+            return decode_body(data[0], bytes(data[HEADER_LEN:]), self.strict)
+        except PacketDecodeError as exc:
+            raise _stream_error(exc, bytes(data), 0, n, base) from exc
+
     def feed_with_offsets(self, data: bytes) -> list[tuple[int, CyncPacket]]:
         """Like ``feed`` but each packet comes with its stream offset."""
-        buf = self._buf + bytes(data) if self._buf else bytes(data)
+        data = bytes(data)  # no copy when it is bytes already
+        base = self._base
+        pkt = self.feed_whole(data)
+        if pkt is not None:
+            return [(base, pkt)]
+        buf = self._buf + data if self._buf else data
         out = self._held
         self._held = []
         pos = 0
         n = len(buf)
-        base = self._base
+        strict = self.strict
         # A run of skipped bytes may continue from the previous call: resume it at buf[0], so
         # that the outcome does not depend on how the stream was cut into calls.
         skip_start = 0 if self._run is not None else -1
@@ -91,22 +116,19 @@ class PacketFramer:
                 skip_start = -1
             if n - pos < HEADER_LEN:
                 break
-            end = pos + HEADER_LEN + ((buf[pos + 3] << 8) | buf[pos + 4])
+            body = pos + HEADER_LEN
+            end = body + ((buf[pos + 3] << 8) | buf[pos + 4])
             if end > n:
                 break
+            # The header is checked here (bytes 1-2 zero, length fits), so only the body is
+            # left to decode: same result as decode_packet(buf[pos:end]), one slice fewer.
             try:
-                pkt = decode_packet(buf[pos:end], strict=self.strict)
+                pkt = decode_body(buf[pos], buf[body:end], strict)
             except PacketDecodeError as exc:
                 self._buf = buf[end:]
                 self._base = base + end
                 self._held = out
-                detail = str(exc.args[0]).partition(": ")[2] if exc.args else str(exc)
-                raise PacketDecodeError(
-                    exc.reason,
-                    f"{packet_name(buf[pos])} packet at stream offset {base + pos}: {detail}",
-                    offset=base + pos + exc.offset,
-                    data=buf[pos:end],
-                ) from exc
+                raise _stream_error(exc, buf, pos, end, base) from exc
             out.append((base + pos, pkt))
             pos = end
         if skip_start >= 0:
@@ -149,3 +171,16 @@ class PacketFramer:
         self._base += len(self._buf)
         self._buf = b""
         return finding
+
+
+def _stream_error(
+    exc: PacketDecodeError, buf: bytes, pos: int, end: int, base: int
+) -> PacketDecodeError:
+    """The decode error of packet ``buf[pos:end]``, with offsets in the stream."""
+    detail = str(exc.args[0]).partition(": ")[2] if exc.args else str(exc)
+    return PacketDecodeError(
+        exc.reason,
+        f"{packet_name(buf[pos])} packet at stream offset {base + pos}: {detail}",
+        offset=base + pos + exc.offset,
+        data=buf[pos:end],
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import ClassVar
 
@@ -70,7 +70,12 @@ HELLO_BODY = struct.Struct(">B4sBB16s3s")  # version, id, pad, auth length, auth
 FRAME_HEAD = struct.Struct("<B4sBBH")  # marker, sequence, kind, opcode, data length (LE16)
 FRAME_MARKER = 0x7E
 FIRMWARE_MARKER = 0x00  # 0x83 firmware reports carry 0x00 where the first 0x7E would be
+# 0x73/0x83 body: the ID prefix then the frame head, in one unpack (4s/3s have no byte order).
+_FRAMED_HEAD = struct.Struct("<" + ID_PREFIX.format[1:] + FRAME_HEAD.format[1:])
 _FRAME_OVERHEAD = FRAME_HEAD.size + 2  # head + checksum + end marker
+_FRAMED_MIN = ID_PREFIX.size + _FRAME_OVERHEAD  # smallest 0x73/0x83 body with a whole frame
+_new = object.__new__  # see "decoding" below
+_REPORT = 0x83  # PacketType.REPORT as a plain int: an enum attribute lookup costs ~0.1 us
 _FIXED_SIZES: dict[int, int] = {
     0x28: 2,
     0x48: 3,
@@ -158,27 +163,43 @@ class InnerFrame:
         ``firmware_marker`` accepts 0x00 as the first marker (the 0x83 firmware report form);
         a 0x73 always starts its frame with 0x7e.
         """
-        if len(body) < _FRAME_OVERHEAD:
-            raise PacketDecodeError("too_short", "inner frame shorter than 11 bytes", offset=offset)
-        marker, seq, kind, opcode, length = FRAME_HEAD.unpack_from(body)
-        if marker != FRAME_MARKER and not (firmware_marker and marker == FIRMWARE_MARKER):
-            raise PacketDecodeError(
-                "bad_marker", f"inner frame starts with 0x{marker:02x}, not 0x7e", offset=offset
-            )
-        if body[-1] != FRAME_MARKER:
-            raise PacketDecodeError(
-                "bad_marker",
-                f"inner frame ends with 0x{body[-1]:02x}, not 0x7e",
-                offset=offset + len(body) - 1,
-            )
-        if FRAME_HEAD.size + length + 2 != len(body):
-            raise PacketDecodeError(
-                "length_mismatch",
-                f"inner length {length} does not fit a {len(body)}-byte frame",
-                offset=offset + 7,
-            )
-        end = FRAME_HEAD.size + length
-        return cls(seq, kind, opcode, body[FRAME_HEAD.size : end], body[end], marker, body[-1])
+        return _decode_frame(body, 0, offset, firmware_marker)
+
+
+def _decode_frame(buf: bytes, start: int, offset: int, firmware_marker: bool) -> InnerFrame:
+    """The frame that fills ``buf[start:]`` (no copy of the frame bytes is made first)."""
+    size = len(buf) - start
+    if size < _FRAME_OVERHEAD:
+        raise PacketDecodeError("too_short", "inner frame shorter than 11 bytes", offset=offset)
+    marker, seq, kind, opcode, length = FRAME_HEAD.unpack_from(buf, start)
+    if marker != FRAME_MARKER and not (firmware_marker and marker == FIRMWARE_MARKER):
+        raise PacketDecodeError(
+            "bad_marker", f"inner frame starts with 0x{marker:02x}, not 0x7e", offset=offset
+        )
+    end_marker = buf[-1]
+    if end_marker != FRAME_MARKER:
+        raise PacketDecodeError(
+            "bad_marker",
+            f"inner frame ends with 0x{end_marker:02x}, not 0x7e",
+            offset=offset + size - 1,
+        )
+    if _FRAME_OVERHEAD + length != size:
+        raise PacketDecodeError(
+            "length_mismatch",
+            f"inner length {length} does not fit a {size}-byte frame",
+            offset=offset + 7,
+        )
+    data_start = start + FRAME_HEAD.size
+    end = data_start + length
+    frame = _new(InnerFrame)
+    frame.seq = seq
+    frame.kind = kind
+    frame.opcode = opcode
+    frame.data = buf[data_start:end]
+    frame.checksum = buf[end]
+    frame.marker = marker
+    frame.end_marker = end_marker
+    return frame
 
 
 @dataclass(slots=True)
@@ -293,69 +314,134 @@ class FramedPacket(IdPacket):
         return self.device_id + self.msg_id + inner
 
 
-def _decode_generic(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
-    return GenericPacket(ptype, payload=body, reserved=reserved)
+# -- decoding ------------------------------------------------------------------------------
+# Decoded packets (and frames) are built with ``object.__new__`` and direct slot stores: the
+# dataclass ``__init__`` (keyword-only fields) costs several times more, and a capture import
+# builds one packet per few payload bytes.  ``_check_fast_build`` below fails at import time if
+# a field is added to a class without being set here.
 
 
-def _decode_ack(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
-    return AckPacket(ptype, msg_id=body, reserved=reserved)
+def _generic(ptype: int, body: bytes, defect: str | None = None) -> GenericPacket:
+    pkt = _new(GenericPacket)
+    pkt.type = ptype
+    pkt.reserved = 0
+    pkt.defect = defect
+    pkt.payload = body
+    return pkt
 
 
-def _decode_hello(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+def _decode_generic(ptype: int, body: bytes, strict: bool) -> CyncPacket:
+    pkt = _new(GenericPacket)  # _generic(ptype, body), one call fewer: pings are half the traffic
+    pkt.type = ptype
+    pkt.reserved = 0
+    pkt.defect = None
+    pkt.payload = body
+    return pkt
+
+
+def _decode_ack(ptype: int, body: bytes, strict: bool) -> CyncPacket:
+    pkt = _new(AckPacket)
+    pkt.type = ptype
+    pkt.reserved = 0
+    pkt.defect = None
+    pkt.msg_id = body
+    return pkt
+
+
+def _decode_hello(ptype: int, body: bytes, strict: bool) -> CyncPacket:
     version, dev, pad, alen, auth, tail = HELLO_BODY.unpack(body)
     if alen != len(auth):
         return _layout_error(
-            ptype, reserved, body, strict, f"auth length byte {alen} is not 16", HEADER_LEN + 6
+            ptype, body, strict, f"auth length byte {alen} is not 16", HEADER_LEN + 6
         )
-    return HelloPacket(
-        ptype, device_id=dev, auth_code=auth, version=version, pad=pad, tail=tail, reserved=reserved
-    )
+    return HelloPacket(ptype, device_id=dev, auth_code=auth, version=version, pad=pad, tail=tail)
 
 
-def _decode_id(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
+def _decode_id(ptype: int, body: bytes, strict: bool) -> CyncPacket:
     if len(body) < ID_PREFIX.size:
-        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix", 3)
-    return IdPacket(
-        ptype, device_id=body[:4], msg_id=body[4:7], payload=body[7:], reserved=reserved
-    )
+        return _layout_error(ptype, body, strict, "shorter than the 12-byte prefix", 3)
+    pkt = _new(IdPacket)
+    pkt.type = ptype
+    pkt.reserved = 0
+    pkt.defect = None
+    pkt.device_id = body[:4]
+    pkt.msg_id = body[4:7]
+    pkt.payload = body[7:]
+    return pkt
 
 
-def _decode_framed(ptype: int, reserved: int, body: bytes, strict: bool) -> CyncPacket:
-    if len(body) < ID_PREFIX.size:
-        return _layout_error(ptype, reserved, body, strict, "shorter than the 12-byte prefix", 3)
-    dev = body[:4]
-    mid = body[4:7]
-    try:
-        frame = InnerFrame.decode(
-            body[7:], HEADER_LEN + 7, firmware_marker=ptype == PacketType.REPORT
-        )
-    except PacketDecodeError as exc:
+def _decode_framed(ptype: int, body: bytes, strict: bool) -> CyncPacket:
+    size = len(body)
+    if size < ID_PREFIX.size:
+        return _layout_error(ptype, body, strict, "shorter than the 12-byte prefix", 3)
+    frame = None
+    if size >= _FRAMED_MIN:
+        # One unpack for the prefix and the frame head; a well-formed frame (the usual case)
+        # is built right here, anything else goes to _decode_frame, which names the problem.
+        dev, mid, marker, seq, kind, opcode, length = _FRAMED_HEAD.unpack_from(body)
+        if (
+            length + _FRAMED_MIN == size
+            and body[-1] == FRAME_MARKER
+            and (marker == FRAME_MARKER or (marker == FIRMWARE_MARKER and ptype == _REPORT))
+        ):
+            end = size - 2
+            data = body[_FRAMED_HEAD.size : end]
+            checksum = body[end]
+            frame = _new(InnerFrame)
+            frame.seq = seq
+            frame.kind = kind
+            frame.opcode = opcode
+            frame.data = data
+            frame.checksum = checksum
+            frame.marker = marker
+            frame.end_marker = FRAME_MARKER
+    pkt = _new(FramedPacket)
+    pkt.type = ptype
+    pkt.reserved = 0
+    if frame is None:
+        dev = body[:4]
+        mid = body[4:7]
+        try:
+            frame = _decode_frame(body, 7, HEADER_LEN + 7, ptype == _REPORT)
+        except PacketDecodeError as exc:
+            if strict:
+                raise
+            pkt.device_id = dev
+            pkt.msg_id = mid
+            pkt.payload = body[7:]
+            pkt.frame = None
+            pkt.defect = exc.reason
+            return pkt
+        data, opcode, checksum = frame.data, frame.opcode, body[-2]
+    n = len(data)
+    expected = (opcode + (n & 0xFF) + (n >> 8) + sum(data)) & 0xFF
+    if checksum != expected:
         if strict:
-            raise
-        return FramedPacket(
-            ptype, device_id=dev, msg_id=mid, payload=body[7:], reserved=reserved, defect=exc.reason
-        )
-    if strict and not frame.checksum_ok:
-        raise PacketDecodeError(
-            "invalid_checksum",
-            f"inner checksum 0x{frame.checksum:02x}, expected 0x{frame.expected_checksum():02x}",
-            offset=HEADER_LEN + len(body) - 2,
-        )
-    return FramedPacket(ptype, device_id=dev, msg_id=mid, frame=frame, reserved=reserved)
+            raise PacketDecodeError(
+                "invalid_checksum",
+                f"inner checksum 0x{checksum:02x}, expected 0x{expected:02x}",
+                offset=HEADER_LEN + size - 2,
+            )
+        pkt.defect = "invalid_checksum"
+    else:
+        pkt.defect = None
+    pkt.device_id = dev
+    pkt.msg_id = mid
+    pkt.payload = b""
+    pkt.frame = frame
+    return pkt
 
 
-def _layout_error(
-    ptype: int, reserved: int, body: bytes, strict: bool, why: str, offset: int
-) -> CyncPacket:
+def _layout_error(ptype: int, body: bytes, strict: bool, why: str, offset: int) -> CyncPacket:
     # ``offset``: the length field (3) for a size that does not fit, else the offending byte.
     if strict:
         raise PacketDecodeError(
             "bad_layout", f"0x{ptype:02x} body does not fit its layout: {why}", offset=offset
         )
-    return GenericPacket(ptype, payload=body, reserved=reserved, defect="bad_layout")
+    return _generic(ptype, body, "bad_layout")
 
 
-_Decoder = Callable[[int, int, bytes, bool], CyncPacket]
+_Decoder = Callable[[int, bytes, bool], CyncPacket]
 _DECODERS: dict[int, _Decoder] = {
     0x23: _decode_hello,
     0x43: _decode_id,
@@ -367,6 +453,26 @@ _DECODERS: dict[int, _Decoder] = {
     0xA3: _decode_id,
     0xAB: _decode_id,
 }
+# type -> (body size, or -1 for any; decoder): one lookup per packet on the hot path.
+_TABLE: dict[int, tuple[int, _Decoder]] = {
+    t: (_FIXED_SIZES.get(t, -1), _DECODERS.get(t, _decode_generic))
+    for t in set(_DECODERS) | set(_FIXED_SIZES)
+}
+
+
+def decode_body(ptype: int, body: bytes, strict: bool) -> CyncPacket:
+    """Decode the body of a packet whose 5-byte header was already checked.
+
+    For framers, which find the header themselves: bytes 1-2 are zero and ``body`` is exactly
+    as long as the header says.  Error offsets count from the start of the packet.
+    """
+    entry = _TABLE.get(ptype)
+    if entry is None:
+        return _generic(ptype, body)
+    size, decoder = entry
+    if size >= 0 and size != len(body):
+        return _layout_error(ptype, body, strict, f"{len(body)} bytes, expected {size}", 3)
+    return decoder(ptype, body, strict)
 
 
 def decode_packet(data: bytes, *, strict: bool = True) -> CyncPacket:
@@ -392,18 +498,27 @@ def decode_packet(data: bytes, *, strict: bool = True) -> CyncPacket:
             offset=3,
             data=data,
         )
-    body = data[HEADER_LEN:]
-    size = _FIXED_SIZES.get(ptype)
     try:
-        if size is not None and size != length:
-            why = f"{length} bytes, expected {size}"
-            pkt = _layout_error(ptype, reserved, body, strict, why, 3)  # 3: the length field
-        else:
-            pkt = _DECODERS.get(ptype, _decode_generic)(ptype, reserved, body, strict)
+        return decode_body(ptype, data[HEADER_LEN:], strict)
     except PacketDecodeError as exc:
         if not exc.data:
             exc.data = data  # the whole offending packet, for the report
         raise
-    if not strict and pkt.defect is None and pkt.checksum_ok is False:
-        pkt.defect = "invalid_checksum"
-    return pkt
+
+
+def _check_fast_build() -> None:
+    """The direct builders above set every field of the classes they build."""
+    built = {
+        GenericPacket: _generic(0, b""),
+        AckPacket: _decode_ack(0x88, b"\0\0\0", True),
+        IdPacket: _decode_id(0x43, bytes(7), True),
+        FramedPacket: _decode_framed(0x73, bytes(7) + b"\x7e" + bytes(8) + b"\x00\x7e", True),
+        InnerFrame: _decode_frame(b"\x7e" + bytes(8) + b"\x00\x7e", 0, 0, False),
+    }
+    for cls, obj in built.items():
+        missing = [f.name for f in fields(cls) if not hasattr(obj, f.name)]
+        if missing:
+            raise TypeError(f"protocol.py builds {cls.__name__} without {missing}")
+
+
+_check_fast_build()

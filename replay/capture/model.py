@@ -4,10 +4,19 @@
 # and payload bytes; they all hand payload bytes per connection and direction to a
 # FlowBuilder, which frames them into packets and keeps the byte accounting, so every
 # payload byte ends up in a packet or in a Finding.
+#
+# Speed: FlowBuilder.feed runs once per TCP segment or text record, so its common case (a
+# direction that already has a framer) takes no detour, and FlowPackets are built with direct
+# slot stores instead of the frozen dataclass __init__ (which goes through object.__setattr__
+# per field).  Readers wrap their loops in ``gc_paused``: every object they make is kept, so
+# the cyclic collector would only rescan a growing heap.
 from __future__ import annotations
 
+import gc
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from replay.framer import PacketFramer
@@ -22,6 +31,7 @@ __all__ = [
     "FlowBuilder",
     "FlowPacket",
     "Sender",
+    "gc_paused",
 ]
 
 Sender = Literal["device", "cloud"]
@@ -44,6 +54,16 @@ class FlowPacket:
     packet: CyncPacket
     offset: int  # offset of the packet's first byte in its direction's byte stream
     tags: tuple[str, ...] = ()
+
+
+_FLOW_PACKET_FIELDS = ("ts", "sender", "packet", "offset", "tags")
+if tuple(f.name for f in fields(FlowPacket)) != _FLOW_PACKET_FIELDS:
+    raise TypeError("model.py builds FlowPacket field by field: update _FLOW_PACKET_FIELDS")
+_new = object.__new__
+# The slot descriptors' setters: they store without the frozen-dataclass check.
+_fp_ts, _fp_sender, _fp_packet, _fp_offset, _fp_tags = (
+    getattr(FlowPacket, name).__set__ for name in _FLOW_PACKET_FIELDS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,23 +169,31 @@ class FlowBuilder:
     def feed(self, sender: Sender, ts: float, data: bytes, tags: tuple[str, ...] = ()) -> None:
         if not data:
             return
-        flow = self.flow
-        seen = flow.bytes_seen[sender]
-        flow.bytes_seen[sender] = seen + len(data)
-        tls = self._tls.get(sender)
-        if tls is not None:
-            tls[1] += len(data)
-            return
+        bytes_seen = self.flow.bytes_seen
+        seen = bytes_seen[sender]
+        bytes_seen[sender] = seen + len(data)
         framer = self._framers.get(sender)
-        if framer is None:
+        if framer is None:  # first bytes of this direction, or a TLS direction
+            tls = self._tls.get(sender)
+            if tls is not None:
+                tls[1] += len(data)
+                return
             if _looks_like_tls(data):
                 self._tls[sender] = [seen, len(data), int(ts * 1e6)]
-                flow.kind = "tls"
+                self.flow.kind = "tls"
                 return
             framer = self._framers[sender] = PacketFramer()
             self._reported[sender] = 0
-        self._emit(sender, ts, framer.feed_with_offsets(data), tags)
-        self._drain(sender, framer, ts)
+        # (A direction with a framer is never TLS: ``gap`` does not give a TLS one a framer.)
+        offset = framer.offset
+        pkt = framer.feed_whole(data)  # one whole packet per segment is the common case
+        if pkt is not None:
+            self._emit_one(sender, ts, offset, pkt, tags)
+            return
+        for offset, pkt in framer.feed_with_offsets(data):
+            self._emit_one(sender, ts, offset, pkt, tags)
+        if len(framer.findings) != self._reported[sender]:
+            self._drain(sender, framer, ts)
 
     def feed_record(
         self, sender: Sender, ts: float, data: bytes, tags: tuple[str, ...] = ()
@@ -197,15 +225,24 @@ class FlowBuilder:
         packets: list[tuple[int, CyncPacket]],
         tags: tuple[str, ...],
     ) -> None:
-        flow = self.flow
         for off, pkt in packets:
-            flow.packets.append(FlowPacket(ts, sender, pkt, off, tags))
-            if pkt.defect is not None:
-                self._add(
-                    sender, off, len(pkt), f"defect:{pkt.defect}", pkt.encode()[:16].hex(), ts
-                )
-            if flow.device_id is None and sender == "device" and isinstance(pkt, HelloPacket):
-                flow.device_id = pkt.device_id
+            self._emit_one(sender, ts, off, pkt, tags)
+
+    def _emit_one(
+        self, sender: Sender, ts: float, off: int, pkt: CyncPacket, tags: tuple[str, ...]
+    ) -> None:
+        fp = _new(FlowPacket)  # == FlowPacket(ts, sender, pkt, off, tags), faster
+        _fp_ts(fp, ts)
+        _fp_sender(fp, sender)
+        _fp_packet(fp, pkt)
+        _fp_offset(fp, off)
+        _fp_tags(fp, tags)
+        flow = self.flow
+        flow.packets.append(fp)
+        if pkt.defect is not None:
+            self._add(sender, off, len(pkt), f"defect:{pkt.defect}", pkt.encode()[:16].hex(), ts)
+        if flow.device_id is None and sender == "device" and isinstance(pkt, HelloPacket):
+            flow.device_id = pkt.device_id
 
     def gap(self, sender: Sender, ts: float, offset: int, length: int) -> None:
         """Bytes ``offset .. offset+length`` of a direction were never captured."""
@@ -244,6 +281,28 @@ class FlowBuilder:
         self._findings.append(
             Finding(self.flow.source, self.flow.id, sender, offset, length, reason, detail, ts)
         )
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a reader builds its objects.
+
+    A reader keeps every object it makes (packets, flows), so collections during the read
+    would only rescan a growing heap.  At the end the new objects are moved straight to the
+    oldest generation (``gc.freeze`` then ``gc.unfreeze``, both O(1)) instead of being scanned
+    by the first young collection after ``gc.enable``; this is skipped when someone else has
+    frozen objects, since ``unfreeze`` would thaw theirs too.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if was_enabled:
+            gc.enable()
 
 
 def _looks_like_tls(data: bytes) -> bool:

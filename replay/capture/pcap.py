@@ -13,13 +13,12 @@
 # last record keeps everything before and reports ``truncated``.
 from __future__ import annotations
 
-import gc
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from replay.capture.model import CaptureResult, Finding
+from replay.capture.model import CaptureResult, Finding, gc_paused
 from replay.capture.tcp import TcpReassembler
 from replay.errors import CaptureError
 
@@ -405,14 +404,9 @@ def read_pcap(
         )
     # Every object made here is kept (packets, flows), so the cyclic collector would only
     # rescan a growing heap again and again; pausing it roughly doubles the throughput.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         walk(path, buf, dec, progress)
         result.flows = reasm.finish()
-    finally:
-        if was_enabled:
-            gc.enable()
     result.findings.extend(dec.findings(path))
     if progress is not None:
         progress(len(buf), len(buf))

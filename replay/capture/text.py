@@ -23,6 +23,7 @@ from replay.capture.model import (
     Flow,
     FlowBuilder,
     Sender,
+    gc_paused,
 )
 from replay.errors import CaptureError
 from replay.framer import PacketFramer
@@ -67,6 +68,13 @@ def read_text(
     progress: Callable[[int, int], None] | None = None,
 ) -> CaptureResult:
     """Read one MITM text log (already loaded as ``data``) into flows and findings."""
+    with gc_paused():  # everything made here is kept: see model.gc_paused
+        return _read_text(path, data, progress)
+
+
+def _read_text(
+    path: str, data: bytes, progress: Callable[[int, int], None] | None
+) -> CaptureResult:
     name = path.rsplit("/", 1)[-1]
     result = CaptureResult(sources=[path])
     findings = result.findings
