@@ -389,14 +389,19 @@ class ResponsePlan:
 
     key: str
     template: CompiledTemplate
-    delay: Distribution  # device role: service time (else latency); cloud role: latency
+    delay: Distribution  # queued: service time; otherwise latency from the request
     share: float
+    queued: bool = False  # FIFO behind the previous response of this kind
 
 
 def _plan(resp: ResponseModel, role: str) -> ResponsePlan:
-    delay = resp.service if role == "device" and resp.service else resp.latency
+    # A device works through its commands' acks and results one after another (service
+    # times).  Its status reports are not a queue of their own: each follows its command by
+    # the learned latency, so a long run of commands cannot pile reports up without bound.
+    queued = role == "device" and resp.service is not None and not resp.key.startswith("0x83")
+    delay = resp.service if queued and resp.service is not None else resp.latency
     return ResponsePlan(
-        resp.key, CompiledTemplate.compile(resp.key, resp.template), delay, resp.share
+        resp.key, CompiledTemplate.compile(resp.key, resp.template), delay, resp.share, queued
     )
 
 

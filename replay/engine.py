@@ -142,8 +142,8 @@ class Engine:
     ) -> list[Action]:
         """Render ``plans`` as answers to ``request`` with their departure times.
 
-        Device: response k of a kind leaves at max(arrival, the kind's previous departure)
-        + a service sample.  Cloud: arrival + a latency sample, never before the previous
+        Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
+        previous departure) + a service sample; status reports at arrival + a latency sample.  Cloud: arrival + a latency sample, never before the previous
         answer (replies are matched by order).  Both: never before the previous response to
         this request, nor before the packet that took the previous value of its counter.
         """
@@ -155,7 +155,7 @@ class Engine:
         for plan in plans:
             key = plan.key
             delay = self.sample_delay(plan) if scaled else 0.0
-            if queued:
+            if queued and plan.queued:
                 at = max(now, free.get(key, -INF)) + delay
                 free[key] = at = max(at, prev)
             else:

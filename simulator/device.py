@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
-from replay.engine import DeviceEngine, DeviceState, Relay
+from replay.engine import DeviceEngine, DeviceState, Relay, Send
 from replay.errors import CyncError
 from replay.model import DeviceIdentity, DeviceModel
 from simulator._device_conn import EngineConnection, SimulatorBase, check_loopback, default_model
@@ -355,6 +355,12 @@ class CyncDeviceSimulator(SimulatorBase):
     def send_status_broadcast(self) -> bool:
         """Push a 0x83 with the current state; False when not connected."""
         return self._push(self.engine.status_broadcast(asyncio.get_running_loop().time()))
+
+    def send_raw(self, data: bytes) -> bool:
+        """Write ``data`` as it is, not from a template: for testing how a controller copes
+        with malformed or foreign bytes.  Goes through chaos like any packet; False when not
+        connected."""
+        return self._push([Send(asyncio.get_running_loop().time(), bytes(data), "raw")])
 
     def _push(self, actions: list[Any]) -> bool:
         conn = self._conn
