@@ -143,9 +143,10 @@ class Engine:
         """Render ``plans`` as answers to ``request`` with their departure times.
 
         Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
-        previous departure) + a service sample; status reports at arrival + a latency sample.  Cloud: arrival + a latency sample, never before the previous
-        answer (replies are matched by order).  Both: never before the previous response to
-        this request, nor before the packet that took the previous value of its counter.
+        previous departure) + a service sample; status reports at arrival + a latency sample.
+        Cloud: arrival + a latency sample, never before the previous answer (replies are
+        matched by order).  Both: never before the previous response to this request, nor
+        before the packet that took the previous value of its counter.
         """
         out: list[Action] = []
         prev = now
