@@ -1,0 +1,91 @@
+# `cyncsim bench SUITE [--json FILE] [--quick]`: run benchmark suites, print their tables.
+#
+# A thin front end over tools/bench: the suites are registered there (SUITES), each returns
+# a SuiteResult that is printed as a table and, with --json, written as the documented JSON
+# (tools/bench/common.py).  `all` runs every registered suite; its JSON file is
+# {"machine": ..., "suites": [one suite object each]}.  Missed targets are reported, not
+# fatal: the exit status is 0 unless --check is given (then 1 when a target is missed).
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from tools.bench import SUITES, load_suite
+from tools.bench.common import (
+    BenchOptions,
+    machine_info,
+    render,
+    stderr_log,
+    suite_json,
+    write_json,
+)
+
+__all__ = ["default_captures", "register", "run"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_captures() -> Path:
+    """The shared captures folder: env CYNCSIM_CAPTURES, else ../shared/captures."""
+    env = os.environ.get("CYNCSIM_CAPTURES")
+    return Path(env) if env else _REPO_ROOT.parent / "shared" / "captures"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = "; ".join(f"{name}: {desc}" for name, (_, desc) in SUITES.items())
+    p = sub.add_parser(
+        "bench",
+        help="run benchmark suites (tables, JSON)",
+        description=f"Run a benchmark suite, or all of them. Suites: {listing}.",
+    )
+    p.add_argument("suite", choices=[*SUITES, "all"], metavar="SUITE", help="suite name or all")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quick", action="store_true", help="reduced sizes (under a minute)")
+    p.add_argument(
+        "--repeats", type=_positive, default=3, metavar="N", help="runs per measurement (3)"
+    )
+    p.add_argument(
+        "--captures",
+        type=Path,
+        metavar="DIR",
+        help="shared MITM captures folder (default: $CYNCSIM_CAPTURES or ../shared/captures)",
+    )
+    p.add_argument("--profile", action="store_true", help="add a cProfile summary where useful")
+    p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    names = list(SUITES) if args.suite == "all" else [args.suite]
+    machine = machine_info()
+    objects: list[dict[str, Any]] = []
+    missed = False
+    with tempfile.TemporaryDirectory(prefix="cyncsim-bench-") as tmp:
+        opts = BenchOptions(
+            workdir=Path(tmp),
+            quick=args.quick,
+            repeats=args.repeats,
+            captures=args.captures if args.captures is not None else default_captures(),
+            profile=args.profile,
+        )
+        for name in names:
+            result = load_suite(name).run(opts, stderr_log)
+            out.write(render(result))
+            out.write("\n")
+            out.flush()
+            objects.append(suite_json(result, machine))
+            missed = missed or result.passed is False
+    if args.json is not None:
+        payload = objects[0] if args.suite != "all" else {"machine": machine, "suites": objects}
+        write_json(args.json, payload)
+    return 1 if args.check and missed else 0
