@@ -41,7 +41,9 @@ interop: $(STAMP) $(INTEROP_STATUS)
 	CYNCSIM_INTEROP_VENV=$(abspath $(INTEROP_VENV)) $(BIN)/pytest -q -rs -m interop tests/interop
 
 unit: $(STAMP) $(INTEROP_STATUS)
-	CYNCSIM_CAPTURES=$(CAPTURES) CYNCSIM_INTEROP_VENV=$(abspath $(INTEROP_VENV)) $(BIN)/pytest -q
+	CYNCSIM_CAPTURES=$(CAPTURES) CYNCSIM_INTEROP_VENV=$(abspath $(INTEROP_VENV)) \
+	  $(BIN)/pytest -q -n 2 --cov=replay --cov=simulator --cov-report=term:skip-covered \
+	  --cov-fail-under=90
 
 test: lint typecheck unit
 

@@ -178,7 +178,7 @@ async def test_tls_certificate_checked_only_when_asked(rsa_cert: tuple[Path, Pat
     sim = CyncDeviceSimulator(DEV, mesh_node=206, seed=4, time_scale=SCALE)
     try:
         with pytest.raises(CyncError, match="no connection") as err:
-            await sim.connect("127.0.0.1", port, tls=True, verify=True, timeout=0.5)
+            await sim.connect("127.0.0.1", port, tls=True, verify=True, timeout=5.0)
         assert err.value.reason == "connect_failed"
         assert isinstance(sim.last_error, ssl.SSLError) and not ctl.peers[1:]
     finally:
