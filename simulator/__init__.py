@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         DeviceState,
         device_ssl_context,
     )
+    from simulator.fleet import CyncFleet
     from simulator.ports import default_port, find_free_port
     from simulator.record import Recorder
     from simulator.transport import ReliableTransport, Result
@@ -30,6 +31,7 @@ _WHERE = {
     "CyncCloudSimulator": "simulator.cloud",
     "DEFAULT_FIRMWARE": "simulator.device",
     "CyncDeviceSimulator": "simulator.device",
+    "CyncFleet": "simulator.fleet",
     "DeviceState": "simulator.device",
     "device_ssl_context": "simulator.device",
     "default_port": "simulator.ports",
@@ -46,6 +48,7 @@ __all__ = [
     "CloudLink",
     "CyncCloudSimulator",
     "CyncDeviceSimulator",
+    "CyncFleet",
     "DeviceState",
     "Recorder",
     "ReliableTransport",
