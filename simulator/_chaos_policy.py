@@ -327,6 +327,7 @@ class FaultEvent:
     time: float
 
 
+LOG_LIMIT = 100_000  # fault events kept in ChaosPolicy.log (counts are kept for all)
 _FAULT_STREAMS = ("latency", "loss", "burst", "duplicate", "reorder", "corrupt", "slice")
 
 
@@ -368,6 +369,9 @@ class ChaosPolicy:
         self.name = name
         self.t0 = t0
         self.log: list[FaultEvent] = []
+        self.log_limit = LOG_LIMIT
+        self.log_dropped = 0  # oldest events dropped to keep the log bounded
+        self._counts: Counter[tuple[Direction | None, str]] = Counter()
         self._lanes = {d: self._lane(d) for d in Direction}
         self._stalls: list[tuple[float, float]] = []
         if config.stall is not None and config.stall.at_s is not None:
@@ -390,7 +394,14 @@ class ChaosPolicy:
         return self.seeds.stream(f"{self.name}/{d}/{fault}/{no}")
 
     def _note(self, now: float, d: Direction | None, no: int, kind: str, **details: Any) -> None:
-        self.log.append(FaultEvent(no, d, kind, details, now))
+        log = self.log
+        log.append(FaultEvent(no, d, kind, details, now))
+        self._counts[(d, kind)] += 1
+        if len(log) > self.log_limit:
+            # A long run keeps its most recent decisions; the counts stay exact.
+            drop = len(log) - self.log_limit // 2
+            del log[:drop]
+            self.log_dropped += drop
 
     def packets_seen(self, direction: Direction | str) -> int:
         """How many packets of ``direction`` were handed to on_packet."""
@@ -567,5 +578,8 @@ class ChaosPolicy:
     def fault_counts(self, direction: Direction | str | None = None) -> dict[str, int]:
         """How many events of each kind were logged (optionally for one direction)."""
         d = None if direction is None else Direction.parse(direction)
-        counts = Counter(e.kind for e in self.log if d is None or e.direction is d)
+        counts: Counter[str] = Counter()
+        for (dd, kind), n in self._counts.items():
+            if d is None or dd is d:
+                counts[kind] += n
         return dict(sorted(counts.items()))

@@ -456,7 +456,8 @@ class SimulatorBase:
         loop = self._begin()
         port = self._bound_port or self._port_arg or default_port()
         try:
-            self._server = await loop.create_server(factory, self.host, port, ssl=tls)
+            # A fleet's devices dial in all at once: a deep accept queue avoids SYN retries.
+            self._server = await loop.create_server(factory, self.host, port, ssl=tls, backlog=4096)
         except OSError as exc:
             raise PortError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from None
         self._bound_port = int(self._server.sockets[0].getsockname()[1])

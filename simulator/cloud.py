@@ -97,6 +97,7 @@ class CyncCloudSimulator(SimulatorBase):
         self.tls = tls
         self.links: list[CloudLink] = []
         self.seen: list[tuple[float, Sender, CyncPacket]] = []
+        self.keep = SEEN_LIMIT  # packets kept in ``seen`` (and per link): the most recent
         self._by_conn: dict[EngineConnection, CloudLink] = {}
         self._made = 0
 
@@ -158,10 +159,10 @@ class CyncCloudSimulator(SimulatorBase):
             return
         sender: Sender = DEVICE if way == "in" else CLOUD
         item = (time.time(), sender, pkt)
-        self.seen.append(item)
+        _keep(self.seen, item, self.keep)
         link = self._by_conn.get(conn)
         if link is not None:
-            link.packets.append(item)
+            _keep(link.packets, item, self.keep)
 
     # ------------------------------------------------------------------ queries / commands
     def link_for(self, device_id: bytes | None = None) -> CloudLink | None:
@@ -194,3 +195,14 @@ class CyncCloudSimulator(SimulatorBase):
         if data[:1] == b"\x73":
             link.engine.expect_ack(data)
         link.conn.apply([Send(asyncio.get_running_loop().time(), data, "raw")])
+
+
+SEEN_LIMIT = 100_000
+
+
+def _keep(items: list[tuple[float, Sender, CyncPacket]], item: tuple[float, Sender, CyncPacket],
+          limit: int) -> None:  # fmt: skip
+    """Append, dropping the oldest half when over ``limit``: a long run stays bounded."""
+    items.append(item)
+    if len(items) > limit:
+        del items[: len(items) - limit // 2]
