@@ -4,6 +4,7 @@
 # learned, and shows the default model shipped inside the package.
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 import tempfile
@@ -35,7 +36,50 @@ def main() -> int:
     buf = io.StringIO()
     code = cli(["inspect", "--no-progress", str(DEFAULT_MODEL_PATH)], out=buf)
     print("\n".join(buf.getvalue().splitlines()[:8]))
-    return code
+    if code:
+        return code
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Path(tmp) / "session.pcapng"
+        print("\n== a simulated device from the default model, driven by ReliableTransport")
+        asyncio.run(_session(record))
+        print(f"\n== cyncsim diff {DEFAULT_MODEL_PATH.name} <that recording> (structure check)")
+        buf = io.StringIO()
+        code = cli(["diff", "--no-progress", str(DEFAULT_MODEL_PATH), str(record)], out=buf)
+        print(
+            "\n".join(
+                line
+                for line in buf.getvalue().splitlines()
+                if line.startswith(("verdict", "coverage", "candidate"))
+            )
+        )
+    return 0 if code in (0, 1) else code
+
+
+async def _session(record: Path) -> None:
+    from simulator.device import CyncDeviceSimulator
+    from simulator.transport import ReliableTransport
+
+    async with (
+        CyncDeviceSimulator("6457e7f2", seed=1, time_scale=0.1, record=str(record)) as dev,
+        ReliableTransport("127.0.0.1", dev.port, seed=1) as ctl,
+    ):
+        await ctl.connect()
+        await ctl.handshake()
+        print(f"device {dev.device_id.hex()} on port {dev.port}, node {dev.engine.mesh_node}")
+        node = dev.engine.mesh_node
+        for label, send in (
+            ("power on", ctl.send_toggle_command(node, True, wait_result=True)),
+            ("brightness 40", ctl.send_light_state(node, brightness=40, wait_result=True)),
+            ("colour temp 70", ctl.send_light_state(node, color_temp=70, wait_result=True)),
+            ("power off", ctl.send_toggle_command(node, False, wait_result=True)),
+        ):
+            r = await send
+            print(
+                f"  {label:<15} {r.reason:<6} ack+result in {r.latency_s * 1000:6.1f} ms"
+                f"  -> on={dev.state.on} brightness={dev.state.brightness}"
+                f" color_temp={dev.state.color_temp}"
+            )
+        await asyncio.sleep(0.5)
 
 
 def _summary_only(text: str) -> str:
