@@ -1,5 +1,6 @@
-# The engine's view of a learned model: compiled byte templates, response plans, behaviour;
-# plus the engine's small value types (actions, seeds).
+# The engine's view of a learned model: compiled byte templates, response plans, behaviour.
+# (The engine's small value types, seeds and fixed packet builders are in _engine_parts.py;
+# they are re-exported here for the importers of this module.)
 #
 # Strategy: a ModelView is built once per (model, role, variant) and shared by every engine
 # using it (a fleet of 10,000 devices holds one).  Each learned Template is compiled into a
@@ -14,27 +15,27 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
-import logging
-import random
-import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
 
+from replay._engine_parts import (
+    Action,
+    Close,
+    DeviceState,
+    Relay,
+    SeedSource,
+    Send,
+    firmware_report,
+    frame_key,
+    pick_script,
+    root_seed,
+    status_packet,
+)
 from replay.errors import ModelError
 from replay.model import DeviceModel, Distribution, ResponseModel, Template
-from replay.payloads import Command, StatusEntry, TimeReply, build_status
-from replay.protocol import (
-    FRAME_MARKER,
-    HEADER_LEN,
-    FramedPacket,
-    FrameKind,
-    InnerFrame,
-    PacketType,
-    frame_checksum,
-)
+from replay.payloads import TimeReply
+from replay.protocol import FRAME_MARKER, HEADER_LEN, PacketType, frame_checksum
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
@@ -57,7 +58,6 @@ __all__ = [
     "status_packet",
 ]
 
-logger = logging.getLogger("cyncsim.engine")
 DEFAULT_HEARTBEAT_S = 21.0  # PROTOCOL.md 10.2: 0xD3 after ~21 s without traffic
 DEFAULT_RECONNECT_S = 15.0  # PROTOCOL.md 10.3: unanswered devices re-sent 0x23 every 15 s
 MESH_RECORD = 24  # PROTOCOL.md 7.6: bytes per node record of the f9 52 mesh table
@@ -70,23 +70,6 @@ _PLAN_CACHE_SIZE = 1024
 # Template ops: (op, start, end, payload); payload is the exemplar bytes of the range.
 _CONST, _ECHO, _IDENT, _COUNTER, _STATE, _CLOCK, _MESH = range(7)
 _Op = tuple[int, int, int, bytes, str]
-
-
-@dataclass(slots=True)
-class DeviceState:
-    """State of one light, as its 0x83 ``fa db 13`` status and 0x43 entries report it.
-
-    ``color_temp`` is 0-100, or 0xFE in RGB mode (``rgb`` then holds the colour); ``online``
-    is the status byte "connected to the mesh"; ``toggle_count`` counts the state changes
-    applied (commands addressed to this node and ``set_state`` calls, duplicates excluded).
-    """
-
-    on: bool = False
-    brightness: int = 100
-    color_temp: int = 50
-    rgb: tuple[int, int, int] = (255, 255, 255)
-    online: bool = True
-    toggle_count: int = 0
 
 
 @dataclass(slots=True)
@@ -105,76 +88,6 @@ class RenderContext:
         value = self.counters.get(name, 1) & 0xFFFF
         self.counters[name] = (value + 1) & 0xFFFF
         return value
-
-
-_KEYS: dict[tuple[int, int], str] = {}
-
-
-def frame_key(kind: int, opcode: int) -> str:
-    """request_key of a 0x73 with this frame kind and opcode (cached)."""
-    key = _KEYS.get((kind, opcode))
-    if key is None:
-        key = f"0x73:{kind:02x}:{opcode:02x}"
-        if len(_KEYS) < 4096:
-            _KEYS[(kind, opcode)] = key
-    return key
-
-
-class Send(NamedTuple):
-    """Write ``data`` at clock value ``at``; ``key`` names it like a request key ("0x7b")."""
-
-    at: float
-    data: bytes
-    key: str
-
-
-class Close(NamedTuple):
-    at: float
-    reason: str
-
-
-class Relay(NamedTuple):
-    """A command this node does not (only) handle itself: for a fleet to pass to ``target``."""
-
-    at: float
-    target: int
-    command: Command
-
-
-Action = Send | Close | Relay
-
-
-class SeedSource(Protocol):
-    """Named independent random streams from one root (simulator.chaos.SeedTree fits)."""
-
-    @property
-    def root(self) -> int: ...
-
-    def stream(self, name: str) -> random.Random: ...
-
-
-class _Seeds:
-    """The engine's own SeedSource for an int root: blake2b(root, name) seeds each stream."""
-
-    __slots__ = ("root",)
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-
-    def stream(self, name: str) -> random.Random:
-        digest = hashlib.blake2b(
-            f"{self.root}\x00{name}".encode(), digest_size=16, person=b"cyncsim.engine"
-        ).digest()
-        return random.Random(int.from_bytes(digest, "big"))
-
-
-def root_seed(seed: int | SeedSource | None, what: str) -> SeedSource:
-    if seed is None:
-        seed = secrets.randbits(63)
-        logger.info("%s: no seed given, drew root seed %d (pass it to reproduce)", what, seed)
-    if isinstance(seed, int):
-        return _Seeds(seed)
-    return seed
 
 
 _StateFn = Callable[[int, DeviceState], bytes]
@@ -534,45 +447,3 @@ class ModelView:
 
 
 _VIEWS: OrderedDict[tuple[int, str, str], ModelView] = OrderedDict()
-
-
-def status_packet(device_id: bytes, node: int, st: DeviceState) -> bytes:
-    """A 0x43 with the node's own 19-byte status entry (index 05, PROTOCOL.md section 5)."""
-    entry = StatusEntry(
-        5,
-        node & 0xFF,
-        st.on,
-        st.brightness & 0xFF,
-        st.color_temp & 0xFF,
-        st.rgb,
-        int(st.online),
-        0,
-        node & 0xFF,
-    )
-    return build_status(device_id, [entry]).encode()
-
-
-def firmware_report(device_id: bytes, msg_id: bytes, which: str, version: str) -> bytes:
-    """A 0x83 firmware report (the ``00``-led ``fa 00`` form, PROTOCOL.md section 12):
-    ``which`` is "network" or "device", ``version`` the ASCII digits it carries."""
-    digits = version.encode("ascii", "replace")[:18]
-    data = bytes(7) + b"\xea" + bytes(3) + b"\x86\x01" + (b"\x01" if which == "device" else b"\x00")
-    frame = InnerFrame(
-        bytes(4), FrameKind.REPORT, 0x00, (data + digits).ljust(32, b"\0"), marker=0x00
-    )
-    return FramedPacket(PacketType.REPORT, device_id=device_id, msg_id=msg_id, frame=frame).encode()
-
-
-def pick_script(
-    scripts: Sequence[tuple[int, list[tuple[str, float]]]], u: float
-) -> list[tuple[str, float]]:
-    """The script whose cumulative count share covers ``u`` in [0, 1)."""
-    total = sum(n for n, _ in scripts)
-    if total <= 0:
-        return []
-    target = u * total
-    for n, steps in scripts:
-        if target < n:
-            return steps
-        target -= n
-    return scripts[-1][1]

@@ -10,35 +10,35 @@
 # kind: response k leaves at max(arrival_k, departure_{k-1}) + a service sample, never before
 # the previous response to the same request, so a burst queues up as on real bridges.
 # Dispatch is a table by packet type.  Randomness: named streams of one SeedTree root.
+# Layout: Engine (shared by both roles) is in replay/_engine_base.py, CloudEngine in
+# replay/_engine_cloud.py, the engine's value types and fixed packet builders in
+# replay/_engine_parts.py; this module holds DeviceEngine and is the public import point.
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import ClassVar
+from collections.abc import Iterable
 
-from replay._engine_render import (
-    DEFAULT_HEARTBEAT_S,
-    DEFAULT_RECONNECT_S,
+from replay._engine_base import DEDUP_WINDOW, INF, Engine
+from replay._engine_cloud import CloudEngine
+from replay._engine_parts import (
     Action,
     Close,
     DeviceState,
-    ModelView,
     Relay,
-    RenderContext,
-    ResponsePlan,
     SeedSource,
     Send,
     firmware_report,
     frame_key,
     pick_script,
-    root_seed,
     status_packet,
 )
-from replay.describe import request_key
-from replay.errors import PacketDecodeError
-from replay.model import DeviceModel, Distribution, StratifiedUniform
+from replay._engine_render import (
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_RECONNECT_S,
+    ModelView,
+    RenderContext,
+)
+from replay.model import DeviceModel, Distribution
 from replay.payloads import (
     GROUP_BASE,
     RGB_MODE,
@@ -47,20 +47,12 @@ from replay.payloads import (
     LightStateCommand,
     PowerCommand,
     StatusReport,
-    build_command,
     build_hello,
     build_report,
     build_simple,
     decode_command,
 )
-from replay.protocol import (
-    CyncPacket,
-    FramedPacket,
-    FrameKind,
-    HelloPacket,
-    PacketType,
-    decode_packet,
-)
+from replay.protocol import CyncPacket, FramedPacket, FrameKind, PacketType
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
@@ -77,156 +69,9 @@ __all__ = [
     "Send",
 ]
 
-INF = math.inf
-DEDUP_WINDOW = 64  # recent (id, message id, sequence) of commands kept for duplicate detection
 MIN_CADENCE_S = 0.001  # floor for spontaneous timers, so a zero sample never spins
 _PING = build_simple(PacketType.PING).encode()
 _TIME_REQUEST = build_simple(PacketType.TIME_REQUEST).encode()
-
-
-class Engine:
-    """What both roles share: model view, queueing, rendering, dispatch by packet type.
-
-    Subclasses fill ``_handlers`` (packet type -> method) and the session hooks.
-    """
-
-    role: ClassVar[str] = ""
-    _queued: ClassVar[bool] = True  # device: FIFO service queue per response kind
-
-    def __init__(
-        self,
-        model: DeviceModel | ModelView,
-        *,
-        variant: str | None = None,
-        seed: int | SeedSource | None = None,
-        name: str = "",
-        time_scale: float = 1.0,
-        wall_offset: float = 0.0,
-    ) -> None:
-        if not (time_scale >= 0 and math.isfinite(time_scale)):
-            raise ValueError(f"time_scale={time_scale!r} must be a finite number >= 0")
-        self.view = (
-            model if isinstance(model, ModelView) else ModelView.get(model, self.role, variant)
-        )
-        self.name = name or self.role
-        self.seeds = root_seed(seed, f"{self.role} engine {self.name}")
-        self.time_scale = time_scale
-        self.wall_offset = wall_offset  # wall clock = now + wall_offset (for 0xC8)
-        self.stats: dict[str, int] = {}
-        self._delay_rng: StratifiedUniform | None = None
-        self._free_at: dict[str, float] = {}
-        self._counter_out: dict[str, float] = {}  # counter -> departure of its last value
-        self._last_out = -INF
-        self.last_traffic = -INF
-        self.connected = False
-        self._handlers: dict[int, Callable[[bytes, CyncPacket | None, float], list[Action]]] = {}
-
-    # ------------------------------------------------------------------ helpers
-    def _count(self, what: str, n: int = 1) -> None:
-        self.stats[what] = self.stats.get(what, 0) + n
-
-    def sample_delay(self, plan: ResponsePlan) -> float:
-        """One learned delay for ``plan``, scaled (stratified draws from the delay stream)."""
-        if self.time_scale == 0:
-            return 0.0
-        if self._delay_rng is None:
-            rng = self.seeds.stream(f"engine/{self.name}/delay")
-            self._delay_rng = StratifiedUniform(rng, strata=100)
-        return max(0.0, plan.delay.sample(self._delay_rng)) * self.time_scale
-
-    def _context(self, now: float) -> RenderContext:
-        raise NotImplementedError
-
-    def _respond(
-        self, request: bytes, plans: Iterable[ResponsePlan], now: float, ctx: RenderContext
-    ) -> list[Action]:
-        """Render ``plans`` as answers to ``request`` with their departure times.
-
-        Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
-        previous departure) + a service sample; status reports at arrival + a latency sample.
-        Cloud: arrival + a latency sample, never before the previous answer (replies are
-        matched by order).  Both: never before the previous response to this request, nor
-        before the packet that took the previous value of its counter.
-        """
-        out: list[Action] = []
-        prev = now
-        scaled = self.time_scale != 0
-        queued = self._queued
-        free, slots = self._free_at, self._counter_out
-        for plan in plans:
-            key = plan.key
-            delay = self.sample_delay(plan) if scaled else 0.0
-            if queued and plan.queued:
-                at = max(now, free.get(key, -INF)) + delay
-                free[key] = at = max(at, prev)
-            else:
-                at = self._last_out = max(now + delay, self._last_out, prev)
-            tpl = plan.template
-            if tpl.counter:
-                at = max(at, slots.get(tpl.counter, -INF))
-                slots[tpl.counter] = at
-            prev = at
-            out.append(Send(at, tpl.render(request, ctx), key))
-        return out
-
-    def _counter_slot(self, counter: str, at: float) -> float:
-        """Departure for a packet taking the next value of ``counter``: never before the
-        packet that took the previous value, so counters advance by one on the wire."""
-        at = max(at, self._counter_out.get(counter, -INF))
-        self._counter_out[counter] = at
-        return at
-
-    def _sent(self, actions: list[Action]) -> list[Action]:
-        for a in actions:
-            if type(a) is Send and a.at > self.last_traffic:
-                self.last_traffic = a.at
-        return actions
-
-    # ------------------------------------------------------------------ public API
-    def connection_made(self, now: float) -> list[Action]:
-        """A new connection: per-connection state starts afresh (counters and state stay)."""
-        self.connected = True
-        self._free_at.clear()
-        self._counter_out.clear()
-        self._last_out = -INF
-        self.last_traffic = now
-        return []
-
-    def connection_lost(self, now: float) -> None:
-        self.connected = False
-
-    def receive(self, data: bytes, now: float) -> list[Action]:
-        """One whole packet (its bytes) arrived at ``now``; returns what to do."""
-        self.last_traffic = max(self.last_traffic, now)
-        stats = self.stats
-        stats["received"] = stats.get("received", 0) + 1
-        if len(data) < 5:
-            self._count("undecodable")
-            return []
-        try:
-            pkt: CyncPacket | None = decode_packet(data, strict=False)
-        except PacketDecodeError:
-            pkt = None
-        handler = self._handlers.get(data[0], self._on_generic)
-        return self._sent(handler(data, pkt, now))
-
-    def _on_generic(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
-        if pkt is None:
-            self._count("undecodable")
-            return []
-        plans = self.view.plans(request_key(pkt))
-        if plans is None:
-            self._count("unanswered")
-            return []
-        return self._respond(data, plans, now, self._context(now))
-
-    def poll(self, now: float) -> list[Action]:
-        """Timers due at ``now``; safe to call at any time."""
-        return []
-
-    def next_deadline(self) -> float:
-        """Clock value at which ``poll`` has work (inf: none)."""
-        return INF
 
 
 class DeviceEngine(Engine):
@@ -542,75 +387,3 @@ class DeviceEngine(Engine):
         if not self.connected:
             return []
         return self._sent([self._report(self.mesh_node, now)])
-
-
-class CloudEngine(Engine):
-    """The cloud / controller side: answers device requests as the model's cloud did, in
-    order (each answer leaves no earlier than the one before), and builds commands.
-
-    A 0x7B that answers a command this engine sent is consumed; only an unexpected one gets
-    the learned 0x78, and only when the engine's own variant has that exchange.
-    """
-
-    role = "cloud"
-    _queued = False
-
-    def __init__(
-        self,
-        model: DeviceModel | ModelView,
-        *,
-        variant: str | None = None,
-        seed: int | SeedSource | None = None,
-        name: str = "cloud",
-        time_scale: float = 1.0,
-        wall_offset: float = 0.0,
-    ) -> None:
-        super().__init__(
-            model,
-            variant=variant,
-            seed=seed,
-            name=name,
-            time_scale=time_scale,
-            wall_offset=wall_offset,
-        )
-        self.device_id: bytes | None = None
-        self.auth_code: bytes | None = None
-        self._msg = 0
-        self._seq = 0
-        self._sent_ids: deque[bytes] = deque(maxlen=DEDUP_WINDOW * 4)
-        self._ctx = RenderContext(b"\0" * 4, b"0" * 16, {}, 0, DeviceState(), {})
-        self._handlers = {PacketType.HELLO: self._on_hello, PacketType.DATA_ACK: self._on_data_ack}
-
-    def _context(self, now: float) -> RenderContext:
-        self._ctx.wall = now + self.wall_offset
-        return self._ctx
-
-    def _on_hello(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
-        if isinstance(pkt, HelloPacket):
-            self.device_id, self.auth_code = pkt.device_id, pkt.auth_code
-        return self._on_generic(data, pkt, now)
-
-    def _on_data_ack(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
-        if data[5:12] in self._sent_ids:
-            self._count("acks")
-            return []
-        self._count("unexpected_acks")
-        return self._on_generic(data, pkt, now)
-
-    def command(self, command: Command, now: float, device_id: bytes | None = None) -> Send:
-        """A 0x73 f8 command with the next message id and sequence byte (sent at ``now``)."""
-        dev = device_id if device_id is not None else self.device_id
-        if dev is None or len(dev) != 4:
-            raise ValueError("no device id: pass device_id= or wait for the device's 0x23")
-        self._msg = self._msg % 0xFFFF + 1
-        mid = self._msg.to_bytes(2, "big") + b"\0"
-        cmd = dataclasses.replace(command, ctr=self._seq % 0xFF + 1)
-        self._seq = cmd.ctr
-        data = build_command(dev, mid, cmd).encode()
-        self._sent_ids.append(data[5:12])
-        self._last_out = max(self._last_out, now)
-        return Send(now, data, f"0x73:f8:{data[18]:02x}")
-
-    def expect_ack(self, data: bytes) -> None:
-        """Remember bytes 5-11 of a raw 0x73 sent by the caller, so its 0x7B is consumed."""
-        self._sent_ids.append(bytes(data[5:12]))

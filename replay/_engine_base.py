@@ -1,0 +1,169 @@
+# The part of the replay engine both roles share (the Engine base class), see replay/engine.py.
+#
+# Strategy: pure and sans-IO, like the whole engine.  Engine holds the model view, the seeded
+# delay stream and the per-connection departure bookkeeping, renders learned response plans
+# into timed Send actions (``_respond``: queued per response kind for a device, in order for
+# the cloud, counters never overtaking each other) and dispatches each whole packet through a
+# table by packet type that the roles fill.  Private module: replay.engine re-exports Engine.
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+from replay._engine_parts import Action, SeedSource, Send, root_seed
+from replay._engine_render import ModelView, RenderContext, ResponsePlan
+from replay.describe import request_key
+from replay.errors import PacketDecodeError
+from replay.model import DeviceModel, StratifiedUniform
+from replay.protocol import CyncPacket, decode_packet
+
+__all__ = ["DEDUP_WINDOW", "INF", "Engine"]
+
+INF = math.inf
+DEDUP_WINDOW = 64  # recent (id, message id, sequence) of commands kept for duplicate detection
+
+
+class Engine:
+    """What both roles share: model view, queueing, rendering, dispatch by packet type.
+
+    Subclasses fill ``_handlers`` (packet type -> method) and the session hooks.
+    """
+
+    role: ClassVar[str] = ""
+    _queued: ClassVar[bool] = True  # device: FIFO service queue per response kind
+
+    def __init__(
+        self,
+        model: DeviceModel | ModelView,
+        *,
+        variant: str | None = None,
+        seed: int | SeedSource | None = None,
+        name: str = "",
+        time_scale: float = 1.0,
+        wall_offset: float = 0.0,
+    ) -> None:
+        if not (time_scale >= 0 and math.isfinite(time_scale)):
+            raise ValueError(f"time_scale={time_scale!r} must be a finite number >= 0")
+        self.view = (
+            model if isinstance(model, ModelView) else ModelView.get(model, self.role, variant)
+        )
+        self.name = name or self.role
+        self.seeds = root_seed(seed, f"{self.role} engine {self.name}")
+        self.time_scale = time_scale
+        self.wall_offset = wall_offset  # wall clock = now + wall_offset (for 0xC8)
+        self.stats: dict[str, int] = {}
+        self._delay_rng: StratifiedUniform | None = None
+        self._free_at: dict[str, float] = {}
+        self._counter_out: dict[str, float] = {}  # counter -> departure of its last value
+        self._last_out = -INF
+        self.last_traffic = -INF
+        self.connected = False
+        self._handlers: dict[int, Callable[[bytes, CyncPacket | None, float], list[Action]]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _count(self, what: str, n: int = 1) -> None:
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    def sample_delay(self, plan: ResponsePlan) -> float:
+        """One learned delay for ``plan``, scaled (stratified draws from the delay stream)."""
+        if self.time_scale == 0:
+            return 0.0
+        if self._delay_rng is None:
+            rng = self.seeds.stream(f"engine/{self.name}/delay")
+            self._delay_rng = StratifiedUniform(rng, strata=100)
+        return max(0.0, plan.delay.sample(self._delay_rng)) * self.time_scale
+
+    def _context(self, now: float) -> RenderContext:
+        raise NotImplementedError
+
+    def _respond(
+        self, request: bytes, plans: Iterable[ResponsePlan], now: float, ctx: RenderContext
+    ) -> list[Action]:
+        """Render ``plans`` as answers to ``request`` with their departure times.
+
+        Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
+        previous departure) + a service sample; status reports at arrival + a latency sample.
+        Cloud: arrival + a latency sample, never before the previous answer (replies are
+        matched by order).  Both: never before the previous response to this request, nor
+        before the packet that took the previous value of its counter.
+        """
+        out: list[Action] = []
+        prev = now
+        scaled = self.time_scale != 0
+        queued = self._queued
+        free, slots = self._free_at, self._counter_out
+        for plan in plans:
+            key = plan.key
+            delay = self.sample_delay(plan) if scaled else 0.0
+            if queued and plan.queued:
+                at = max(now, free.get(key, -INF)) + delay
+                free[key] = at = max(at, prev)
+            else:
+                at = self._last_out = max(now + delay, self._last_out, prev)
+            tpl = plan.template
+            if tpl.counter:
+                at = max(at, slots.get(tpl.counter, -INF))
+                slots[tpl.counter] = at
+            prev = at
+            out.append(Send(at, tpl.render(request, ctx), key))
+        return out
+
+    def _counter_slot(self, counter: str, at: float) -> float:
+        """Departure for a packet taking the next value of ``counter``: never before the
+        packet that took the previous value, so counters advance by one on the wire."""
+        at = max(at, self._counter_out.get(counter, -INF))
+        self._counter_out[counter] = at
+        return at
+
+    def _sent(self, actions: list[Action]) -> list[Action]:
+        for a in actions:
+            if type(a) is Send and a.at > self.last_traffic:
+                self.last_traffic = a.at
+        return actions
+
+    # ------------------------------------------------------------------ public API
+    def connection_made(self, now: float) -> list[Action]:
+        """A new connection: per-connection state starts afresh (counters and state stay)."""
+        self.connected = True
+        self._free_at.clear()
+        self._counter_out.clear()
+        self._last_out = -INF
+        self.last_traffic = now
+        return []
+
+    def connection_lost(self, now: float) -> None:
+        self.connected = False
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """One whole packet (its bytes) arrived at ``now``; returns what to do."""
+        self.last_traffic = max(self.last_traffic, now)
+        stats = self.stats
+        stats["received"] = stats.get("received", 0) + 1
+        if len(data) < 5:
+            self._count("undecodable")
+            return []
+        try:
+            pkt: CyncPacket | None = decode_packet(data, strict=False)
+        except PacketDecodeError:
+            pkt = None
+        handler = self._handlers.get(data[0], self._on_generic)
+        return self._sent(handler(data, pkt, now))
+
+    def _on_generic(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
+        if pkt is None:
+            self._count("undecodable")
+            return []
+        plans = self.view.plans(request_key(pkt))
+        if plans is None:
+            self._count("unanswered")
+            return []
+        return self._respond(data, plans, now, self._context(now))
+
+    def poll(self, now: float) -> list[Action]:
+        """Timers due at ``now``; safe to call at any time."""
+        return []
+
+    def next_deadline(self) -> float:
+        """Clock value at which ``poll`` has work (inf: none)."""
+        return INF
