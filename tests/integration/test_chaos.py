@@ -129,13 +129,18 @@ async def test_partition_blackhole_window(cync_fleet: FleetFactory, connect: Con
     assert r.success and dev.state.on
 
 
-async def test_gilbert_elliott_burst_loss(cync_fleet: FleetFactory, connect: Connect) -> None:
+async def test_gilbert_elliott_burst_loss(cync_model: Any, connect: Connect) -> None:
     burst = {"burst": {"p": 0.1, "r": 0.4, "loss_good": 0.0, "loss_bad": 1.0}}
-    (dev,) = await cync_fleet(1, chaos_config=ChaosConfig.from_dict({"to_device": burst}))
-    t = await connect(dev, ack_timeout_seconds=0.1, max_retries=8)
-    node = dev.engine.mesh_node
-    results = [await t.send_toggle_command(node, i % 2 == 0) for i in range(60)]
-    assert all(r.success for r in results)
+    dev = CyncDeviceSimulator(
+        b"\x0c\x0c\x0c\x0c", model=cync_model, seed=12, time_scale=0,
+        chaos_config=ChaosConfig.from_dict({"to_device": burst}),
+    )  # fmt: skip
+    async with dev:
+        t = await connect(dev, ack_timeout_seconds=0.1, max_retries=20)
+        node = dev.engine.mesh_node
+        results = [await t.send_toggle_command(node, i % 2 == 0) for i in range(60)]
+        await t.close()
+    assert all(r.success for r in results), [(r.reason, r.retry_count) for r in results]
     lost = sorted(e.packet_no for e in dev.fault_log if e.kind == "burst_drop")
     runs, run = [], 1
     for a, b in itertools.pairwise(lost):
@@ -145,7 +150,8 @@ async def test_gilbert_elliott_burst_loss(cync_fleet: FleetFactory, connect: Con
             runs.append(run)
             run = 1
     runs.append(run)
-    assert lost and max(runs) >= 2  # losses come in bursts, not alone
+    assert len(lost) >= 5 and max(runs) >= 2  # losses come in bursts, not alone
+    assert t.stats.retransmissions >= len(runs)
 
 
 async def test_same_seed_same_faults(cync_model: Any, connect: Connect) -> None:
