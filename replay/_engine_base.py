@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
@@ -53,7 +54,8 @@ class Engine:
         self.time_scale = time_scale
         self.wall_offset = wall_offset  # wall clock = now + wall_offset (for 0xC8)
         self.stats: dict[str, int] = {}
-        self._delay_rng: StratifiedUniform | None = None
+        self._delay_src: random.Random | None = None  # one seeded stream, shared by ...
+        self._delay_rngs: dict[str, StratifiedUniform] = {}  # ... one stratifier per answer key
         self._free_at: dict[str, float] = {}
         self._counter_out: dict[str, float] = {}  # counter -> departure of its last value
         self._last_out = -INF
@@ -66,13 +68,20 @@ class Engine:
         self.stats[what] = self.stats.get(what, 0) + n
 
     def sample_delay(self, plan: ResponsePlan) -> float:
-        """One learned delay for ``plan``, scaled (stratified draws from the delay stream)."""
+        """One learned delay for ``plan``, scaled.
+
+        The draws are stratified per answer key (one seeded stream underneath), so every
+        kind's own run of a few hundred answers covers its distribution evenly, tail
+        included, even when one request takes draws for several kinds (0x7B, f9, 0x83).
+        """
         if self.time_scale == 0:
             return 0.0
-        if self._delay_rng is None:
-            rng = self.seeds.stream(f"engine/{self.name}/delay")
-            self._delay_rng = StratifiedUniform(rng, strata=100)
-        return max(0.0, plan.delay.sample(self._delay_rng)) * self.time_scale
+        strat = self._delay_rngs.get(plan.key)
+        if strat is None:
+            if self._delay_src is None:
+                self._delay_src = self.seeds.stream(f"engine/{self.name}/delay")
+            strat = self._delay_rngs[plan.key] = StratifiedUniform(self._delay_src, strata=100)
+        return max(0.0, plan.delay.sample(strat)) * self.time_scale
 
     def _context(self, now: float) -> RenderContext:
         raise NotImplementedError

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 import captures
+from replay._engine_render import ResponsePlan
 from replay.engine import (
     DEFAULT_RECONNECT_S,
     Close,
@@ -19,7 +20,7 @@ from replay.engine import (
     Relay,
     Send,
 )
-from replay.model import DeviceModel
+from replay.model import DeviceModel, Distribution
 from replay.payloads import (
     LightStateCommand,
     PowerCommand,
@@ -466,3 +467,23 @@ def test_model_errors(model: DeviceModel) -> None:
     with pytest.raises(ValueError, match="time_scale"):
         make(model, time_scale=-1.0)
     assert DEFAULT_RECONNECT_S == 15.0
+
+
+def test_delays_are_stratified_per_answer_key(model: DeviceModel) -> None:
+    """Each answer key gets its own stratified run: 100 draws of one key cover the 100
+    slices of [0, 1) once each, even with another key's draws interleaved (as a toggle
+    takes a 0x7B, an f9 and a 0x83 draw in turn)."""
+    e = make(model)
+    unit = Distribution.from_samples([0.0, 1.0])  # quantile(u) == u: the draw itself
+    tpl = ModelView.get(model, "device").split("0x73:f8:d0").acks[0].template
+    plans = [ResponsePlan(key, tpl, unit, 1.0) for key in ("a", "b", "c")]
+    draws: dict[str, list[float]] = {p.key: [] for p in plans}
+    for _ in range(100):
+        for p in plans:
+            draws[p.key].append(e.sample_delay(p))
+    for key, values in draws.items():
+        assert sorted(int(v * 100) for v in values) == list(range(100)), key
+    # the same seed and the same order of requests give the same draws
+    again = make(model)
+    replayed = [again.sample_delay(p) for _ in range(3) for p in plans]
+    assert replayed[0::3] == draws["a"][:3] and replayed[2::3] == draws["c"][:3]
