@@ -1,0 +1,135 @@
+# The simulator bench suites (baseline, acks, chaos, group, overhead, fleet), the report
+# generator and the plots: every suite runs at a tiny size through `cyncsim bench all
+# --quick --json` (sizes patched), its JSON is strict and well formed, and every derived
+# number (rates, ratios, percentiles, pass/fail) follows from the measured samples.  No
+# timing asserts: the machines are shared.  One slow test runs the real `bench all --quick`.
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from replay.model import Distribution, StratifiedUniform
+from simulator._device_conn import default_model
+from tools.bench import chaos_suite as chaos
+from tools.bench.latency import (
+    cdf_interp,
+    cloud_variant_model,
+    ks_median,
+    ks_statistic,
+    ks_two_sample,
+    percentile,
+    summary_ms,
+)
+from tools.bench.report import markdown_table, update_document
+from tools.bench.simkit import LockMeter, TimerAudit, loop_lateness
+
+
+# ---------------------------------------------------------------------------- helpers
+def test_percentiles_match_the_learned_distribution_rule() -> None:
+    vals = [0.3, 0.1, 0.2, 0.4]
+    dist = Distribution.from_samples(vals)
+    for q in (0.0, 0.25, 0.5, 0.99, 1.0):
+        assert math.isclose(percentile(vals, q), dist.quantile(q))
+    s = summary_ms(vals)
+    assert math.isclose(s["p50_ms"], 250.0) and math.isclose(s["max_ms"], 400.0)
+    assert math.isnan(percentile([], 0.5)) and math.isnan(summary_ms([])["p99_ms"])
+
+
+def test_ks_statistic_is_small_for_the_sampled_distribution_and_sees_a_shift() -> None:
+    dist = Distribution.from_samples([0.01, 0.02, 0.05, 0.1, 0.4])
+    rng = StratifiedUniform(random.Random(5), strata=100)
+    draws = [dist.sample(rng) for _ in range(1000)]
+    assert ks_statistic(draws, dist) < 0.01  # stratified draws follow the CDF closely
+    shifted = [x + 0.005 for x in draws]
+    assert ks_statistic(shifted, dist) > 0.1
+    # exact at the quantiles: n samples at (i + 0.5) / n give KS = 0.5 / n
+    exact = [dist.quantile((i + 0.5) / 200) for i in range(200)]
+    assert math.isclose(ks_statistic(exact, dist), 0.5 / 200, rel_tol=1e-6)
+    # a point mass (repeated values) is a jump of the CDF: both sides are compared
+    tied = Distribution.from_samples([0.0, 0.0, 0.0, 1.0])
+    assert math.isclose(cdf_interp(tied, 0.0), 2 / 3)
+    assert math.isclose(ks_statistic([0.5] * 10, tied), 2 / 3 + 0.5 / 3)
+    # the median KS of n random draws (exact values from scipy.stats.kstwo.ppf(0.5, n))
+    assert math.isclose(ks_median(300), 0.04723531840255249, rel_tol=0.01)
+    assert math.isclose(ks_median(20), 0.17734150203326088, rel_tol=0.015)
+    assert ks_two_sample([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert ks_two_sample([1.0], [2.0]) == 1.0
+
+
+def test_cloud_variant_model_answers_toggles_with_the_cloud_0x7b() -> None:
+    from replay.engine import ModelView
+
+    model = cloud_variant_model(default_model())
+    assert {e.variant for e in model.exchanges} == {"cloud"}
+    plan = ModelView.get(model, "device").split("0x73:f8:d0").acks[0]
+    cloud_ack = next(
+        r
+        for e in default_model().exchanges
+        if e.role == "device" and e.variant == "cloud"
+        for r in e.responses
+        if r.key == "0x7b"
+    )
+    assert plan.delay == cloud_ack.latency
+    with pytest.raises(ValueError, match="no exchanges of variant"):
+        cloud_variant_model(default_model(), "nowhere")
+
+
+def test_drop_patterns_spare_the_handshake_and_follow_the_rate() -> None:
+    pattern = chaos.drop_pattern(0.2, 20_000, seed=3)
+    assert 1 not in pattern and pattern == tuple(sorted(set(pattern)))
+    assert 0.18 < len(pattern) / 20_000 < 0.22
+    assert chaos.drop_pattern(0.2, 20_000, seed=3) == pattern
+    cfg = chaos.chaos_config(chaos.ROWS[2], lane=0, commands=10)
+    assert cfg is not None and cfg.to_device is not None and cfg.from_device is not None
+    assert cfg.to_device.drop_pattern != cfg.from_device.drop_pattern
+    only = chaos.chaos_config(chaos.ROWS[7], lane=0, commands=10)
+    assert only is not None and only.from_device is not None
+    assert only.from_device.drop_pattern == ()
+    assert chaos.chaos_config(chaos.ROWS[0], lane=0, commands=10) is None
+
+
+async def test_lock_meter_counts_asyncio_locks_and_restores_them() -> None:
+    original = asyncio.Lock.acquire
+    lock, sem = asyncio.Lock(), asyncio.Semaphore(2)
+    meter = LockMeter()
+    with meter.active():
+        async with lock:
+            await asyncio.sleep(0.01)
+        async with sem:
+            pass
+    assert meter.acquisitions == 2 and dict(meter.by_class) == {"Lock": 1, "Semaphore": 1}
+    assert meter.held_s > 0
+    assert asyncio.Lock.acquire is original
+    async with lock:  # no longer counted
+        pass
+    assert meter.acquisitions == 2
+
+
+async def test_loop_lateness_and_timer_audit_never_report_early_timers() -> None:
+    late = await loop_lateness(5, 0.001, 0.003)
+    assert len(late) == 5 and min(late) >= 0
+    audit = TimerAudit()
+    audit.observe("out", b"never asked")  # not an answer the engine made: ignored
+    assert not audit.late
+
+
+def test_markdown_table_and_document_blocks() -> None:
+    from tools.bench.common import Column
+
+    table = markdown_table(
+        [Column("a", "A"), Column("b", "B", ".1f"), Column("ok", "ok")],
+        [{"a": "x|y", "b": 1.25, "ok": True}, {"a": "z", "b": None, "ok": False}],
+    )
+    assert table.splitlines() == [
+        "| A | B | ok |",
+        "| --- | ---: | --- |",
+        "| x\\|y | 1.2 | PASS |",
+        "| z | - | FAIL |",
+    ]
+    doc = "intro\n<!-- bench:one -->\nold\n<!-- /bench:one -->\nend\n"
+    new = update_document(doc, {"one": "new\n", "two": "added\n"})
+    assert new.startswith("intro\n<!-- bench:one -->\nnew\n<!-- /bench:one -->\nend")
+    assert new.endswith("## two\n\n<!-- bench:two -->\nadded\n<!-- /bench:two -->\n")

@@ -1,0 +1,320 @@
+# `cyncsim bench chaos`: the spec's chaos matrix through ReliableTransport.
+#
+# Strategy.  Device latency: the real-cloud variant of the shipped model (every 0x73 gets
+# the 0x7B learned from real devices answering the real cloud: p50 ~208 ms, p99 ~327 ms),
+# at time_scale 1.0: realistic, and not the local strip bridge's queue-driven heavy tail
+# (its toggle p99 771 ms alone nearly fills the 800 ms budget, and 500 ms each way on top
+# could never stay under 1,500 ms).  Transport: its defaults except the ACK timeout, set by
+# the spec's rule to 2.5 x the learned p99 of that 0x7B (~0.82 s); extra rows show the
+# default 2.0 s.  Faults act on both directions (a network loses, delays, duplicates and
+# reorders either way) unless a row says "commands only".  Loss is a seeded Bernoulli drop
+# pattern per direction that spares packet 1 each way (the device's 0x23 and its 0x28): a
+# lost hello only costs the device's 15 s hello retry before the first command, not the
+# commands measured.  Each row is >= 1,000 commands (quick: 200) over independent lanes
+# (a device + its transport, one command outstanding: a device answers in order, so more
+# in flight would measure its queue), and all rows run at once in one event loop; the
+# process CPU use is reported to show the loop was not the bottleneck.
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from replay.model import Distribution
+from simulator._device_conn import default_model
+from simulator.chaos import ChaosConfig, PacketFaults
+from tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
+from tools.bench.latency import cloud_variant_model, learned_summary, percentile
+from tools.bench.simkit import (
+    CpuMeter,
+    GcMeter,
+    Lane,
+    command_summary,
+    lateness_monitor,
+    open_lane,
+    run_commands,
+)
+
+__all__ = ["FULL", "QUICK", "ROWS", "TIMEOUT_RULE", "Row", "Size", "run"]
+
+TIMEOUT_RULE = 2.5  # ack timeout = p99 x 2.5 (the spec's rule)
+DEFAULT_TIMEOUT = 2.0  # ReliableTransport's default ack_timeout_seconds
+SEED = 23
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    loss: float = 0.0  # Bernoulli drop rate per packet
+    faults: dict[str, float] = field(default_factory=dict)  # other PacketFaults fields
+    commands_only: bool = False  # faults on to_device only
+    default_timeout: bool = False  # the transport's default ack timeout, not the rule's
+    success_target: float = 0.99
+    p99_target_ms: float = 1500.0
+    checked: bool = True  # one of the spec's matrix rows
+
+    @property
+    def chaos(self) -> bool:
+        return bool(self.loss or self.faults)
+
+
+ROWS = (
+    Row("baseline", success_target=0.999, p99_target_ms=800.0),
+    Row("5% loss", loss=0.05),
+    Row("20% loss", loss=0.20),
+    Row("500 ms latency", faults={"latency_ms": 500.0}),
+    Row("50% duplicates", faults={"duplicate_rate": 0.5}),
+    Row("30% reorder", faults={"reorder_rate": 0.3}),
+    Row(
+        "combined",
+        loss=0.10,
+        faults={"latency_ms": 100.0, "duplicate_rate": 0.1, "reorder_rate": 0.1},
+        success_target=0.98,
+    ),
+    Row("20% loss, commands only", loss=0.20, commands_only=True, checked=False),
+    Row("20% loss, 2.0 s timeout", loss=0.20, default_timeout=True, checked=False),
+    Row(
+        "500 ms latency, 2.0 s timeout",
+        faults={"latency_ms": 500.0},
+        default_timeout=True,
+        checked=False,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    lanes: int
+    per_lane: int
+
+
+FULL = Size(20, 50)
+QUICK = Size(40, 5)
+
+COLUMNS = [
+    Column("name", "row"),
+    Column("commands", "cmds", ",d"),
+    Column("success", "success", ".2%"),
+    Column("p50_ms", "p50 ms", ",.0f"),
+    Column("p95_ms", "p95 ms", ",.0f"),
+    Column("p99_ms", "p99 ms", ",.0f"),
+    Column("max_ms", "max ms", ",.0f"),
+    Column("retransmit_rate", "retx rate", ".1%"),
+    Column("timeouts", "timeouts", ",d"),
+    Column("p99_vs_baseline", "p99/base", ".2f"),
+    Column("passed", "targets"),
+]
+
+
+def drop_pattern(rate: float, packets: int, seed: int) -> tuple[int, ...]:
+    """Packet numbers 2..packets, each dropped with probability ``rate`` (seeded)."""
+    rng = random.Random(seed)
+    return tuple(n for n in range(2, packets + 1) if rng.random() < rate)
+
+
+def chaos_config(row: Row, lane: int, commands: int) -> ChaosConfig | None:
+    """The ChaosConfig of ``row`` for lane number ``lane`` (its own drop patterns)."""
+    if not row.chaos:
+        return None
+    span = 12 * commands + 200  # more packets than a lane can send either way
+    base = lane * 2
+
+    def faults(seed: int) -> PacketFaults:
+        pattern = drop_pattern(row.loss, span, SEED * 10**7 + seed) if row.loss else ()
+        return PacketFaults(drop_pattern=pattern, **row.faults)  # type: ignore[arg-type]
+
+    to_device = faults(base)
+    from_device = PacketFaults() if row.commands_only else faults(base + 1)
+    return ChaosConfig(to_device=to_device, from_device=from_device)
+
+
+async def _lane(row: Row, number: int, index: int, n: int, ack_timeout: float) -> Lane:
+    lane = await open_lane(
+        number,
+        seed=SEED + index,
+        model=_model(),
+        time_scale=1.0,
+        chaos=chaos_config(row, index, n),
+        ack_timeout_seconds=ack_timeout,
+        handshake_timeout_seconds=60.0,
+    )
+    try:
+        await run_commands(lane, n)
+    finally:
+        await lane.close()
+    return lane
+
+
+_MODEL: list[Any] = []
+
+
+def _model() -> Any:
+    if not _MODEL:
+        _MODEL.append(cloud_variant_model(default_model()))
+    return _MODEL[0]
+
+
+def sampled_ack() -> Distribution:
+    """The 0x7B delay a device of the chaos model samples for a toggle."""
+    from replay.engine import ModelView
+
+    return ModelView.get(_model(), "device").split("0x73:f8:d0").acks[0].delay
+
+
+async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, Any]:
+    timeout = DEFAULT_TIMEOUT if row.default_timeout else rule_timeout
+    lanes = await asyncio.gather(
+        *(_lane(row, r * 100 + i, r * 100 + i, size.per_lane, timeout) for i in range(size.lanes))
+    )
+    results = [res for lane in lanes for res in lane.results]
+    retx = sum(lane.transport.stats.retransmissions for lane in lanes)
+    applied = sum(lane.device.state.toggle_count for lane in lanes)
+    faults: dict[str, int] = {}
+    for lane in lanes:
+        policy = lane.device.chaos_policy
+        for kind, count in (policy.fault_counts() if policy is not None else {}).items():
+            faults[kind] = faults.get(kind, 0) + count
+    return {
+        "name": row.name,
+        "checked": row.checked,
+        "loss": row.loss,
+        **row.faults,
+        "directions": "to_device" if row.commands_only else "both",
+        "ack_timeout_s": timeout,
+        "lanes": size.lanes,
+        **command_summary(results, retx),
+        "applied": applied,
+        "duplicate_acks": sum(lane.transport.stats.duplicate_acks for lane in lanes),
+        "faults": faults,
+        "success_target": row.success_target,
+        "p99_target_ms": row.p99_target_ms,
+        "samples_ms": [res.latency_s * 1e3 for res in results if res.success],
+    }
+
+
+async def _run(
+    size: Size, log: Log
+) -> tuple[list[dict[str, Any]], CpuMeter, float, dict[str, float]]:
+    rule_timeout = TIMEOUT_RULE * sampled_ack().quantile(0.99)
+    log(
+        f"chaos: {len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at "
+        f"once (ack timeout {rule_timeout:.3f} s by the rule)"
+    )
+    meter = CpuMeter()
+    gc_meter = GcMeter()
+    stop = asyncio.Event()
+    monitor = asyncio.ensure_future(lateness_monitor(stop))
+    with gc_meter.active():
+        try:
+            rows = await asyncio.gather(
+                *(_row(row, r, size, rule_timeout) for r, row in enumerate(ROWS))
+            )
+        finally:
+            stop.set()
+            late = await monitor
+    meter.stop()
+    health = {
+        **gc_meter.summary(),
+        "loop_late_p50_ms": percentile(late, 0.5) * 1e3,
+        "loop_late_p99_ms": percentile(late, 0.99) * 1e3,
+        "loop_late_max_ms": max(late, default=0.0) * 1e3,
+    }
+    return list(rows), meter, rule_timeout, health
+
+
+def run(opts: BenchOptions, log: Log) -> SuiteResult:
+    gc.collect()  # no garbage of an earlier suite for this one's collections to walk
+    size = QUICK if opts.quick else FULL
+    rows, meter, rule_timeout, health = asyncio.run(_run(size, log))
+    base = rows[0]
+    checks: list[Check] = []
+    for spec, row in zip(ROWS, rows, strict=True):
+        row["p99_vs_baseline"] = row["p99_ms"] / base["p99_ms"]
+        row["p50_vs_baseline"] = row["p50_ms"] / base["p50_ms"]
+        row["min_retransmit_rate"] = 1 - (1 - spec.loss) ** (1 if spec.commands_only else 2)
+        row["applied_twice"] = max(0, row["applied"] - row["commands"])
+        ok = (
+            row["success"] >= spec.success_target
+            and row["p99_ms"] <= spec.p99_target_ms
+            and row["applied_twice"] == 0
+        )
+        row["passed"] = ok if spec.checked else None
+        if not spec.checked:
+            continue
+        checks += [
+            Check(f"{spec.name} p99", row["p99_ms"], spec.p99_target_ms, "<=", " ms", ",.0f"),
+            Check(f"{spec.name} success", row["success"], spec.success_target, ">=", "", ".4f"),
+        ]
+    checks.append(
+        Check(
+            "commands applied twice (all rows)",
+            sum(r["applied_twice"] for r in rows),
+            0,
+            "<=",
+            "",
+            ",d",
+        )
+    )
+    learned = learned_summary(sampled_ack())
+    result = SuiteResult(
+        suite="chaos",
+        title=(
+            f"the spec's chaos matrix, {size.lanes * size.per_lane:,} toggles per row, "
+            f"real-cloud device latency, ack timeout {rule_timeout:.3f} s (2.5 x learned p99)"
+        ),
+        columns=COLUMNS,
+        rows=rows,
+        checks=checks,
+        quick=opts.quick,
+        params={
+            "lanes": size.lanes,
+            "commands_per_lane": size.per_lane,
+            "seed": SEED,
+            "time_scale": 1.0,
+            "model": "shipped default model restricted to its real-cloud variant",
+            **learned,
+            "ack_timeout_rule_s": rule_timeout,
+            "max_retries": 3,
+            "cpu_utilisation": meter.utilisation,
+            "wall_s": meter.wall_s,
+            **health,
+        },
+    )
+    result.notes += _notes(rows, learned, rule_timeout, meter)
+    result.notes.append(
+        f"event loop during the run: bare timers late by {health['loop_late_p50_ms']:.1f} ms "
+        f"(p50), {health['loop_late_p99_ms']:.1f} ms (p99), {health['loop_late_max_ms']:.0f} ms "
+        f"at most; {health['gc_collections']} garbage collections, {health['gc_full_collections']}"
+        f" full, the longest {health['gc_longest_ms']:.0f} ms"
+    )
+    return result
+
+
+def _notes(
+    rows: list[dict[str, Any]], learned: dict[str, float], timeout: float, meter: CpuMeter
+) -> list[str]:
+    notes = [
+        f"device: 0x7B of the real-cloud variant, p50 {learned['learned_p50_ms']:.0f} ms, p99 "
+        f"{learned['learned_p99_ms']:.0f} ms; ack timeout {timeout:.3f} s = 2.5 x p99; "
+        "faults on both directions unless 'commands only'; targets: p99 < 800 ms and "
+        "success > 99.9% for the baseline, p99 < 1,500 ms and success > 99% with chaos "
+        "(> 98% combined), checked as <= / >=",
+        f"the process used {meter.utilisation:.0%} of one core over {meter.wall_s:.0f} s "
+        "(every row at once): the event loop had room to spare",
+    ]
+    for row in rows:
+        if row["loss"] and row["min_retransmit_rate"] > 0.05:
+            notes.append(
+                f"{row['name']}: retransmit rate {row['retransmit_rate']:.1%}; the spec's < 5% "
+                f"is self-contradictory here: a round trip is lost with probability "
+                f"{row['min_retransmit_rate']:.1%}, and each loss costs a retransmission"
+            )
+        elif row["retransmit_rate"] > 0.05:
+            notes.append(
+                f"{row['name']}: retransmit rate {row['retransmit_rate']:.1%} (> 5%): the ACK "
+                f"takes longer than the {row['ack_timeout_s']:.2f} s timeout, so each command "
+                "is sent again before its first ACK arrives (which then completes it)"
+            )
+    return notes
