@@ -145,7 +145,9 @@ def plot_overhead(suite: Suite, out: Path) -> Path:
 
 def plot_fleet(suite: Suite, out: Path) -> Path:
     plt = _pyplot()
-    rows = [r for r in suite["rows"] if not r.get("workers")]
+    scale = suite["params"]["time_scale"]
+    rows = [r for r in suite["rows"] if not r.get("workers") and r["time_scale"] == scale]
+    real = [r for r in suite["rows"] if not r.get("workers") and r["time_scale"] == 1.0]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     n = [r["devices"] for r in rows]
     a.plot(n, [r["kib_per_device"] for r in rows], "o-", color="tab:blue")
@@ -153,8 +155,13 @@ def plot_fleet(suite: Suite, out: Path) -> Path:
     a.set_ylabel("KiB per device (RSS delta / n)")
     a.set_ylim(bottom=0)
     a.set_title("memory per device")
-    b.plot(n, [r["hb_err_p50_ms"] for r in rows], "o-", label="p50")
-    b.plot(n, [r["hb_err_p99_ms"] for r in rows], "o-", label="p99")
+    b.plot(n, [r["hb_err_p50_ms"] for r in rows], "o-", label=f"p50, time_scale {scale:g}")
+    b.plot(n, [r["hb_err_p99_ms"] for r in rows], "o-", label=f"p99, time_scale {scale:g}")
+    if real and scale != 1.0:
+        m = [r["devices"] for r in real]
+        b.plot(
+            m, [r["hb_err_p99_ms"] for r in real], "s", color="tab:green", label="p99, real cadence"
+        )
     b.axhline(50, color="black", ls="--", lw=1, label="target p99 50 ms")
     b.set_xlabel("devices in one process")
     b.set_ylabel("ms")
