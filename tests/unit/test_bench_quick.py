@@ -145,6 +145,7 @@ def test_chaos_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         assert r["commands"] == chaos.QUICK.lanes * chaos.QUICK.per_lane
         assert r["lanes"] == chaos.QUICK.lanes
         assert r["ack_timeout_s"] == (chaos.DEFAULT_TIMEOUT if spec.default_timeout else timeout)
+        assert r["max_retries"] == spec.max_retries
         assert r["retransmit_rate"] == r["retransmits"] / r["commands"]
         assert r["applied"] <= r["commands"] and r["applied_twice"] == 0
         assert r["directions"] == ("to_device" if spec.commands_only else "both")
