@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from replay.errors import CyncError
 from tools.bench import SUITES, load_suite
 from tools.bench.common import (
     BenchOptions,
@@ -65,8 +66,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def _check_destination(path: Path) -> None:
+    """Refuse a --json FILE that cannot be written before minutes of measuring, not after."""
+    folder = path.parent
+    if path.is_dir():
+        raise CyncError(f"--json {path}: is a directory, not a file", reason="bad_argument")
+    if not folder.is_dir():
+        raise CyncError(f"--json {path}: folder {folder} does not exist", reason="bad_argument")
+    if not os.access(folder, os.W_OK):
+        raise CyncError(f"--json {path}: folder {folder} is not writable", reason="bad_argument")
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
     names = list(SUITES) if args.suite == "all" else [args.suite]
+    if args.json is not None:
+        _check_destination(args.json)
     machine = machine_info()
     objects: list[dict[str, Any]] = []
     missed = False
@@ -87,5 +101,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             missed = missed or result.passed is False
     if args.json is not None:
         payload = objects[0] if args.suite != "all" else {"machine": machine, "suites": objects}
-        write_json(args.json, payload)
+        try:
+            write_json(args.json, payload)
+        except OSError as exc:
+            raise CyncError(f"--json {args.json}: {exc.strerror}", reason="io") from None
     return 1 if args.check and missed else 0

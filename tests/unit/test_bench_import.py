@@ -228,3 +228,15 @@ def test_all_runs_every_registered_suite_in_order(
     assert [s["passed"] for s in obj["suites"]] == [True, False]
     assert out.getvalue().index("== bench one") < out.getvalue().index("== bench two")
     assert main([*argv, "--check"], out=io.StringIO()) == 1  # ...unless --check is given
+
+
+def test_unwritable_json_destination_is_refused_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no such folder" / "out.json"
+    assert main(["bench", "import", "--json", str(missing)], out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert f"--json {missing}: folder {missing.parent} does not exist" in err
+    assert "Traceback" not in err
+    assert main(["bench", "import", "--json", str(tmp_path)], out=io.StringIO()) == 2
+    assert "is a directory, not a file" in capsys.readouterr().err
