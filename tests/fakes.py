@@ -234,5 +234,18 @@ async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None
         await asyncio.sleep(0.002)
 
 
+async def assert_no_other_tasks(within: float = 2.0) -> None:
+    """Every task but the caller's has finished (checked after a test's cleanup).
+
+    A test server's accept task can still be closing its side of a refused or failed
+    handshake for a moment after the server is closed; a task leaked by the code under test
+    never finishes, so it still fails after ``within`` seconds.
+    """
+    me = asyncio.current_task()
+    with contextlib.suppress(AssertionError):
+        await eventually(lambda: asyncio.all_tasks() == {me}, within)
+    assert asyncio.all_tasks() == {me}  # names the leftover tasks when it fails
+
+
 def _msg_id(counter: int) -> bytes:
     return bytes(((counter >> 8) & 0xFF, counter & 0xFF, 0))

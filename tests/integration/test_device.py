@@ -25,6 +25,7 @@ from replay.protocol import decode_packet
 from simulator.device import CyncDeviceSimulator, DeviceState
 from simulator.ports import find_free_port
 from simulator.transport import ReliableTransport
+from tests.fakes import assert_no_other_tasks
 from tests.unit.test_engine import (
     ACK_7B,
     AUTH,
@@ -287,7 +288,7 @@ async def test_stop_leaves_nothing_and_restart_rebinds(monkeypatch: pytest.Monke
     await sim.stop()  # safe twice
     await asyncio.wait_for(ctl.eof.wait(), 5)
     await ctl.close()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
     assert socket_fds() == before_fds
     await sim.start()  # start after stop: same port, same state and counters
     assert sim.port == port
@@ -298,7 +299,7 @@ async def test_stop_leaves_nothing_and_restart_rebinds(monkeypatch: pytest.Monke
     assert int.from_bytes(res[9:11], "big") == sim_counter
     await ctl.close()
     await sim.stop()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
     assert socket_fds() == before_fds
 
 

@@ -18,6 +18,7 @@ from simulator.chaos import (
     StallSpec,
 )
 from simulator.device import CyncDeviceSimulator
+from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import RawController, socket_fds
 from tests.integration.test_dial import MiniController
 from tests.unit.test_engine import ACK_7B, DEV, HELLO_ACK, POWER_OFF, POWER_ON
@@ -165,7 +166,7 @@ async def test_partition_refuses_blackholes_and_heals_with_stop_start() -> None:
     await ctl.close()
     await sim.stop()
     assert socket_fds() == before
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
 
 
 async def _faults(seed: int) -> list[tuple[int, str, str, str]]:

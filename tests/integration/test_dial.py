@@ -24,6 +24,7 @@ from replay.protocol import decode_packet
 from simulator._device_conn import default_model
 from simulator.cloud import CyncCloudSimulator
 from simulator.device import CyncDeviceSimulator, DeviceState
+from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import RawController, socket_fds
 from tests.unit.test_engine import AUTH, DEV, HELLO_ACK
 
@@ -119,7 +120,7 @@ async def _dial_session(server_tls: ssl.SSLContext | None, **connect: object) ->
     finally:
         await sim.stop()
         await ctl.close()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
     assert socket_fds() <= before
 
 
@@ -184,7 +185,7 @@ async def test_tls_certificate_checked_only_when_asked(rsa_cert: tuple[Path, Pat
     finally:
         await sim.stop()
         await ctl.close()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
 
 
 async def test_source_address_binding() -> None:
@@ -213,7 +214,7 @@ async def test_connect_failure_is_reported() -> None:
         await sim.connect("127.0.0.1", find_free_port(), timeout=0.3)
     assert err.value.reason == "connect_failed" and sim.connect_failures >= 1
     await sim.stop()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
 
 
 async def test_device_dials_the_cloud_simulator() -> None:
@@ -238,4 +239,4 @@ async def test_device_dials_the_cloud_simulator() -> None:
             assert {0x28, 0xD8, 0x88} <= answered and 0x78 not in answered
         finally:
             await sim.stop()
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()

@@ -30,6 +30,7 @@ from simulator.fleet import (
     worker_record_path,
 )
 from simulator.transport import ReliableTransport
+from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import socket_fds
 
 SCALE = 0.02
@@ -140,7 +141,7 @@ async def test_listening_fleet_of_50() -> None:
     finally:
         await fleet.stop()
         await fleet.stop()  # safe twice
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
     assert socket_fds() <= before
 
 
@@ -215,7 +216,7 @@ async def test_dialling_fleet_of_50_against_the_cloud_simulator() -> None:
             await fleet.stop()
             await fleet.stop()
         await cloud.wait_for(lambda: not any(lk.open for lk in cloud.links))
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
     assert socket_fds() <= before
 
 
@@ -276,7 +277,7 @@ async def test_start_failure_names_the_device_and_stops_cleanly() -> None:
         await fleet.stop()
         await holder.stop()
     assert not any(d.running for d in (*fleet.devices, *holder.devices))
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
 
 
 # ---------------------------------------------------------------------------- processes

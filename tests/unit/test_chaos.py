@@ -41,6 +41,7 @@ from simulator.chaos import (
     StallSpec,
     wait_stall,
 )
+from tests.fakes import assert_no_other_tasks
 
 TO, FROM = Direction.TO_DEVICE, Direction.FROM_DEVICE
 
@@ -647,7 +648,7 @@ async def test_writer_close_cancels_everything() -> None:
     await asyncio.sleep(0.08)
     assert sink.writes == []
     assert writer.write_packet(b"late") == [] and writer.discarded == 1
-    assert asyncio.all_tasks() == {asyncio.current_task()}
+    await assert_no_other_tasks()
 
 
 async def test_writer_resets_after_the_packet_is_out() -> None:
