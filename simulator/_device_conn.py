@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import heapq
-import ipaddress
 import itertools
 import logging
 import math
@@ -38,7 +37,7 @@ from simulator.chaos import (
     SeedTree,
     abort_connection,
 )
-from simulator.ports import PortError, default_port
+from simulator.ports import PortError, check_loopback, default_port
 from simulator.record import ConnectionRecord, Recorder
 
 __all__ = [
@@ -543,15 +542,3 @@ async def close_all(conns: set[EngineConnection], grace: float = 1.0) -> None:
     for w in waits:
         w.cancel()
     await asyncio.gather(*waits, return_exceptions=True)
-
-
-def check_loopback(host: str) -> None:
-    """Raise PortError unless ``host`` is a loopback address (or "localhost")."""
-    if host == "localhost":
-        return
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise PortError(f"host {host!r} is not an IP address or 'localhost'") from None
-    if not ip.is_loopback:
-        raise PortError(f"host {host!r} is not a loopback address: cyncsim stays on loopback")

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_TTL_S",
     "PORT_ENV",
     "PortError",
+    "check_loopback",
     "default_port",
     "find_free_port",
     "registry_paths",
@@ -54,7 +55,8 @@ def registry_paths(registry_dir: str | os.PathLike[str] | None = None) -> tuple[
     return folder / f"{stem}.lock", folder / f"{stem}.json"
 
 
-def _check_loopback(host: str) -> None:
+def check_loopback(host: str) -> None:
+    """Raise PortError unless ``host`` is a loopback address (or "localhost")."""
     if host == "localhost":
         return
     try:
@@ -63,8 +65,8 @@ def _check_loopback(host: str) -> None:
         raise PortError(f"host {host!r} is not an IP address or 'localhost'") from None
     if not ip.is_loopback:
         raise PortError(
-            f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1); "
-            "cyncsim only listens on loopback"
+            f"host {host!r} is not a loopback address (127.0.0.0/8 or ::1): "
+            "cyncsim stays on loopback"
         )
 
 
@@ -121,7 +123,7 @@ def find_free_port(
     program before you bind it; bind soon.  Raises PortError for a non-loopback host, when
     the lock cannot be taken within ``lock_timeout_s``, or when no port could be found.
     """
-    _check_loopback(host)
+    check_loopback(host)
     if not ttl_s > 0:
         raise PortError(f"ttl_s={ttl_s!r} must be > 0")
     lock_path, reg_path = registry_paths(registry_dir)
