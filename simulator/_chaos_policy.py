@@ -1,5 +1,5 @@
 # Chaos, the pure core: seeds and the per-packet decisions (the declared config fields,
-# Direction and ConfigSpec are in simulator/_chaos_fields.py, re-exported here).
+# Direction and ConfigSpec are in simulator/_chaos_fields.py).
 #
 # Strategy: a SeedTree turns one root seed into independent named random streams (blake2b of
 # root + name, never hash()).  A ChaosPolicy takes whole packets with their direction and the
@@ -23,38 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from replay.errors import ChaosConfigError
-from simulator._chaos_fields import (
-    DIRECTION_META,
-    ConfigSpec,
-    Direction,
-    build_spec,
-    flag_field,
-    int_field,
-    pattern_field,
-    rate_field,
-    real_field,
-    spec_meta,
-)
+from simulator._chaos_fields import Direction
 
 if TYPE_CHECKING:
     from simulator.chaos import ChaosConfig, PacketFaults
 
-__all__ = [
-    "DIRECTION_META",
-    "ChaosPolicy",
-    "ConfigSpec",
-    "Direction",
-    "Emission",
-    "FaultEvent",
-    "SeedTree",
-    "build_spec",
-    "flag_field",
-    "int_field",
-    "pattern_field",
-    "rate_field",
-    "real_field",
-    "spec_meta",
-]
+__all__ = ["ChaosPolicy", "Emission", "FaultEvent", "SeedTree"]
 
 logger = logging.getLogger("cyncsim.chaos")
 

@@ -29,14 +29,10 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 from replay.errors import ChaosConfigError
-from simulator._chaos_policy import (
+from simulator._chaos_fields import (
     DIRECTION_META,
-    ChaosPolicy,
     ConfigSpec,
     Direction,
-    Emission,
-    FaultEvent,
-    SeedTree,
     build_spec,
     flag_field,
     int_field,
@@ -45,6 +41,7 @@ from simulator._chaos_policy import (
     real_field,
     spec_meta,
 )
+from simulator._chaos_policy import ChaosPolicy, Emission, FaultEvent, SeedTree
 
 __all__ = [
     "BurstLoss",
