@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from replay.capture.model import CLOUD, DEVICE, Sender
 from replay.engine import Action, Close, Engine, Relay, Send
@@ -460,6 +460,17 @@ class SimulatorBase:
         except OSError as exc:
             raise PortError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from None
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        """Listen (each simulator knows for which protocol)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         """Close the listener and every connection, flush the recording; safe twice."""

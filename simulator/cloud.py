@@ -18,7 +18,6 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
 
 from replay.capture.model import CLOUD, DEVICE, Sender
 from replay.engine import CloudEngine, ModelView, Relay, Send
@@ -103,13 +102,6 @@ class CyncCloudSimulator(SimulatorBase):
 
     async def start(self) -> None:
         await self._listen(self._protocol, self.tls)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _protocol(self) -> EngineConnection:
         loop = asyncio.get_running_loop()

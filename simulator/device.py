@@ -27,7 +27,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from replay.engine import DeviceEngine, DeviceState, Relay, Send
 from replay.errors import CyncError
@@ -234,13 +234,6 @@ class CyncDeviceSimulator(SimulatorBase):
 
     async def wait_handshaken(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.wait_for(lambda: self.handshaken, timeout)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _stop_hook(self) -> None:
         self._dial = None
