@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from replay.capture import DEFAULT_CLOUD_PORTS, CaptureResult, read_capture
+from replay.capture import CaptureResult, read_capture
 from replay.conformance import (
     KINDS,
     ConformanceFinding,
@@ -26,6 +26,7 @@ from replay.conformance import (
     load_reference,
 )
 from replay.errors import CyncError
+from tools._capture_args import add_capture_options, cloud_ports
 from tools.progress import progress_callback
 
 __all__ = ["format_hex", "print_report", "register", "run"]
@@ -79,19 +80,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="findings shown per kind in the text output (default 3; all in --json)",
     )
-    p.add_argument(
-        "--cloud-port",
-        type=int,
-        action="append",
-        metavar="PORT",
-        help=f"TCP port of the cloud side in pcap files (default {DEFAULT_CLOUD_PORTS})",
-    )
-    p.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    add_capture_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    ports = tuple(args.cloud_port) if args.cloud_port else DEFAULT_CLOUD_PORTS
+    ports = cloud_ports(args)
     if args.html:
         check_writable(args.html)
     if args.max_findings < 0:

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from replay.capture import DEFAULT_CLOUD_PORTS, load_bytes, read_capture
+from replay.capture import load_bytes, read_capture
 from replay.capture.model import CaptureResult
 from replay.model import DeviceModel, learn_model
+from tools._capture_args import add_capture_options, cloud_ports
 from tools.progress import progress_callback
 
 __all__ = ["print_model", "register", "run", "show_model_file"]
@@ -23,13 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("captures", nargs="+", metavar="CAPTURE")
     p.add_argument("-o", "--output", metavar="MODEL", help="model file to write (msgpack)")
     p.add_argument("--json", action="store_true", help="print what was learned as JSON")
-    p.add_argument("--cloud-port", type=int, action="append", metavar="PORT")
-    p.add_argument("--no-progress", action="store_true")
+    add_capture_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    ports = tuple(args.cloud_port) if args.cloud_port else DEFAULT_CLOUD_PORTS
+    ports = cloud_ports(args)
     result = CaptureResult()
     raw: dict[str, bytes] = {}
     for path in args.captures:

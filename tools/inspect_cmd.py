@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TextIO
 
 from replay.capture import (
-    DEFAULT_CLOUD_PORTS,
     CaptureResult,
     detect_format,
     load_bytes,
     read_capture,
 )
 from replay.describe import describe
+from tools._capture_args import add_capture_options, cloud_ports
 from tools.progress import progress_callback
 
 __all__ = ["register", "run"]
@@ -31,19 +31,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture or model file")
     p.add_argument("--json", action="store_true", help="JSON Lines output")
-    p.add_argument(
-        "--cloud-port",
-        type=int,
-        action="append",
-        metavar="PORT",
-        help=f"TCP port of the cloud side (default {DEFAULT_CLOUD_PORTS})",
-    )
-    p.add_argument("--no-progress", action="store_true", help="never draw a progress bar")
+    add_capture_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    ports = tuple(args.cloud_port) if args.cloud_port else DEFAULT_CLOUD_PORTS
+    ports = cloud_ports(args)
     models = []
     combined = CaptureResult()
     for path in args.captures:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from replay.capture import DEFAULT_CLOUD_PORTS
 from tests.conftest import capture_path
-from tools.cli import main
+from tools._capture_args import cloud_ports
+from tools.cli import build_parser, main
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -68,3 +70,15 @@ def test_import_json_and_model_inspect(tmp_path: Path) -> None:
     assert obj["devices"] == 25
     code, text = _run(["inspect", "--json", str(model)])
     assert code == 0 and json.loads(text) == obj
+
+
+@pytest.mark.parametrize("command", ["inspect", "import", "diff"])
+def test_capture_commands_share_cloud_port_and_progress_options(command: str) -> None:
+    extra = ["ref.msgpack"] if command == "diff" else []
+    parser = build_parser()
+    args = parser.parse_args([command, *extra, "x.pcap"])
+    assert cloud_ports(args) == DEFAULT_CLOUD_PORTS and args.no_progress is False
+    args = parser.parse_args(
+        [command, *extra, "x.pcap", "--cloud-port", "1", "--cloud-port", "2", "--no-progress"]
+    )
+    assert cloud_ports(args) == (1, 2) and args.no_progress is True
