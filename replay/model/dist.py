@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Distribution", "StratifiedUniform"]
+__all__ = ["Distribution", "StratifiedUniform", "sorted_quantile"]
 
 DEFAULT_CAP = 2048
 
@@ -40,7 +40,7 @@ class Distribution:
         vals = sorted(float(s) for s in samples)
         n = len(vals)
         if n > cap:
-            vals = [_interp(vals, i / (cap - 1)) for i in range(cap)]
+            vals = [sorted_quantile(vals, i / (cap - 1)) for i in range(cap)]
         # Rounding to the nanosecond keeps model files byte-identical across platforms.
         return cls(tuple(round(v, 9) for v in vals), n, method, dropped)
 
@@ -54,7 +54,7 @@ class Distribution:
     def quantile(self, q: float) -> float:
         if not self.values:
             raise ValueError("empty distribution")
-        return _interp(self.values, min(max(q, 0.0), 1.0))
+        return sorted_quantile(self.values, min(max(q, 0.0), 1.0))
 
     @property
     def p50(self) -> float:
@@ -62,7 +62,9 @@ class Distribution:
 
     def sample(self, rng: random.Random | StratifiedUniform) -> float:
         """One draw by inverse CDF; pass a StratifiedUniform for low-variance tails."""
-        return _interp(self.values, rng.random()) if len(self.values) > 1 else self.values[0]
+        if len(self.values) == 1:
+            return self.values[0]  # no draw taken: a constant leaves the stream as it is
+        return sorted_quantile(self.values, rng.random())
 
     def cdf(self, x: float) -> float:
         """Fraction of the distribution at or below ``x`` (for KS statistics)."""
@@ -107,8 +109,9 @@ class Distribution:
         return cls(tuple(float(v) for v in vals), count, method, dropped)
 
 
-def _interp(vals: Sequence[float], q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default 'linear' method)."""
+def sorted_quantile(vals: Sequence[float], q: float) -> float:
+    """Quantile ``q`` (0-1) of the sorted ``vals``: linear interpolation between order
+    statistics (numpy's default 'linear' method)."""
     n = len(vals)
     if n == 1:
         return vals[0]

@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from replay.model import DeviceModel, Distribution
+from replay.model.dist import sorted_quantile
 
 __all__ = [
     "cdf_interp",
@@ -34,12 +35,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     """Quantile ``q`` (0-1) of ``values`` by linear interpolation; NaN when empty."""
     if not values:
         return math.nan
-    vals = sorted(values)
-    pos = min(max(q, 0.0), 1.0) * (len(vals) - 1)
-    lo = int(pos)
-    if lo >= len(vals) - 1:
-        return vals[-1]
-    return vals[lo] + (vals[lo + 1] - vals[lo]) * (pos - lo)
+    return sorted_quantile(sorted(values), min(max(q, 0.0), 1.0))
 
 
 def summary_ms(samples: Iterable[float]) -> dict[str, float]:
@@ -48,9 +44,9 @@ def summary_ms(samples: Iterable[float]) -> dict[str, float]:
     if not vals:
         return dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms"), math.nan)
     return {
-        "p50_ms": percentile(vals, 0.50) * 1e3,
-        "p95_ms": percentile(vals, 0.95) * 1e3,
-        "p99_ms": percentile(vals, 0.99) * 1e3,
+        "p50_ms": sorted_quantile(vals, 0.50) * 1e3,
+        "p95_ms": sorted_quantile(vals, 0.95) * 1e3,
+        "p99_ms": sorted_quantile(vals, 0.99) * 1e3,
         "max_ms": vals[-1] * 1e3,
         "mean_ms": sum(vals) / len(vals) * 1e3,
     }
