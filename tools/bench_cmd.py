@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from replay.errors import CyncError
+from tools._output import check_writable
 from tools.bench import SUITES, load_suite
 from tools.bench.common import (
     BenchOptions,
@@ -66,21 +67,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def _check_destination(path: Path) -> None:
-    """Refuse a --json FILE that cannot be written before minutes of measuring, not after."""
-    folder = path.parent
-    if path.is_dir():
-        raise CyncError(f"--json {path}: is a directory, not a file", reason="bad_argument")
-    if not folder.is_dir():
-        raise CyncError(f"--json {path}: folder {folder} does not exist", reason="bad_argument")
-    if not os.access(folder, os.W_OK):
-        raise CyncError(f"--json {path}: folder {folder} is not writable", reason="bad_argument")
-
-
 def run(args: argparse.Namespace, out: TextIO) -> int:
     names = list(SUITES) if args.suite == "all" else [args.suite]
     if args.json is not None:
-        _check_destination(args.json)
+        check_writable(args.json, f"--json {args.json}")  # before minutes of measuring
     machine = machine_info()
     objects: list[dict[str, Any]] = []
     missed = False

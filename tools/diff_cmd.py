@@ -27,6 +27,7 @@ from replay.conformance import (
 )
 from replay.errors import CyncError
 from tools._capture_args import add_capture_options, cloud_ports
+from tools._output import check_writable
 from tools.progress import progress_callback
 
 __all__ = ["format_hex", "print_report", "register", "run"]
@@ -87,7 +88,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     ports = cloud_ports(args)
     if args.html:
-        check_writable(args.html)
+        check_writable(args.html, f"--html {args.html}")
     if args.max_findings < 0:
         raise CyncError(f"--max-findings {args.max_findings} is negative", reason="usage")
     ref = load_reference([args.reference, *args.reference_also], cloud_ports=ports)
@@ -223,10 +224,3 @@ def _print_findings(report: DiffReport, out: TextIO, max_findings: int) -> None:
                 out.write(f"    reference: {format_hex(f.example_hex, f.offsets)}\n")
         if len(items) > max_findings:
             out.write(f"  ... {len(items) - max_findings} more (all in --json)\n")
-
-
-def check_writable(path: str) -> None:
-    """Fail early, with one clear line, when the HTML report cannot be written."""
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise CyncError(f"{path}: cannot write the report: no such directory", reason="unwritable")

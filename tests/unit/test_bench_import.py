@@ -236,7 +236,7 @@ def test_unwritable_json_destination_is_refused_before_running(
     missing = tmp_path / "no such folder" / "out.json"
     assert main(["bench", "import", "--json", str(missing)], out=io.StringIO()) == 2
     err = capsys.readouterr().err
-    assert f"--json {missing}: folder {missing.parent} does not exist" in err
+    assert f"--json {missing}: no such directory ({missing.parent})" in err
     assert "Traceback" not in err
     assert main(["bench", "import", "--json", str(tmp_path)], out=io.StringIO()) == 2
     assert "is a directory, not a file" in capsys.readouterr().err
