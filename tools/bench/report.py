@@ -89,11 +89,9 @@ def _suite_columns(name: str, rows: Sequence[Mapping[str, Any]]) -> list[Column]
 def _detail_section_columns(name: str, rows: Sequence[Mapping[str, Any]]) -> list[Column]:
     """A suite's TIMER_COLUMNS when they fit the rows, else profile or automatic columns."""
     if name in SUITES:
-        module = load_suite(name)
-        for attr in ("TIMER_COLUMNS",):
-            cols = getattr(module, attr, None)
-            if cols and rows and all(c.key in rows[0] for c in cols):
-                return list(cols)
+        cols = getattr(load_suite(name), "TIMER_COLUMNS", None)
+        if cols and rows and all(c.key in rows[0] for c in cols):
+            return list(cols)
     return _detail_columns(rows)
 
 
