@@ -38,6 +38,7 @@ __all__ = [
     "Log",
     "SuiteResult",
     "Timing",
+    "cell",
     "format_table",
     "machine_info",
     "measure",
@@ -210,8 +211,10 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _cell(value: Any, spec: str) -> str:
-    if value is None:
+def cell(value: Any, spec: str) -> str:
+    """One table cell: ``-`` for a missing or non-finite value, PASS/FAIL for a bool, a
+    number in ``spec``."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
         return "PASS" if value else "FAIL"
@@ -222,7 +225,7 @@ def _cell(value: Any, spec: str) -> str:
 
 def format_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
     """A plain-text table; numbers right-aligned, a missing value shows as ``-``."""
-    cells = [[_cell(row.get(c.key), c.spec) for c in columns] for row in rows]
+    cells = [[cell(row.get(c.key), c.spec) for c in columns] for row in rows]
     widths = [max([len(c.header), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     numeric = [any(isinstance(row.get(c.key), int | float) for row in rows) for c in columns]
 
@@ -245,8 +248,8 @@ def render(result: SuiteResult) -> str:
     if result.checks:
         check_rows = [
             {
-                "check": f"{c.name} {c.op} {_cell(c.target, c.spec)}{c.unit}",
-                "measured": f"{_cell(c.value, c.spec)}{c.unit}",
+                "check": f"{c.name} {c.op} {cell(c.target, c.spec)}{c.unit}",
+                "measured": f"{cell(c.value, c.spec)}{c.unit}",
                 "result": c.passed,
             }
             for c in result.checks

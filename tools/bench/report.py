@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench import SUITES, load_suite
-from tools.bench.common import Column
+from tools.bench.common import Column, cell
 
 __all__ = ["DEFAULT_COMMAND", "main", "markdown_table", "render_block", "update_document"]
 
@@ -32,13 +31,7 @@ _BLOCK = re.compile(
 
 
 def _cell(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if isinstance(value, bool):
-        return "PASS" if value else "FAIL"
-    if isinstance(value, int | float) and spec:
-        return format(value, spec)
-    return str(value).replace("|", "\\|")
+    return cell(value, spec).replace("|", "\\|")
 
 
 def markdown_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
