@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from replay.model import DeviceModel
+    from cyncsim.replay.model import DeviceModel
 
 __all__ = ["DEFAULT_MODEL_PATH", "load_default_model", "shared_captures_dir"]
 
@@ -23,6 +23,6 @@ def shared_captures_dir() -> Path:
 
 def load_default_model() -> DeviceModel:
     """The model built from the shared captures and shipped inside the package."""
-    from replay.model import DeviceModel
+    from cyncsim.replay.model import DeviceModel
 
     return DeviceModel.load(DEFAULT_MODEL_PATH)

@@ -1,6 +1,6 @@
 # cyncsim's pure core: codec, capture readers, learned model, engine, conformance diff.
 # Nothing in this package opens a socket, awaits, or reads a clock implicitly.
-from replay.errors import (
+from cyncsim.replay.errors import (
     CaptureError,
     ChaosConfigError,
     CyncError,
@@ -8,8 +8,8 @@ from replay.errors import (
     ModelError,
     PacketDecodeError,
 )
-from replay.framer import FramerFinding, PacketFramer
-from replay.protocol import (
+from cyncsim.replay.framer import FramerFinding, PacketFramer
+from cyncsim.replay.protocol import (
     AckPacket,
     CyncPacket,
     FramedPacket,

@@ -12,12 +12,12 @@ import random
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
-from replay._engine_parts import Action, SeedSource, Send, root_seed
-from replay._engine_render import ModelView, RenderContext, ResponsePlan
-from replay.describe import request_key
-from replay.errors import PacketDecodeError
-from replay.model import DeviceModel, StratifiedUniform
-from replay.protocol import CyncPacket, decode_packet
+from cyncsim.replay._engine_parts import Action, SeedSource, Send, root_seed
+from cyncsim.replay._engine_render import ModelView, RenderContext, ResponsePlan
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.errors import PacketDecodeError
+from cyncsim.replay.model import DeviceModel, StratifiedUniform
+from cyncsim.replay.protocol import CyncPacket, decode_packet
 
 __all__ = ["DEDUP_WINDOW", "INF", "Engine"]
 

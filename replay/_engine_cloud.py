@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from replay._engine_base import DEDUP_WINDOW, Engine
-from replay._engine_parts import Action, DeviceState, SeedSource, Send
-from replay._engine_render import ModelView, RenderContext
-from replay.model import DeviceModel
-from replay.payloads import Command, build_command
-from replay.protocol import CyncPacket, HelloPacket, PacketType
+from cyncsim.replay._engine_base import DEDUP_WINDOW, Engine
+from cyncsim.replay._engine_parts import Action, DeviceState, SeedSource, Send
+from cyncsim.replay._engine_render import ModelView, RenderContext
+from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.payloads import Command, build_command
+from cyncsim.replay.protocol import CyncPacket, HelloPacket, PacketType
 
 __all__ = ["CloudEngine"]
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from replay.payloads import Command, StatusEntry, build_status
-from replay.protocol import FramedPacket, FrameKind, InnerFrame, PacketType
+from cyncsim.replay.payloads import Command, StatusEntry, build_status
+from cyncsim.replay.protocol import FramedPacket, FrameKind, InnerFrame, PacketType
 
 __all__ = [
     "Action",

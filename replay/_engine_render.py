@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from replay._engine_parts import (
+from cyncsim.replay._engine_parts import (
     Action,
     Close,
     DeviceState,
@@ -32,10 +32,10 @@ from replay._engine_parts import (
     root_seed,
     status_packet,
 )
-from replay.errors import ModelError
-from replay.model import DeviceModel, Distribution, ResponseModel, Template
-from replay.payloads import TimeReply
-from replay.protocol import FRAME_MARKER, HEADER_LEN, PacketType, frame_checksum
+from cyncsim.replay.errors import ModelError
+from cyncsim.replay.model import DeviceModel, Distribution, ResponseModel, Template
+from cyncsim.replay.payloads import TimeReply
+from cyncsim.replay.protocol import FRAME_MARKER, HEADER_LEN, PacketType, frame_checksum
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",

@@ -6,7 +6,7 @@
 # request ("0xd3", "0x73:f8:d0") in models, diffs and reports.
 from __future__ import annotations
 
-from replay.payloads import (
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     decode_command,
@@ -15,7 +15,7 @@ from replay.payloads import (
     decode_time_reply,
     firmware_version,
 )
-from replay.protocol import (
+from cyncsim.replay.protocol import (
     AckPacket,
     CyncPacket,
     FramedPacket,

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from replay._engine_base import DEDUP_WINDOW, INF, Engine
-from replay._engine_cloud import CloudEngine
-from replay._engine_parts import (
+from cyncsim.replay._engine_base import DEDUP_WINDOW, INF, Engine
+from cyncsim.replay._engine_cloud import CloudEngine
+from cyncsim.replay._engine_parts import (
     Action,
     Close,
     DeviceState,
@@ -32,14 +32,14 @@ from replay._engine_parts import (
     pick_script,
     status_packet,
 )
-from replay._engine_render import (
+from cyncsim.replay._engine_render import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_RECONNECT_S,
     ModelView,
     RenderContext,
 )
-from replay.model import DeviceModel, Distribution
-from replay.payloads import (
+from cyncsim.replay.model import DeviceModel, Distribution
+from cyncsim.replay.payloads import (
     GROUP_BASE,
     RGB_MODE,
     UNCHANGED,
@@ -52,7 +52,7 @@ from replay.payloads import (
     build_simple,
     decode_command,
 )
-from replay.protocol import CyncPacket, FramedPacket, FrameKind, PacketType
+from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, PacketType
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replay.errors import PacketDecodeError
-from replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_body, packet_name
+from cyncsim.replay.errors import PacketDecodeError
+from cyncsim.replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_body, packet_name
 
 __all__ = ["FramerFinding", "PacketFramer"]
 

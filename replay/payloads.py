@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from replay.protocol import (
+from cyncsim.replay.protocol import (
     AckPacket,
     CyncPacket,
     FramedPacket,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import ClassVar
 
-from replay.errors import PacketDecodeError
+from cyncsim.replay.errors import PacketDecodeError
 
 __all__ = [
     "FRAME_MARKER",

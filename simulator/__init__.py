@@ -10,35 +10,35 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from simulator.chaos import ChaosConfig, ChaosPolicy, SeedTree
-    from simulator.cloud import CloudLink, CyncCloudSimulator
-    from simulator.device import (
+    from cyncsim.simulator.chaos import ChaosConfig, ChaosPolicy, SeedTree
+    from cyncsim.simulator.cloud import CloudLink, CyncCloudSimulator
+    from cyncsim.simulator.device import (
         DEFAULT_FIRMWARE,
         CyncDeviceSimulator,
         DeviceState,
         device_ssl_context,
     )
-    from simulator.fleet import CyncFleet
-    from simulator.ports import default_port, find_free_port
-    from simulator.record import Recorder
-    from simulator.transport import ReliableTransport, Result
+    from cyncsim.simulator.fleet import CyncFleet
+    from cyncsim.simulator.ports import default_port, find_free_port
+    from cyncsim.simulator.record import Recorder
+    from cyncsim.simulator.transport import ReliableTransport, Result
 
 _WHERE = {
-    "ChaosConfig": "simulator.chaos",
-    "ChaosPolicy": "simulator.chaos",
-    "SeedTree": "simulator.chaos",
-    "CloudLink": "simulator.cloud",
-    "CyncCloudSimulator": "simulator.cloud",
-    "DEFAULT_FIRMWARE": "simulator.device",
-    "CyncDeviceSimulator": "simulator.device",
-    "CyncFleet": "simulator.fleet",
-    "DeviceState": "simulator.device",
-    "device_ssl_context": "simulator.device",
-    "default_port": "simulator.ports",
-    "find_free_port": "simulator.ports",
-    "Recorder": "simulator.record",
-    "ReliableTransport": "simulator.transport",
-    "Result": "simulator.transport",
+    "ChaosConfig": "cyncsim.simulator.chaos",
+    "ChaosPolicy": "cyncsim.simulator.chaos",
+    "SeedTree": "cyncsim.simulator.chaos",
+    "CloudLink": "cyncsim.simulator.cloud",
+    "CyncCloudSimulator": "cyncsim.simulator.cloud",
+    "DEFAULT_FIRMWARE": "cyncsim.simulator.device",
+    "CyncDeviceSimulator": "cyncsim.simulator.device",
+    "CyncFleet": "cyncsim.simulator.fleet",
+    "DeviceState": "cyncsim.simulator.device",
+    "device_ssl_context": "cyncsim.simulator.device",
+    "default_port": "cyncsim.simulator.ports",
+    "find_free_port": "cyncsim.simulator.ports",
+    "Recorder": "cyncsim.simulator.record",
+    "ReliableTransport": "cyncsim.simulator.transport",
+    "Result": "cyncsim.simulator.transport",
 }
 
 __all__ = [

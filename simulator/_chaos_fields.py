@@ -5,7 +5,7 @@
 # with one table of checkers (by the metadata's "kind") and ``build_spec`` builds a config
 # from plain data (TOML/JSON), rejecting unknown keys; every error is a ChaosConfigError that
 # names the source, the key path, the value and the allowed range.  Pure: no I/O.
-# Private module: import the public names from simulator.chaos.
+# Private module: import the public names from cyncsim.simulator.chaos.
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from dataclasses import MISSING, field, fields
 from enum import StrEnum
 from typing import Any, Self, TypeVar
 
-from replay.errors import ChaosConfigError
+from cyncsim.replay.errors import ChaosConfigError
 
 __all__ = [
     "DIRECTION_META",

@@ -22,11 +22,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from replay.errors import ChaosConfigError
-from simulator._chaos_fields import Direction
+from cyncsim.replay.errors import ChaosConfigError
+from cyncsim.simulator._chaos_fields import Direction
 
 if TYPE_CHECKING:
-    from simulator.chaos import ChaosConfig, PacketFaults
+    from cyncsim.simulator.chaos import ChaosConfig, PacketFaults
 
 __all__ = ["ChaosPolicy", "Emission", "FaultEvent", "SeedTree"]
 

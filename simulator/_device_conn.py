@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, Self
 
-from replay.capture.model import CLOUD, DEVICE, Sender
-from replay.engine import Action, Close, Engine, Relay, Send
-from replay.errors import CyncError
-from replay.model import DeviceModel
-from simulator.chaos import (
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
+from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceModel
+from cyncsim.simulator.chaos import (
     ChaosConfig,
     ChaosPolicy,
     ChaosWriter,
@@ -37,8 +37,8 @@ from simulator.chaos import (
     SeedTree,
     abort_connection,
 )
-from simulator.ports import PortError, check_loopback, default_port
-from simulator.record import ConnectionRecord, Recorder
+from cyncsim.simulator.ports import PortError, check_loopback, default_port
+from cyncsim.simulator.record import ConnectionRecord, Recorder
 
 __all__ = [
     "ConnectionOwner",
@@ -59,7 +59,7 @@ _Item = tuple[float, int, int, bytes]  # (due, order, kind, data)
 @functools.lru_cache(maxsize=1)
 def default_model() -> DeviceModel:
     """The shipped default model, loaded once per process."""
-    import captures
+    from cyncsim import captures
 
     return captures.load_default_model()
 

@@ -4,7 +4,7 @@
 # order, so one seed gives the same fleet on every run and in every worker process.  The
 # model's captured devices come first (their id, auth code and mesh node); the rest are
 # generated in the captured shape.  Source addresses walk 127.0.0.0/8 (loopback_address).
-# Private module: import the public names from simulator.fleet.
+# Private module: import the public names from cyncsim.simulator.fleet.
 from __future__ import annotations
 
 import random
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from replay.model import DeviceModel
-from simulator._device_conn import check_loopback, default_model
-from simulator.chaos import SeedTree
+from cyncsim.replay.model import DeviceModel
+from cyncsim.simulator._device_conn import check_loopback, default_model
+from cyncsim.simulator.chaos import SeedTree
 
 __all__ = [
     "AUTH_PREFIX",

@@ -9,7 +9,7 @@
 # so a dead parent leaves no orphans.  The parent stops workers with "stop", then SIGTERM,
 # then SIGKILL, each after a grace time.  A mesh split between two workers does not relay
 # across them.  With ``record``, worker k writes FILE.wk.SUFFIX.
-# Private module: import FleetWorkers from simulator.fleet.
+# Private module: import FleetWorkers from cyncsim.simulator.fleet.
 from __future__ import annotations
 
 import asyncio
@@ -25,17 +25,17 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from replay.errors import CyncError
-from replay.model import DeviceModel
-from simulator._device_conn import check_loopback, default_model
-from simulator._fleet_members import (
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceModel
+from cyncsim.simulator._device_conn import check_loopback, default_model
+from cyncsim.simulator._fleet_members import (
     MESH_NODES,
     FleetMember,
     FleetStats,
     Identities,
     generate_members,
 )
-from simulator.chaos import ChaosConfig
+from cyncsim.simulator.chaos import ChaosConfig
 
 __all__ = ["FleetWorkers", "worker_record_path"]
 
@@ -89,7 +89,7 @@ def worker_main(members: list[FleetMember], opts: _Options, dial: _Dial | None, 
 async def _worker(
     members: list[FleetMember], opts: _Options, dial: _Dial | None, conn: Connection
 ) -> int:
-    from simulator.fleet import CyncFleet
+    from cyncsim.simulator.fleet import CyncFleet
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

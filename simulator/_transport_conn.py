@@ -14,16 +14,16 @@ import ssl
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from replay.errors import CyncError, HandshakeError
-from replay.protocol import CyncPacket
-from simulator._transport_link import DeviceLink, Inbox
+from cyncsim.replay.errors import CyncError, HandshakeError
+from cyncsim.replay.protocol import CyncPacket
+from cyncsim.simulator._transport_link import DeviceLink, Inbox
 
 if TYPE_CHECKING:
-    from simulator.transport import ReliableTransport
+    from cyncsim.simulator.transport import ReliableTransport
 
 __all__ = ["ConnectionManager", "DeviceLink", "Inbox", "Result", "TransportStats"]
 
-log = logging.getLogger("simulator.transport")
+log = logging.getLogger("cyncsim.simulator.transport")
 
 
 @dataclass(frozen=True, slots=True)

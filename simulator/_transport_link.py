@@ -16,12 +16,12 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, cast
 
-from replay.errors import CyncError, HandshakeError, PacketDecodeError
-from replay.framer import FramerFinding, PacketFramer
-from replay.protocol import CyncPacket, HelloPacket, IdPacket, PacketType
+from cyncsim.replay.errors import CyncError, HandshakeError, PacketDecodeError
+from cyncsim.replay.framer import FramerFinding, PacketFramer
+from cyncsim.replay.protocol import CyncPacket, HelloPacket, IdPacket, PacketType
 
 if TYPE_CHECKING:
-    from simulator.transport import ReliableTransport
+    from cyncsim.simulator.transport import ReliableTransport
 
 __all__ = ["DeviceLink", "Inbox", "InboxItem", "finding_error"]
 

@@ -8,7 +8,7 @@
 # one waiting for its sequence byte.  0x83 reports are de-duplicated by a bounded LRU, and what
 # nobody consumed goes to the bounded inbox.  TransportReceiver is a mixin: ReliableTransport
 # owns the state it uses (declared below for the type checker).  Private module: import
-# ReliableTransport from simulator.transport.
+# ReliableTransport from cyncsim.simulator.transport.
 from __future__ import annotations
 
 import asyncio
@@ -17,11 +17,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from replay.errors import CyncError, PacketDecodeError
-from replay.payloads import TimeReply, build_ack_for, build_simple, build_time_reply
-from replay.protocol import CyncPacket, FramedPacket, FrameKind, HelloPacket, IdPacket, PacketType
-from simulator._transport_conn import ConnectionManager, TransportStats
-from simulator._transport_link import DeviceLink, Inbox
+from cyncsim.replay.errors import CyncError, PacketDecodeError
+from cyncsim.replay.payloads import TimeReply, build_ack_for, build_simple, build_time_reply
+from cyncsim.replay.protocol import (
+    CyncPacket,
+    FramedPacket,
+    FrameKind,
+    HelloPacket,
+    IdPacket,
+    PacketType,
+)
+from cyncsim.simulator._transport_conn import ConnectionManager, TransportStats
+from cyncsim.simulator._transport_link import DeviceLink, Inbox
 
 __all__ = ["TransportReceiver", "time_reply_bytes"]
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, Self
 
-from replay.errors import ChaosConfigError
-from simulator._chaos_fields import (
+from cyncsim.replay.errors import ChaosConfigError
+from cyncsim.simulator._chaos_fields import (
     DIRECTION_META,
     ConfigSpec,
     Direction,
@@ -41,7 +41,7 @@ from simulator._chaos_fields import (
     real_field,
     spec_meta,
 )
-from simulator._chaos_policy import ChaosPolicy, Emission, FaultEvent, SeedTree
+from cyncsim.simulator._chaos_policy import ChaosPolicy, Emission, FaultEvent, SeedTree
 
 __all__ = [
     "BurstLoss",

@@ -19,15 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replay.capture.model import CLOUD, DEVICE, Sender
-from replay.engine import CloudEngine, ModelView, Relay, Send
-from replay.errors import CyncError
-from replay.model import DeviceModel
-from replay.payloads import Command
-from replay.protocol import CyncPacket, decode_packet
-from simulator._device_conn import EngineConnection, SimulatorBase, default_model
-from simulator.chaos import ChaosConfig, Direction, SeedTree
-from simulator.record import Recorder
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
+from cyncsim.replay.engine import CloudEngine, ModelView, Relay, Send
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.payloads import Command
+from cyncsim.replay.protocol import CyncPacket, decode_packet
+from cyncsim.simulator._device_conn import EngineConnection, SimulatorBase, default_model
+from cyncsim.simulator.chaos import ChaosConfig, Direction, SeedTree
+from cyncsim.simulator.record import Recorder
 
 __all__ = ["CloudLink", "CyncCloudSimulator"]
 

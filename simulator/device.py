@@ -29,12 +29,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from replay.engine import DeviceEngine, DeviceState, Relay, Send
-from replay.errors import CyncError
-from replay.model import DeviceIdentity, DeviceModel
-from simulator._device_conn import EngineConnection, SimulatorBase, check_loopback, default_model
-from simulator.chaos import ChaosConfig, Direction, SeedTree
-from simulator.record import Recorder
+from cyncsim.replay.engine import DeviceEngine, DeviceState, Relay, Send
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceIdentity, DeviceModel
+from cyncsim.simulator._device_conn import (
+    EngineConnection,
+    SimulatorBase,
+    check_loopback,
+    default_model,
+)
+from cyncsim.simulator.chaos import ChaosConfig, Direction, SeedTree
+from cyncsim.simulator.record import Recorder
 
 __all__ = ["DEFAULT_FIRMWARE", "CyncDeviceSimulator", "DeviceState", "device_ssl_context"]
 

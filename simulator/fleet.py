@@ -21,14 +21,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Self
 
-from replay.capture.model import Sender
-from replay.engine import DeviceState, Relay
-from replay.errors import CyncError
-from replay.model import DeviceModel
-from replay.payloads import GROUP_BASE, Command, decode_command
-from replay.protocol import FramedPacket, decode_packet
-from simulator._device_conn import EngineConnection, check_loopback, default_model
-from simulator._fleet_members import (
+from cyncsim.replay.capture.model import Sender
+from cyncsim.replay.engine import DeviceState, Relay
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.payloads import GROUP_BASE, Command, decode_command
+from cyncsim.replay.protocol import FramedPacket, decode_packet
+from cyncsim.simulator._device_conn import EngineConnection, check_loopback, default_model
+from cyncsim.simulator._fleet_members import (
     MESH_NODES,
     FleetMember,
     FleetStats,
@@ -37,11 +37,11 @@ from simulator._fleet_members import (
     generate_members,
     loopback_address,
 )
-from simulator._fleet_workers import FleetWorkers, worker_record_path
-from simulator.chaos import ChaosConfig
-from simulator.device import CyncDeviceSimulator, device_ssl_context
-from simulator.ports import default_port
-from simulator.record import ConnectionRecord, Recorder
+from cyncsim.simulator._fleet_workers import FleetWorkers, worker_record_path
+from cyncsim.simulator.chaos import ChaosConfig
+from cyncsim.simulator.device import CyncDeviceSimulator, device_ssl_context
+from cyncsim.simulator.ports import default_port
+from cyncsim.simulator.record import ConnectionRecord, Recorder
 
 __all__ = [
     "MESH_NODES",

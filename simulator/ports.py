@@ -22,7 +22,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from replay.errors import CyncError
+from cyncsim.replay.errors import CyncError
 
 __all__ = [
     "DEFAULT_TTL_S",

@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 
 if TYPE_CHECKING:
-    from replay.model import DeviceModel
-    from simulator.chaos import ChaosConfig
-    from simulator.device import CyncDeviceSimulator
-    from simulator.transport import ReliableTransport
+    from cyncsim.replay.model import DeviceModel
+    from cyncsim.simulator.chaos import ChaosConfig
+    from cyncsim.simulator.device import CyncDeviceSimulator
+    from cyncsim.simulator.transport import ReliableTransport
 
 __all__ = ["derive_seed"]
 
@@ -141,7 +141,7 @@ def _captures(config: pytest.Config) -> Path:
     opt = config.getoption("--cync-captures")
     if opt:
         return Path(opt)
-    from captures import shared_captures_dir
+    from cyncsim.captures import shared_captures_dir
 
     return shared_captures_dir()
 
@@ -179,12 +179,12 @@ def cync_model(request: pytest.FixtureRequest) -> DeviceModel:
 
     Override it by defining a fixture of the same name in your conftest.py.
     """
-    from replay.model import DeviceModel
+    from cyncsim.replay.model import DeviceModel
 
     path = request.config.getoption("--cync-model")
     if path:
         return DeviceModel.load(path)
-    from captures import load_default_model
+    from cyncsim.captures import load_default_model
 
     return load_default_model()
 
@@ -192,7 +192,7 @@ def cync_model(request: pytest.FixtureRequest) -> DeviceModel:
 @pytest.fixture
 def cync_chaos() -> Callable[..., ChaosConfig]:
     """Factory: ``cync_chaos(packet_loss_rate=0.2, ...)`` -> a validated ChaosConfig."""
-    from simulator.chaos import ChaosConfig
+    from cyncsim.simulator.chaos import ChaosConfig
 
     def make(**fields: Any) -> ChaosConfig:
         return ChaosConfig.from_dict(fields)
@@ -214,7 +214,7 @@ async def cync_fleet(
     go to CyncDeviceSimulator (``chaos_config=``, ``time_scale=`` ...).  All
     devices are stopped at teardown, the last started first.
     """
-    from simulator.device import CyncDeviceSimulator
+    from cyncsim.simulator.device import CyncDeviceSimulator
 
     started: list[CyncDeviceSimulator] = []
 
@@ -253,7 +253,7 @@ async def cync_transport(
     cync_device: CyncDeviceSimulator, cync_test_seed: int
 ) -> AsyncIterator[ReliableTransport]:
     """A ReliableTransport connected to ``cync_device``, handshake done."""
-    from simulator.transport import ReliableTransport
+    from cyncsim.simulator.transport import ReliableTransport
 
     transport = ReliableTransport(
         "127.0.0.1", cync_device.port, seed=derive_seed(cync_test_seed, "transport")

@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from replay.capture.model import CLOUD, DEVICE, Sender
-from replay.capture.pcapwrite import Frame, TcpConversation, write_pcapng
-from replay.errors import CaptureError
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
+from cyncsim.replay.capture.pcapwrite import Frame, TcpConversation, write_pcapng
+from cyncsim.replay.errors import CaptureError
 
 __all__ = ["FLUSH_FRAMES", "ConnectionRecord", "Recorder"]
 

@@ -26,17 +26,23 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
-from replay.errors import HandshakeError
-from replay.payloads import (
+from cyncsim.replay.errors import HandshakeError
+from cyncsim.replay.payloads import (
     UNCHANGED,
     LightStateCommand,
     PowerCommand,
     build_command,
     build_control,
 )
-from replay.protocol import CyncPacket, FramedPacket, FrameKind, HelloPacket, PacketType
-from simulator._transport_conn import ConnectionManager, DeviceLink, Inbox, Result, TransportStats
-from simulator._transport_recv import _HELLO_ACK, TransportReceiver, _Outcome, _Pending
+from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, HelloPacket, PacketType
+from cyncsim.simulator._transport_conn import (
+    ConnectionManager,
+    DeviceLink,
+    Inbox,
+    Result,
+    TransportStats,
+)
+from cyncsim.simulator._transport_recv import _HELLO_ACK, TransportReceiver, _Outcome, _Pending
 
 __all__ = ["GROUP_BASE", "ConnectionManager", "ReliableTransport", "Result", "TransportStats"]
 

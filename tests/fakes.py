@@ -16,8 +16,8 @@ import random
 import ssl
 from collections.abc import Callable
 
-from replay.framer import PacketFramer
-from replay.payloads import (
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     StatusReport,
@@ -28,7 +28,7 @@ from replay.payloads import (
     build_result,
     decode_command,
 )
-from replay.protocol import CyncPacket, FramedPacket, FrameKind, IdPacket, PacketType
+from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, IdPacket, PacketType
 
 DEVICE_ID = bytes.fromhex("6457e7f2")
 AUTH_CODE = b"1e07d4c9dd546401"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from replay.capture import DEFAULT_CLOUD_PORTS
+from cyncsim.replay.capture import DEFAULT_CLOUD_PORTS
 
 __all__ = ["add_capture_options", "cloud_ports"]
 

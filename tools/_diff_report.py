@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from replay.conformance import KINDS, ConformanceFinding, DiffReport, TimingRow
-from replay.errors import CyncError
+from cyncsim.replay.conformance import KINDS, ConformanceFinding, DiffReport, TimingRow
+from cyncsim.replay.errors import CyncError
 
 __all__ = ["MAX_ROWS_PER_KIND", "render_html", "timing_plot_png", "write_html"]
 

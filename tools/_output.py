@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from replay.errors import CyncError
+from cyncsim.replay.errors import CyncError
 
 __all__ = ["check_writable"]
 

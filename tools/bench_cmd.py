@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from replay.errors import CyncError
-from tools._output import check_writable
-from tools.bench import SUITES, load_suite
-from tools.bench.common import (
+from cyncsim.replay.errors import CyncError
+from cyncsim.tools._output import check_writable
+from cyncsim.tools.bench import SUITES, load_suite
+from cyncsim.tools.bench.common import (
     BenchOptions,
     machine_info,
     render,
@@ -43,11 +43,11 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     listing = "; ".join(f"{name}: {desc}" for name, (_, desc) in SUITES.items())
     p = sub.add_parser(
         "bench",
-        help="run benchmark suites (tables, JSON)",
+        help=help_text,
         description=f"Run a benchmark suite, or all of them. Suites: {listing}.",
     )
     p.add_argument("suite", choices=[*SUITES, "all"], metavar="SUITE", help="suite name or all")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from captures import DEFAULT_MODEL_PATH, shared_captures_dir
-from replay.model import import_captures
+from cyncsim.captures import DEFAULT_MODEL_PATH, shared_captures_dir
+from cyncsim.replay.model import import_captures
 
 
 def build(captures_dir: Path) -> bytes:

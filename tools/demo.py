@@ -10,8 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from captures import DEFAULT_MODEL_PATH, shared_captures_dir
-from tools.cli import main as cli
+from cyncsim.captures import DEFAULT_MODEL_PATH, shared_captures_dir
+from cyncsim.tools.cli import main as cli
 
 
 def main() -> int:
@@ -56,8 +56,8 @@ def main() -> int:
 
 
 async def _session(record: Path) -> None:
-    from simulator.device import CyncDeviceSimulator
-    from simulator.transport import ReliableTransport
+    from cyncsim.simulator.device import CyncDeviceSimulator
+    from cyncsim.simulator.transport import ReliableTransport
 
     async with (
         CyncDeviceSimulator("6457e7f2", seed=1, time_scale=0.1, record=str(record)) as dev,

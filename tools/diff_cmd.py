@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from replay.capture import CaptureResult, read_capture
-from replay.conformance import (
+from cyncsim.replay.capture import CaptureResult, read_capture
+from cyncsim.replay.conformance import (
     KINDS,
     ConformanceFinding,
     DiffReport,
@@ -25,10 +25,10 @@ from replay.conformance import (
     diff,
     load_reference,
 )
-from replay.errors import CyncError
-from tools._capture_args import add_capture_options, cloud_ports
-from tools._output import check_writable
-from tools.progress import progress_callback
+from cyncsim.replay.errors import CyncError
+from cyncsim.tools._capture_args import add_capture_options, cloud_ports
+from cyncsim.tools._output import check_writable
+from cyncsim.tools.progress import progress_callback
 
 __all__ = ["format_hex", "print_report", "register", "run"]
 
@@ -42,10 +42,10 @@ def _tolerance(text: str) -> Tolerance:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     p = sub.add_parser(
         "diff",
-        help="check captures against a reference model or captures (conformance)",
+        help=help_text,
         description=(
             "Compare candidate captures (e.g. a simulator recording or a new capture of a "
             "real device) with a reference: a model file or captures to learn one from. "
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             result.extend(read_capture(path, cloud_ports=ports, progress=cb))
     report = diff(ref, result, args.tolerance)
     if args.html:
-        from tools._diff_report import write_html
+        from cyncsim.tools._diff_report import write_html
 
         write_html(report, args.html)
     if args.json:

@@ -1,4 +1,4 @@
-# `cyncsim import CAPTURE... -o MODEL [--json]`: learn a device model from captures.
+# `cyncsim import CAPTURE... -o MODEL [--json]`: learn a device model from cyncsim.captures.
 from __future__ import annotations
 
 import argparse
@@ -6,19 +6,19 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from replay.capture import load_bytes, read_capture
-from replay.capture.model import CaptureResult
-from replay.model import DeviceModel, learn_model
-from tools._capture_args import add_capture_options, cloud_ports
-from tools.progress import progress_callback
+from cyncsim.replay.capture import load_bytes, read_capture
+from cyncsim.replay.capture.model import CaptureResult
+from cyncsim.replay.model import DeviceModel, learn_model
+from cyncsim.tools._capture_args import add_capture_options, cloud_ports
+from cyncsim.tools.progress import progress_callback
 
 __all__ = ["print_model", "register", "run", "show_model_file"]
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     p = sub.add_parser(
         "import",
-        help="learn a device model from captures",
+        help=help_text,
         description="Read captures, learn how the devices behave, write a model file.",
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE")

@@ -10,23 +10,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from replay.capture import (
+from cyncsim.replay.capture import (
     CaptureResult,
     detect_format,
     load_bytes,
     read_capture,
 )
-from replay.describe import describe
-from tools._capture_args import add_capture_options, cloud_ports
-from tools.progress import progress_callback
+from cyncsim.replay.describe import describe
+from cyncsim.tools._capture_args import add_capture_options, cloud_ports
+from cyncsim.tools.progress import progress_callback
 
 __all__ = ["register", "run"]
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     p = sub.add_parser(
         "inspect",
-        help="decode captures (pcap, pcapng, MITM text) or show a saved model",
+        help=help_text,
         description="Decode every packet of the given captures and print a summary.",
     )
     p.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture or model file")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         print_result(result, out, as_json=args.json)
         combined.extend(result)
     if models:
-        from tools.import_cmd import show_model_file
+        from cyncsim.tools.import_cmd import show_model_file
 
         for path in models:
             show_model_file(path, out, as_json=args.json)

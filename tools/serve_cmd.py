@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from replay.errors import CyncError
-from replay.model import DeviceModel
-from simulator._device_conn import check_loopback
-from simulator.chaos import ChaosConfig
-from simulator.fleet import (
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceModel
+from cyncsim.simulator._device_conn import check_loopback
+from cyncsim.simulator.chaos import ChaosConfig
+from cyncsim.simulator.fleet import (
     MESH_NODES,
     CyncFleet,
     FleetWorkers,
@@ -101,10 +101,10 @@ _PARTITION_MODES = {
 }
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
     p = sub.add_parser(
         "serve",
-        help="run simulated devices on loopback (listen, or dial a controller)",
+        help=help_text,
         description=(
             "Run simulated Cync devices built from a learned model.  Without --connect every "
             "device listens on its own port; with --connect they dial one controller, each "

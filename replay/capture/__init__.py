@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from replay.capture.model import (
+from cyncsim.replay.capture.model import (
     CLOUD,
     DEVICE,
     CaptureResult,
@@ -18,8 +18,8 @@ from replay.capture.model import (
     FlowPacket,
     Sender,
 )
-from replay.capture.text import looks_like_text, read_text
-from replay.errors import CaptureError
+from cyncsim.replay.capture.text import looks_like_text, read_text
+from cyncsim.replay.errors import CaptureError
 
 __all__ = [
     "CLOUD",
@@ -91,7 +91,7 @@ def read_capture(
     if fmt == "text":
         return read_text(p, data, progress=progress)
     if fmt in ("pcap", "pcapng"):
-        from replay.capture.pcap import read_pcap
+        from cyncsim.replay.capture.pcap import read_pcap
 
         return read_pcap(p, data, cloud_ports=cloud_ports, progress=progress)
     if fmt == "model":

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from replay.framer import PacketFramer
-from replay.protocol import CyncPacket, HelloPacket
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.protocol import CyncPacket, HelloPacket
 
 __all__ = [
     "CLOUD",

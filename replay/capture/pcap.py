@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from replay.capture.model import CaptureResult, Finding, gc_paused
-from replay.capture.tcp import TcpReassembler
-from replay.errors import CaptureError
+from cyncsim.replay.capture.model import CaptureResult, Finding, gc_paused
+from cyncsim.replay.capture.tcp import TcpReassembler
+from cyncsim.replay.errors import CaptureError
 
 __all__ = ["read_pcap"]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple
 
-from replay.protocol import FramedPacket, GenericPacket, HelloPacket, IdPacket, InnerFrame
+from cyncsim.replay.protocol import FramedPacket, GenericPacket, HelloPacket, IdPacket, InnerFrame
 
 __all__ = [
     "ACK",

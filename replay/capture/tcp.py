@@ -14,12 +14,11 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 import struct
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from replay.capture.model import CLOUD, DEVICE, Finding, Flow, FlowBuilder, Sender
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Finding, Flow, FlowBuilder, Sender
 
 __all__ = [
     "ACK",
@@ -55,9 +54,8 @@ def tuple_key(src: str, sport: int, dst: str, dport: int) -> bytes:
 
 def _split_key(key: bytes) -> tuple[str, int, str, int]:
     alen = (len(key) - 4) // 2
-    family = socket.AF_INET if alen == 4 else socket.AF_INET6
-    src = socket.inet_ntop(family, key[:alen])
-    dst = socket.inet_ntop(family, key[alen : 2 * alen])
+    src = str(ipaddress.ip_address(key[:alen]))
+    dst = str(ipaddress.ip_address(key[alen : 2 * alen]))
     sport, dport = _PORTS.unpack_from(key, 2 * alen)
     return src, sport, dst, dport
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from replay.capture.model import (
+from cyncsim.replay.capture.model import (
     CLOUD,
     DEVICE,
     CaptureResult,
@@ -25,9 +25,9 @@ from replay.capture.model import (
     Sender,
     gc_paused,
 )
-from replay.errors import CaptureError
-from replay.framer import PacketFramer
-from replay.protocol import PacketType
+from cyncsim.replay.errors import CaptureError
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.protocol import PacketType
 
 __all__ = ["looks_like_text", "read_text"]
 

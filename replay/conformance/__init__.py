@@ -2,10 +2,10 @@
 #
 # Pure: compares already-read captures with a learned model and returns findings, timing
 # rows and coverage as data (report.py); `cyncsim diff` (tools/diff_cmd.py) renders them.
-from replay.conformance.diff import diff, diff_files
-from replay.conformance.pairing import ALWAYS, Sample, pair_flow
-from replay.conformance.reference import Reference, load_reference
-from replay.conformance.report import (
+from cyncsim.replay.conformance.diff import diff, diff_files
+from cyncsim.replay.conformance.pairing import ALWAYS, Sample, pair_flow
+from cyncsim.replay.conformance.reference import Reference, load_reference
+from cyncsim.replay.conformance.report import (
     KINDS,
     ConformanceFinding,
     CoverageRow,
@@ -14,7 +14,7 @@ from replay.conformance.report import (
     TimingRow,
     Tolerance,
 )
-from replay.conformance.timing import compare, heartbeat_samples, ks_test, slack_distance
+from cyncsim.replay.conformance.timing import compare, heartbeat_samples, ks_test, slack_distance
 
 __all__ = [
     "ALWAYS",

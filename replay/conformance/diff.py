@@ -13,22 +13,22 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from replay.capture import CaptureResult, read_capture
-from replay.capture.model import Flow
-from replay.conformance.pairing import Sample, pair_flow
-from replay.conformance.reference import Reference, load_reference, other_side
-from replay.conformance.report import (
+from cyncsim.replay.capture import CaptureResult, read_capture
+from cyncsim.replay.capture.model import Flow
+from cyncsim.replay.conformance.pairing import Sample, pair_flow
+from cyncsim.replay.conformance.reference import Reference, load_reference, other_side
+from cyncsim.replay.conformance.report import (
     ConformanceFinding,
     CoverageRow,
     DiffReport,
     Tolerance,
     finding,
 )
-from replay.conformance.structure import capture_findings, check_structure
-from replay.conformance.timing import heartbeat_row, latency_rows
-from replay.describe import request_key
-from replay.errors import CaptureError
-from replay.model.learn import source_variant
+from cyncsim.replay.conformance.structure import capture_findings, check_structure
+from cyncsim.replay.conformance.timing import heartbeat_row, latency_rows
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.errors import CaptureError
+from cyncsim.replay.model.learn import source_variant
 
 __all__ = ["diff", "diff_files"]
 

@@ -20,12 +20,12 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-from replay.capture.model import Flow, FlowPacket
-from replay.conformance.reference import Reference, other_side
-from replay.conformance.report import ConformanceFinding, finding
-from replay.describe import request_key
-from replay.model import ExchangeModel, ResponseModel, TemplateField
-from replay.model.learn import MAX_WAIT, status_answers_command
+from cyncsim.replay.capture.model import Flow, FlowPacket
+from cyncsim.replay.conformance.reference import Reference, other_side
+from cyncsim.replay.conformance.report import ConformanceFinding, finding
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.model import ExchangeModel, ResponseModel, TemplateField
+from cyncsim.replay.model.learn import MAX_WAIT, status_answers_command
 
 __all__ = ["ALWAYS", "Sample", "pair_flow", "variant_exchange"]
 

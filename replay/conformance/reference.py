@@ -14,17 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from replay.capture import (
+from cyncsim.replay.capture import (
     DEFAULT_CLOUD_PORTS,
     CaptureResult,
     detect_format,
     load_bytes,
     read_capture,
 )
-from replay.capture.model import CLOUD, DEVICE
-from replay.describe import request_key
-from replay.errors import ModelError
-from replay.model import DeviceModel, ExchangeModel, learn_model
+from cyncsim.replay.capture.model import CLOUD, DEVICE
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.errors import ModelError
+from cyncsim.replay.model import DeviceModel, ExchangeModel, learn_model
 
 __all__ = ["EXAMPLES", "Reference", "load_reference", "other_side"]
 

@@ -10,11 +10,11 @@
 # never compared.  Reader findings (TLS flows, gaps, stray bytes) become capture findings.
 from __future__ import annotations
 
-from replay.capture.model import CaptureResult, Finding, Flow
-from replay.conformance.reference import Reference
-from replay.conformance.report import ConformanceFinding, finding
-from replay.describe import request_key
-from replay.protocol import FramedPacket, IdPacket, PacketType
+from cyncsim.replay.capture.model import CaptureResult, Finding, Flow
+from cyncsim.replay.conformance.reference import Reference
+from cyncsim.replay.conformance.report import ConformanceFinding, finding
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.protocol import FramedPacket, IdPacket, PacketType
 
 __all__ = ["STALE_WINDOW", "capture_findings", "check_structure"]
 

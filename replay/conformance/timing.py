@@ -41,12 +41,12 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from replay.capture.model import DEVICE, Flow
-from replay.conformance.pairing import Sample
-from replay.conformance.reference import Reference
-from replay.conformance.report import ConformanceFinding, TimingRow, Tolerance, finding
-from replay.model import Distribution
-from replay.protocol import HelloPacket, PacketType
+from cyncsim.replay.capture.model import DEVICE, Flow
+from cyncsim.replay.conformance.pairing import Sample
+from cyncsim.replay.conformance.reference import Reference
+from cyncsim.replay.conformance.report import ConformanceFinding, TimingRow, Tolerance, finding
+from cyncsim.replay.model import Distribution
+from cyncsim.replay.protocol import HelloPacket, PacketType
 
 __all__ = [
     "Comparison",

@@ -1,10 +1,10 @@
 # What cyncsim learns from captures: exchanges with byte templates and latency
 # distributions, spontaneous behaviour, device identities; saved as versioned msgpack.
-from replay.model.behaviour import Behaviour, DeviceIdentity
-from replay.model.dist import Distribution, StratifiedUniform
-from replay.model.learn import ExchangeModel, ResponseModel
-from replay.model.store import FORMAT, VERSION, DeviceModel, import_captures, learn_model
-from replay.model.template import Template, TemplateField
+from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity
+from cyncsim.replay.model.dist import Distribution, StratifiedUniform
+from cyncsim.replay.model.learn import ExchangeModel, ResponseModel
+from cyncsim.replay.model.store import FORMAT, VERSION, DeviceModel, import_captures, learn_model
+from cyncsim.replay.model.template import Template, TemplateField
 
 __all__ = [
     "FORMAT",

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from replay.capture.model import CLOUD, DEVICE, Flow, FlowPacket
-from replay.describe import request_key
-from replay.model.dist import Distribution
-from replay.payloads import decode_status_entries, decode_status_report, firmware_version
-from replay.protocol import HelloPacket, IdPacket, PacketType
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Flow, FlowPacket
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.model.dist import Distribution
+from cyncsim.replay.payloads import decode_status_entries, decode_status_report, firmware_version
+from cyncsim.replay.protocol import HelloPacket, IdPacket, PacketType
 
 __all__ = ["Behaviour", "DeviceIdentity", "learn_behaviour", "learn_devices"]
 

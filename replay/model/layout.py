@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replay.protocol import AckPacket, CyncPacket, FramedPacket, HelloPacket, IdPacket, PacketType
+from cyncsim.replay.protocol import (
+    AckPacket,
+    CyncPacket,
+    FramedPacket,
+    HelloPacket,
+    IdPacket,
+    PacketType,
+)
 
 __all__ = ["FieldSpec", "fields_of"]
 

@@ -21,12 +21,12 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from replay.capture.model import CLOUD, DEVICE, CaptureResult, Flow, FlowPacket
-from replay.describe import request_key
-from replay.model.dist import Distribution
-from replay.model.template import Template, learn_template
-from replay.payloads import decode_command, decode_status_report, decode_time_reply
-from replay.protocol import CyncPacket, FramedPacket, PacketType, decode_packet
+from cyncsim.replay.capture.model import CLOUD, DEVICE, CaptureResult, Flow, FlowPacket
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.model.dist import Distribution
+from cyncsim.replay.model.template import Template, learn_template
+from cyncsim.replay.payloads import decode_command, decode_status_report, decode_time_reply
+from cyncsim.replay.protocol import CyncPacket, FramedPacket, PacketType, decode_packet
 
 __all__ = [
     "MAX_WAIT",

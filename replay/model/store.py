@@ -14,12 +14,12 @@ from typing import Any
 
 import msgpack
 
-from replay.capture import CaptureResult, read_captures
-from replay.errors import ModelError
-from replay.model.behaviour import Behaviour, DeviceIdentity, learn_behaviour, learn_devices
-from replay.model.dist import Distribution
-from replay.model.learn import ExchangeModel, ResponseModel, learn_exchanges
-from replay.model.template import Template
+from cyncsim.replay.capture import CaptureResult, read_captures
+from cyncsim.replay.errors import ModelError
+from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity, learn_behaviour, learn_devices
+from cyncsim.replay.model.dist import Distribution
+from cyncsim.replay.model.learn import ExchangeModel, ResponseModel, learn_exchanges
+from cyncsim.replay.model.template import Template
 
 __all__ = ["FORMAT", "VERSION", "DeviceModel", "import_captures", "learn_model"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from replay.model.layout import FieldSpec, fields_of
-from replay.protocol import CyncPacket, decode_packet
+from cyncsim.replay.model.layout import FieldSpec, fields_of
+from cyncsim.replay.protocol import CyncPacket, decode_packet
 
 __all__ = ["ECHO_CLASSES", "Template", "TemplateField", "learn_template"]
 

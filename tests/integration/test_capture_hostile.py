@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from replay.capture.model import CaptureResult
-from replay.capture.pcap import read_pcap
-from replay.framer import PacketFramer
+from cyncsim.replay.capture.model import CaptureResult
+from cyncsim.replay.capture.pcap import read_pcap
+from cyncsim.replay.framer import PacketFramer
 
 CAPTURE = "capture_20251107_152132.txt"
 HELLO = b"\x23\x00\x00\x00\x1a"

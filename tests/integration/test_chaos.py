@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from simulator.chaos import ChaosConfig, PacketFaults
-from simulator.device import CyncDeviceSimulator
-from simulator.transport import ReliableTransport
+from cyncsim.simulator.chaos import ChaosConfig, PacketFaults
+from cyncsim.simulator.device import CyncDeviceSimulator
+from cyncsim.simulator.transport import ReliableTransport
 
 pytestmark = pytest.mark.chaos
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.demo import main
+from cyncsim.tools.demo import main
 
 
 def test_demo_runs_the_whole_pipeline(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from replay.capture import read_capture
-from replay.describe import request_key
-from replay.framer import PacketFramer
-from replay.payloads import LightStateCommand, build_command, decode_status_report
-from replay.protocol import decode_packet
-from simulator.device import CyncDeviceSimulator, DeviceState
-from simulator.ports import find_free_port
-from simulator.transport import ReliableTransport
+from cyncsim.replay.capture import read_capture
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.payloads import LightStateCommand, build_command, decode_status_report
+from cyncsim.replay.protocol import decode_packet
+from cyncsim.simulator.device import CyncDeviceSimulator, DeviceState
+from cyncsim.simulator.ports import find_free_port
+from cyncsim.simulator.transport import ReliableTransport
 from tests.fakes import assert_no_other_tasks
 from tests.unit.test_engine import (
     ACK_7B,
@@ -336,7 +336,7 @@ async def test_record_round_trip(tmp_path: Path, suffix: str) -> None:
     assert got_dev == [p for _, p in ctl.packets]
     assert got_cloud == ctl.sent
     assert not [f for f in result.findings if f.reason != "tls"]
-    from tools.cli import main  # `cyncsim inspect` and `cyncsim import` read it back
+    from cyncsim.tools.cli import main  # `cyncsim inspect` and `cyncsim import` read it back
 
     listing = io.StringIO()
     assert main(["inspect", "--no-progress", str(path)], out=listing) == 0

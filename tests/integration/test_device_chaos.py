@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from replay.payloads import LightStateCommand, build_command
-from simulator.chaos import (
+from cyncsim.replay.payloads import LightStateCommand, build_command
+from cyncsim.simulator.chaos import (
     ChaosConfig,
     Direction,
     PacketFaults,
@@ -17,7 +17,7 @@ from simulator.chaos import (
     SlicingSpec,
     StallSpec,
 )
-from simulator.device import CyncDeviceSimulator
+from cyncsim.simulator.device import CyncDeviceSimulator
 from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import RawController, socket_fds
 from tests.integration.test_dial import MiniController

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from replay.engine import ModelView
-from replay.errors import CyncError
-from replay.payloads import PowerCommand, decode_status_report, firmware_version
-from replay.protocol import decode_packet
-from simulator._device_conn import default_model
-from simulator.cloud import CyncCloudSimulator
-from simulator.device import CyncDeviceSimulator, DeviceState
+from cyncsim.replay.engine import ModelView
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.payloads import PowerCommand, decode_status_report, firmware_version
+from cyncsim.replay.protocol import decode_packet
+from cyncsim.simulator._device_conn import default_model
+from cyncsim.simulator.cloud import CyncCloudSimulator
+from cyncsim.simulator.device import CyncDeviceSimulator, DeviceState
 from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import RawController, socket_fds
 from tests.unit.test_engine import AUTH, DEV, HELLO_ACK
@@ -125,7 +125,7 @@ async def _dial_session(server_tls: ssl.SSLContext | None, **connect: object) ->
 
 
 def _k(data: bytes) -> str:
-    from replay.describe import request_key
+    from cyncsim.replay.describe import request_key
 
     return request_key(decode_packet(data, strict=False))
 
@@ -207,7 +207,7 @@ async def test_source_address_binding() -> None:
 
 
 async def test_connect_failure_is_reported() -> None:
-    from simulator.ports import find_free_port
+    from cyncsim.simulator.ports import find_free_port
 
     sim = CyncDeviceSimulator(DEV, seed=1, time_scale=SCALE)
     with pytest.raises(CyncError) as err:

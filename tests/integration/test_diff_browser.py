@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from replay.capture import read_capture
+from cyncsim.replay.capture import read_capture
+from cyncsim.tools.cli import main
 from tests.conftest import capture_path
 from tests.integration.test_diff_cli import decoded_flows, indices, write_text_log
-from tools.cli import main
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = (

@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from replay.capture import CaptureResult, read_capture
-from replay.capture.pcapwrite import Side, TcpConversation, write_pcapng
-from replay.conformance import Reference, pair_flow
-from replay.describe import request_key
-from replay.model import DeviceModel
-from replay.protocol import decode_packet
+from cyncsim.replay.capture import CaptureResult, read_capture
+from cyncsim.replay.capture.pcapwrite import Side, TcpConversation, write_pcapng
+from cyncsim.replay.conformance import Reference, pair_flow
+from cyncsim.replay.describe import request_key
+from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.protocol import decode_packet
+from cyncsim.tools.cli import main
 from tests.conftest import REPO_ROOT, capture_path
-from tools.cli import main
 
 LOCAL = "capture_20251107_152132.txt"
 BRIDGE = bytes.fromhex("6457e7f2")
@@ -356,7 +356,7 @@ def test_exit_status_of_the_console_command(
 ) -> None:
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tools.cli", "diff", "--no-progress", *argv],
+            [sys.executable, "-m", "cyncsim.tools.cli", "diff", "--no-progress", *argv],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
 
@@ -415,8 +415,8 @@ async def test_simulator_recording_conforms(
 ) -> None:
     """A recording of the device simulator run from the model conforms to the model."""
     try:
-        from simulator.cloud import CyncCloudSimulator
-        from simulator.device import CyncDeviceSimulator
+        from cyncsim.simulator.cloud import CyncCloudSimulator
+        from cyncsim.simulator.device import CyncDeviceSimulator
     except ImportError as exc:
         pytest.skip(f"the device simulator is not importable yet: {exc}")
     model = DeviceModel.load(model_file)

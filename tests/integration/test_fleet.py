@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from replay.capture import read_capture
-from replay.engine import ModelView
-from replay.errors import CyncError
-from replay.payloads import PowerCommand, decode_status_report
-from replay.protocol import decode_packet
-from simulator._device_conn import default_model
-from simulator.chaos import ChaosConfig
-from simulator.cloud import CyncCloudSimulator
-from simulator.fleet import (
+from cyncsim.replay.capture import read_capture
+from cyncsim.replay.engine import ModelView
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.payloads import PowerCommand, decode_status_report
+from cyncsim.replay.protocol import decode_packet
+from cyncsim.simulator._device_conn import default_model
+from cyncsim.simulator.chaos import ChaosConfig
+from cyncsim.simulator.cloud import CyncCloudSimulator
+from cyncsim.simulator.fleet import (
     CyncFleet,
     FleetMember,
     FleetWorkers,
@@ -29,7 +29,7 @@ from simulator.fleet import (
     loopback_address,
     worker_record_path,
 )
-from simulator.transport import ReliableTransport
+from cyncsim.simulator.transport import ReliableTransport
 from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import socket_fds
 
@@ -319,7 +319,7 @@ async def test_fleet_split_over_two_worker_processes(tmp_path: Path) -> None:
 
 
 async def test_worker_errors_come_back_as_one_error() -> None:
-    from simulator.ports import find_free_port
+    from cyncsim.simulator.ports import find_free_port
 
     workers = FleetWorkers(2, 2, seed=1, time_scale=SCALE)
     with pytest.raises(CyncError, match=r"fleet worker \d: fleet: 1 of 1 devices failed to "

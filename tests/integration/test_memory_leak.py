@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from simulator.device import CyncDeviceSimulator
-from simulator.transport import ReliableTransport
+from cyncsim.simulator.device import CyncDeviceSimulator
+from cyncsim.simulator.transport import ReliableTransport
 
 pytestmark = pytest.mark.soak
 

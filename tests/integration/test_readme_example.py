@@ -4,9 +4,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from replay.payloads import decode_status_report
-from simulator.device import CyncDeviceSimulator
-from simulator.transport import ReliableTransport
+from cyncsim.replay.payloads import decode_status_report
+from cyncsim.simulator.device import CyncDeviceSimulator
+from cyncsim.simulator.transport import ReliableTransport
 
 
 async def test_toggle_reaches_the_light(

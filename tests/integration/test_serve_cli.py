@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from replay.protocol import HelloPacket
-from simulator.cloud import CyncCloudSimulator
-from simulator.fleet import generate_members
-from simulator.ports import find_free_port
-from simulator.transport import ReliableTransport
+from cyncsim.replay.protocol import HelloPacket
+from cyncsim.simulator.cloud import CyncCloudSimulator
+from cyncsim.simulator.fleet import generate_members
+from cyncsim.simulator.ports import find_free_port
+from cyncsim.simulator.transport import ReliableTransport
+from cyncsim.tools.cli import build_parser, main
+from cyncsim.tools.serve_cmd import build_chaos
 from tests.conftest import REPO_ROOT
-from tools.cli import build_parser, main
-from tools.serve_cmd import build_chaos
 
 PREFIX = "cyncsim serve:"
 
@@ -57,7 +57,7 @@ class Serve:
 async def serve(*argv: str, new_group: bool = False) -> Serve:
     """Start `cyncsim serve ARGV` and read its output up to the line saying it is ready."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.cli", "serve", *argv,
+        sys.executable, "-m", "cyncsim.tools.cli", "serve", *argv,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
         start_new_session=new_group,
     )  # fmt: skip
@@ -141,7 +141,7 @@ async def test_serve_connect_and_record_then_inspect(tmp_path: Path) -> None:
     assert s.summary.startswith(f"{PREFIX} stopped (duration)")
     assert "2 devices, 2 connections," in s.summary and pings >= 2
     inspect = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tools.cli", "inspect", "--json", "--no-progress", str(rec),
+        sys.executable, "-m", "cyncsim.tools.cli", "inspect", "--json", "--no-progress", str(rec),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
     )  # fmt: skip
     out, err_b = await asyncio.wait_for(inspect.communicate(), 60)
@@ -224,7 +224,7 @@ async def test_serve_workers_stop_on_ctrl_c_to_the_group() -> None:
 # ---------------------------------------------------------------------------- errors
 def test_bad_option_value_is_one_line_and_exit_2() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tools.cli", "serve", "--loss", "2"],
+        [sys.executable, "-m", "cyncsim.tools.cli", "serve", "--loss", "2"],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from replay.engine import DeviceState
-from replay.errors import HandshakeError, PacketDecodeError
-from replay.payloads import PowerCommand, build_command, build_report, decode_status_report
-from replay.payloads import StatusReport as Status
-from replay.protocol import FramedPacket, InnerFrame, PacketType
-from simulator.device import CyncDeviceSimulator
-from simulator.transport import ReliableTransport
+from cyncsim.replay.engine import DeviceState
+from cyncsim.replay.errors import HandshakeError, PacketDecodeError
+from cyncsim.replay.payloads import PowerCommand, build_command, build_report, decode_status_report
+from cyncsim.replay.payloads import StatusReport as Status
+from cyncsim.replay.protocol import FramedPacket, InnerFrame, PacketType
+from cyncsim.simulator.device import CyncDeviceSimulator
+from cyncsim.simulator.transport import ReliableTransport
 
 FleetFactory = Callable[..., Awaitable[list[CyncDeviceSimulator]]]
 

@@ -134,7 +134,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
-from replay.errors import CyncError
+from cyncsim.replay.errors import CyncError
 
 __all__ = [
     "CYNC_LAN_VERSION",

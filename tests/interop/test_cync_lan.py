@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from replay.framer import PacketFramer
-from replay.payloads import (
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     StatusReport,
@@ -33,7 +33,7 @@ from replay.payloads import (
     build_result,
     decode_command,
 )
-from replay.protocol import (
+from cyncsim.replay.protocol import (
     AckPacket,
     CyncPacket,
     FramedPacket,
@@ -324,7 +324,8 @@ async def test_cync_lan_with_minimal_devices(cync_lan: CyncLanServer) -> None:
 
 async def test_cync_lan_with_simulated_fleet(cync_lan: CyncLanServer) -> None:
     device_mod = pytest.importorskip(
-        "simulator.device", reason="simulator.device (CyncDeviceSimulator) is not written yet"
+        "cyncsim.simulator.device",
+        reason="simulator.device (CyncDeviceSimulator) is not written yet",
     )
     sims: Sequence[Any] = [
         device_mod.CyncDeviceSimulator(

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from replay.capture import read_capture
-from replay.capture.pcapwrite import generate_benchmark_pcap
-from replay.errors import CyncError
-from tests.conftest import captures_dir
-from tools.bench import SUITES, load_suite
-from tools.bench.common import (
+from cyncsim.replay.capture import read_capture
+from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
+from cyncsim.replay.errors import CyncError
+from cyncsim.tools.bench import SUITES, load_suite
+from cyncsim.tools.bench.common import (
     BenchOptions,
     Case,
     Check,
@@ -34,8 +33,9 @@ from tools.bench.common import (
     suite_json,
     write_json,
 )
-from tools.bench.import_suite import dpkt_parse, pcap_slice, struct_floor, text_row
-from tools.cli import main
+from cyncsim.tools.bench.import_suite import dpkt_parse, pcap_slice, struct_floor, text_row
+from cyncsim.tools.cli import main
+from tests.conftest import captures_dir
 
 SEGMENT_ROWS = ["reader", "dpkt", "floor", "scapy"]
 

@@ -15,20 +15,20 @@ from typing import Any
 
 import pytest
 
-from replay.model import Distribution
-from tools.bench import SUITES
-from tools.bench import acks_suite as acks
-from tools.bench import baseline_suite as baseline
-from tools.bench import chaos_suite as chaos
-from tools.bench import fleet_suite as fleet
-from tools.bench import group_suite as group
-from tools.bench import overhead_suite as overhead
-from tools.bench.latency import (
+from cyncsim.replay.model import Distribution
+from cyncsim.tools.bench import SUITES
+from cyncsim.tools.bench import acks_suite as acks
+from cyncsim.tools.bench import baseline_suite as baseline
+from cyncsim.tools.bench import chaos_suite as chaos
+from cyncsim.tools.bench import fleet_suite as fleet
+from cyncsim.tools.bench import group_suite as group
+from cyncsim.tools.bench import overhead_suite as overhead
+from cyncsim.tools.bench.latency import (
     ks_statistic,
     percentile,
 )
-from tools.bench.report import main as report_main
-from tools.cli import main
+from cyncsim.tools.bench.report import main as report_main
+from cyncsim.tools.cli import main
 
 SIM_SUITES = ["baseline", "acks", "chaos", "group", "overhead", "fleet"]
 pytestmark = [pytest.mark.slow, pytest.mark.bench, pytest.mark.xdist_group("bench_quick")]

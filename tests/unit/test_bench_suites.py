@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from replay.model import Distribution, StratifiedUniform
-from simulator._device_conn import default_model
-from tools.bench import chaos_suite as chaos
-from tools.bench.latency import (
+from cyncsim.replay.model import Distribution, StratifiedUniform
+from cyncsim.simulator._device_conn import default_model
+from cyncsim.tools.bench import chaos_suite as chaos
+from cyncsim.tools.bench.latency import (
     cdf_interp,
     cloud_variant_model,
     ks_median,
@@ -23,8 +23,8 @@ from tools.bench.latency import (
     percentile,
     summary_ms,
 )
-from tools.bench.report import markdown_table, update_document
-from tools.bench.simkit import LockMeter, TimerAudit, loop_lateness
+from cyncsim.tools.bench.report import markdown_table, update_document
+from cyncsim.tools.bench.simkit import LockMeter, TimerAudit, loop_lateness
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -60,7 +60,7 @@ def test_ks_statistic_is_small_for_the_sampled_distribution_and_sees_a_shift() -
 
 
 def test_cloud_variant_model_answers_toggles_with_the_cloud_0x7b() -> None:
-    from replay.engine import ModelView
+    from cyncsim.replay.engine import ModelView
 
     model = cloud_variant_model(default_model())
     assert {e.variant for e in model.exchanges} == {"cloud"}
@@ -117,7 +117,7 @@ async def test_loop_lateness_and_timer_audit_never_report_early_timers() -> None
 
 
 def test_markdown_table_and_document_blocks() -> None:
-    from tools.bench.common import Column
+    from cyncsim.tools.bench.common import Column
 
     table = markdown_table(
         [Column("a", "A"), Column("b", "B", ".1f"), Column("ok", "ok")],

@@ -1,10 +1,10 @@
 # Long runs stay bounded: the chaos fault log and the cloud simulator's packet history.
 from __future__ import annotations
 
-from replay.protocol import decode_packet
-from simulator._chaos_policy import ChaosPolicy
-from simulator.chaos import ChaosConfig
-from simulator.cloud import _keep
+from cyncsim.replay.protocol import decode_packet
+from cyncsim.simulator._chaos_policy import ChaosPolicy
+from cyncsim.simulator.chaos import ChaosConfig
+from cyncsim.simulator.cloud import _keep
 
 
 def test_fault_log_is_bounded_and_counts_stay_exact() -> None:

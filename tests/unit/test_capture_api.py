@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from captures import DEFAULT_MODEL_PATH
-from replay.capture import accounting_errors, detect_format, read_capture, read_captures
-from replay.errors import CaptureError
+from cyncsim.captures import DEFAULT_MODEL_PATH
+from cyncsim.replay.capture import accounting_errors, detect_format, read_capture, read_captures
+from cyncsim.replay.errors import CaptureError
 
 
 def test_detect_format() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from replay.capture.model import CaptureResult, Finding
-from replay.capture.pcap import read_pcap
-from replay.capture.pcapwrite import (
+from cyncsim.replay.capture.model import CaptureResult, Finding
+from cyncsim.replay.capture.pcap import read_pcap
+from cyncsim.replay.capture.pcapwrite import (
     ACK,
     PSH,
     Frame,
@@ -26,8 +26,8 @@ from replay.capture.pcapwrite import (
     write_pcap,
     write_pcapng,
 )
-from replay.capture.tcp import NOT_FED_REASONS
-from replay.errors import CaptureError
+from cyncsim.replay.capture.tcp import NOT_FED_REASONS
+from cyncsim.replay.errors import CaptureError
 
 HELLO = bytes.fromhex(
     "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from scipy.stats import binom
 
-from replay.errors import ChaosConfigError
-from replay.framer import PacketFramer
-from replay.protocol import IdPacket, PacketType
-from simulator.chaos import (
+from cyncsim.replay.errors import ChaosConfigError
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.protocol import IdPacket, PacketType
+from cyncsim.simulator.chaos import (
     BurstLoss,
     ChaosConfig,
     ChaosPolicy,
@@ -274,7 +274,9 @@ def test_seed_tree_streams_are_deterministic_and_independent() -> None:
 
 
 def test_seed_tree_does_not_depend_on_python_hash_seed() -> None:
-    code = "from simulator.chaos import SeedTree; print(SeedTree(3).stream('dev/x').random())"
+    code = (
+        "from cyncsim.simulator.chaos import SeedTree; print(SeedTree(3).stream('dev/x').random())"
+    )
     outs = {
         subprocess.run(
             [sys.executable, "-c", code],

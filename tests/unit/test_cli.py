@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from replay.capture import DEFAULT_CLOUD_PORTS
+from cyncsim.replay.capture import DEFAULT_CLOUD_PORTS
+from cyncsim.tools._capture_args import cloud_ports
+from cyncsim.tools.cli import build_parser, main
 from tests.conftest import capture_path
-from tools._capture_args import cloud_ports
-from tools.cli import build_parser, main
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

@@ -14,9 +14,9 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replay.errors import DECODE_REASONS, PacketDecodeError
-from replay.framer import FramerFinding, PacketFramer
-from replay.payloads import (
+from cyncsim.replay.errors import DECODE_REASONS, PacketDecodeError
+from cyncsim.replay.framer import FramerFinding, PacketFramer
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     StatusEntry,
@@ -38,7 +38,7 @@ from replay.payloads import (
     decode_status_report,
     decode_time_reply,
 )
-from replay.protocol import (
+from cyncsim.replay.protocol import (
     AckPacket,
     CyncPacket,
     FramedPacket,

@@ -12,9 +12,9 @@ from functools import cache
 import pytest
 from scipy import stats
 
-from replay.capture import CaptureResult, read_capture
-from replay.capture.model import Flow, FlowPacket
-from replay.conformance import (
+from cyncsim.replay.capture import CaptureResult, read_capture
+from cyncsim.replay.capture.model import Flow, FlowPacket
+from cyncsim.replay.conformance import (
     DiffReport,
     Reference,
     Tolerance,
@@ -23,11 +23,11 @@ from replay.conformance import (
     ks_test,
     slack_distance,
 )
-from replay.model import Distribution
-from replay.protocol import decode_packet
+from cyncsim.replay.model import Distribution
+from cyncsim.replay.protocol import decode_packet
+from cyncsim.tools._diff_report import render_html
+from cyncsim.tools.diff_cmd import format_hex
 from tests.conftest import capture_path
-from tools._diff_report import render_html
-from tools.diff_cmd import format_hex
 
 LOCAL = "capture_20251107_152132.txt"
 CLOUD = "capture_20251106_085753.txt"

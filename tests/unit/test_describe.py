@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from replay.describe import describe, request_key
-from replay.protocol import decode_packet
+from cyncsim.replay.describe import describe, request_key
+from cyncsim.replay.protocol import decode_packet
 
 CASES = [
     (
@@ -81,7 +81,7 @@ def test_malformed_frame_and_rgb() -> None:
     pkt = decode_packet(crafted, strict=False)
     assert request_key(pkt) == "0x73"
     assert "malformed frame (bad_marker)" in describe(pkt)
-    from replay.payloads import LightStateCommand, build_command
+    from cyncsim.replay.payloads import LightStateCommand, build_command
 
     rgb = build_command(
         b"\x01\x02\x03\x04", b"\0\x01\0", LightStateCommand(1, 5, 0xFF, 0xFE, (1, 2, 3))

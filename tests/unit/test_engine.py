@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-import captures
-from replay._engine_render import ResponsePlan
-from replay.engine import (
+from cyncsim import captures
+from cyncsim.replay._engine_render import ResponsePlan
+from cyncsim.replay.engine import (
     DEFAULT_RECONNECT_S,
     Close,
     CloudEngine,
@@ -20,8 +20,8 @@ from replay.engine import (
     Relay,
     Send,
 )
-from replay.model import DeviceModel, Distribution
-from replay.payloads import (
+from cyncsim.replay.model import DeviceModel, Distribution
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     build_command,
@@ -30,7 +30,7 @@ from replay.payloads import (
     decode_time_reply,
     firmware_version,
 )
-from replay.protocol import FramedPacket, decode_packet
+from cyncsim.replay.protocol import FramedPacket, decode_packet
 
 DEV = bytes.fromhex("6457e7f2")
 AUTH = b"1e07d4c9dd546401"
@@ -159,7 +159,7 @@ def test_control_gets_1024_byte_answer(model: DeviceModel) -> None:
 
 
 def test_firmware_reports_match_the_captured_bytes() -> None:
-    from replay._engine_render import firmware_report
+    from cyncsim.replay._engine_render import firmware_report
 
     dev = H("32 5d 53 17")
     assert firmware_report(dev, b"\x00\x01\x00", "network", "0") == FW_NETWORK
@@ -394,7 +394,7 @@ def test_set_state_and_status_broadcast(model: DeviceModel) -> None:
 
 
 def test_status_0x43_entries(model: DeviceModel) -> None:
-    from replay._engine_render import status_packet
+    from cyncsim.replay._engine_render import status_packet
 
     st = DeviceState(on=True, brightness=10, color_temp=10, rgb=(255, 255, 255))
     (entry,) = decode_status_entries(decode_packet(status_packet(H("38e8cf46"), 0xEE, st)))
@@ -458,7 +458,7 @@ def test_cloud_local_variant_has_no_0x78(model: DeviceModel) -> None:
 
 
 def test_model_errors(model: DeviceModel) -> None:
-    from replay.errors import ModelError
+    from cyncsim.replay.errors import ModelError
 
     with pytest.raises(ModelError, match="variant"):
         make(model, variant="nope")

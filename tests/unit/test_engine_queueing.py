@@ -2,9 +2,9 @@
 # status reports follow their command by the learned latency and never pile up.
 from __future__ import annotations
 
-from captures import load_default_model
-from replay.engine import DeviceEngine, Send
-from replay.payloads import LightStateCommand, build_command
+from cyncsim.captures import load_default_model
+from cyncsim.replay.engine import DeviceEngine, Send
+from cyncsim.replay.payloads import LightStateCommand, build_command
 
 
 def _burst(n: int) -> list[Send]:

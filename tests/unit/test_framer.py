@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from replay.errors import PacketDecodeError
-from replay.framer import FramerFinding, PacketFramer
-from replay.protocol import CyncPacket, FramedPacket, GenericPacket, decode_packet
+from cyncsim.replay.errors import PacketDecodeError
+from cyncsim.replay.framer import FramerFinding, PacketFramer
+from cyncsim.replay.protocol import CyncPacket, FramedPacket, GenericPacket, decode_packet
 from tests.conftest import CaptureRecord, capture_path, capture_records, captures_dir
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from captures import DEFAULT_MODEL_PATH
-from replay.errors import ModelError
-from replay.model import DeviceModel, Distribution, StratifiedUniform, import_captures
+from cyncsim.captures import DEFAULT_MODEL_PATH
+from cyncsim.replay.errors import ModelError
+from cyncsim.replay.model import DeviceModel, Distribution, StratifiedUniform, import_captures
 from tests.conftest import capture_path, captures_dir
 
 REAL_CLOUD = "capture_20251106_085753.txt"
@@ -165,7 +165,7 @@ def test_corrupt_and_foreign_version_files(local_model: DeviceModel, tmp_path: P
 
 
 def test_default_model_is_up_to_date() -> None:
-    from tools.build_default_model import build
+    from cyncsim.tools.build_default_model import build
 
     if not list(captures_dir().glob("capture_*.txt")):
         pytest.skip(f"no captures in {captures_dir()}")

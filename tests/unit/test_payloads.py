@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from replay.payloads import (
+from cyncsim.replay.payloads import (
     UNCHANGED,
     LightStateCommand,
     PowerCommand,
@@ -32,7 +32,7 @@ from replay.payloads import (
     decode_time_reply,
     firmware_version,
 )
-from replay.protocol import (
+from cyncsim.replay.protocol import (
     AckPacket,
     FramedPacket,
     FrameKind,

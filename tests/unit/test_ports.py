@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from simulator import ports
-from simulator.ports import PORT_ENV, PortError, default_port, find_free_port, registry_paths
+from cyncsim.simulator import ports
+from cyncsim.simulator.ports import (
+    PORT_ENV,
+    PortError,
+    default_port,
+    find_free_port,
+    registry_paths,
+)
 
 
 def bindable(port: int, host: str = "127.0.0.1") -> bool:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from replay.errors import DECODE_REASONS, CyncError, PacketDecodeError
-from replay.payloads import (
+from cyncsim.replay.errors import DECODE_REASONS, CyncError, PacketDecodeError
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     StatusReport,
@@ -26,7 +26,7 @@ from replay.payloads import (
     decode_time_reply,
     firmware_version,
 )
-from replay.protocol import (
+from cyncsim.replay.protocol import (
     AckPacket,
     CyncPacket,
     FramedPacket,

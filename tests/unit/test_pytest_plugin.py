@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from simulator.pytest_plugin import derive_seed
+from cyncsim.simulator.pytest_plugin import derive_seed
 
 PROBABILISTIC = """
 import pytest
@@ -108,7 +108,7 @@ def test_chaos_factory_validates(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         import pytest
-        from replay.errors import ChaosConfigError
+        from cyncsim.replay.errors import ChaosConfigError
 
         def test_factory(cync_chaos):
             cfg = cync_chaos(packet_loss_rate=0.2, drop_pattern=[1, 3])
@@ -123,7 +123,7 @@ def test_chaos_factory_validates(pytester: pytest.Pytester) -> None:
 def test_model_fixture_default_and_override(
     pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from captures import load_default_model
+    from cyncsim.captures import load_default_model
 
     model = load_default_model()
     small = tmp_path_factory.mktemp("m") / "small.msgpack"

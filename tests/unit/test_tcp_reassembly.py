@@ -7,9 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from replay.capture.model import Finding, Flow
-from replay.capture.tcp import ACK, FIN, NOT_FED_REASONS, PSH, RST, SYN, TcpReassembler
-from replay.framer import PacketFramer
+from cyncsim.replay.capture.model import Finding, Flow
+from cyncsim.replay.capture.tcp import ACK, FIN, NOT_FED_REASONS, PSH, RST, SYN, TcpReassembler
+from cyncsim.replay.framer import PacketFramer
 
 DEV = ("10.0.0.5", 50123)
 SRV = ("10.0.0.1", 23779)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from replay.errors import CyncError, HandshakeError, PacketDecodeError
-from replay.payloads import (
+from cyncsim.replay.errors import CyncError, HandshakeError, PacketDecodeError
+from cyncsim.replay.payloads import (
     LightStateCommand,
     PowerCommand,
     build_command,
@@ -30,8 +30,8 @@ from replay.payloads import (
     decode_command,
     decode_time_reply,
 )
-from replay.protocol import FramedPacket, FrameKind, IdPacket, PacketType
-from simulator.transport import ReliableTransport, Result
+from cyncsim.replay.protocol import FramedPacket, FrameKind, IdPacket, PacketType
+from cyncsim.simulator.transport import ReliableTransport, Result
 from tests.fakes import AUTH_CODE, DEVICE_ID, FakeDevice, eventually
 
 FAST: dict[str, Any] = {

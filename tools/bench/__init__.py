@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Protocol, cast
 
-from tools.bench.common import BenchOptions, Log, SuiteResult
+from cyncsim.tools.bench.common import BenchOptions, Log, SuiteResult
 
 __all__ = ["SUITES", "Suite", "load_suite"]
 
@@ -23,31 +23,31 @@ class Suite(Protocol):
 # name -> (module, one-line description)
 SUITES: dict[str, tuple[str, str]] = {
     "import": (
-        "tools.bench.import_suite",
+        "cyncsim.tools.bench.import_suite",
         "capture reader throughput against dpkt, a struct floor and scapy",
     ),
     "baseline": (
-        "tools.bench.baseline_suite",
+        "cyncsim.tools.bench.baseline_suite",
         "toggles through ReliableTransport to a simulated device: learned latency and none",
     ),
     "acks": (
-        "tools.bench.acks_suite",
+        "cyncsim.tools.bench.acks_suite",
         "answer timing per exchange against the learned distributions; timer fidelity",
     ),
     "chaos": (
-        "tools.bench.chaos_suite",
+        "cyncsim.tools.bench.chaos_suite",
         "the spec's chaos matrix: latency, success and retransmits per fault row",
     ),
     "group": (
-        "tools.bench.group_suite",
+        "cyncsim.tools.bench.group_suite",
         "one command to 10 devices at once (asyncio.gather): rounds, retries, lock time",
     ),
     "overhead": (
-        "tools.bench.overhead_suite",
+        "cyncsim.tools.bench.overhead_suite",
         "a simulated round trip against blocking and BufferedProtocol echo servers",
     ),
     "fleet": (
-        "tools.bench.fleet_suite",
+        "cyncsim.tools.bench.fleet_suite",
         "memory, CPU and heartbeat timing of 1,000-10,000 dial-mode devices; workers",
     ),
 }

@@ -25,22 +25,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.engine import ModelView
-from replay.model import Distribution
-from replay.payloads import StatusReport, build_hello, build_report, build_simple
-from replay.protocol import FramedPacket, FrameKind, InnerFrame, PacketType
-from simulator._device_conn import EngineConnection, default_model
-from simulator.cloud import CyncCloudSimulator
-from simulator.device import CyncDeviceSimulator
-from tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from tools.bench.latency import (
+from cyncsim.replay.engine import ModelView
+from cyncsim.replay.model import Distribution
+from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
+from cyncsim.replay.protocol import FramedPacket, FrameKind, InnerFrame, PacketType
+from cyncsim.simulator._device_conn import EngineConnection, default_model
+from cyncsim.simulator.cloud import CyncCloudSimulator
+from cyncsim.simulator.device import CyncDeviceSimulator
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
+from cyncsim.tools.bench.latency import (
     ks_median,
     ks_statistic,
     learned_summary,
     percentile,
     summary_ms,
 )
-from tools.bench.simkit import (
+from cyncsim.tools.bench.simkit import (
     Probe,
     TimerAudit,
     acks,

@@ -20,10 +20,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from replay.model import Distribution
-from tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from tools.bench.latency import learned_summary
-from tools.bench.simkit import CpuMeter, Lane, command_summary, open_lane, run_commands
+from cyncsim.replay.model import Distribution
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
+from cyncsim.tools.bench.latency import learned_summary
+from cyncsim.tools.bench.simkit import CpuMeter, Lane, command_summary, open_lane, run_commands
 
 __all__ = ["FULL", "QUICK", "TARGET_P99_MS", "TARGET_SUCCESS", "Size", "run"]
 

@@ -22,12 +22,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.model import Distribution
-from simulator._device_conn import default_model
-from simulator.chaos import ChaosConfig, PacketFaults
-from tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from tools.bench.latency import cloud_variant_model, learned_summary, percentile
-from tools.bench.simkit import (
+from cyncsim.replay.model import Distribution
+from cyncsim.simulator._device_conn import default_model
+from cyncsim.simulator.chaos import ChaosConfig, PacketFaults
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
+from cyncsim.tools.bench.latency import cloud_variant_model, learned_summary, percentile
+from cyncsim.tools.bench.simkit import (
     CpuMeter,
     GcMeter,
     Lane,
@@ -161,7 +161,7 @@ def _model() -> Any:
 
 def sampled_ack() -> Distribution:
     """The 0x7B delay a device of the chaos model samples for a toggle."""
-    from replay.engine import ModelView
+    from cyncsim.replay.engine import ModelView
 
     return ModelView.get(_model(), "device").split("0x73:f8:d0").acks[0].delay
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from replay.errors import CyncError
-from tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from tools.bench.latency import percentile
-from tools.bench.simkit import (
+from cyncsim.replay.errors import CyncError
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
+from cyncsim.tools.bench.latency import percentile
+from cyncsim.tools.bench.simkit import (
     GcMeter,
     lateness_monitor,
     process_cpu_seconds,
@@ -79,9 +79,9 @@ def controller_main(ctl: Connection, time_scale: float, seed: int) -> None:
 
 
 async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
-    from simulator._device_conn import EngineConnection
-    from simulator.cloud import CyncCloudSimulator
-    from simulator.fleet import raise_fd_limit
+    from cyncsim.simulator._device_conn import EngineConnection
+    from cyncsim.simulator.cloud import CyncCloudSimulator
+    from cyncsim.simulator.fleet import raise_fd_limit
 
     raise_fd_limit(30_000)
     # The measuring controller must not stall on its own garbage collections (a full one
@@ -248,8 +248,8 @@ async def _fleet_row(
     warmup: float,
     window: float,
 ) -> dict[str, Any]:
-    from simulator._device_conn import default_model
-    from simulator.fleet import CyncFleet, FleetWorkers
+    from cyncsim.simulator._device_conn import default_model
+    from cyncsim.simulator.fleet import CyncFleet, FleetWorkers
 
     default_model()  # loaded before the baseline, as every worker loads it too
     gc.collect()
@@ -335,8 +335,8 @@ def _run_row(n: int, workers: int, time_scale: float, size: Size, port: int) -> 
 
 def _expected_idle(time_scale: float) -> tuple[float, bool]:
     """The heartbeat idle time a fleet device waits (s, scaled) and whether it is one value."""
-    from replay.engine import ModelView
-    from simulator._device_conn import default_model
+    from cyncsim.replay.engine import ModelView
+    from cyncsim.simulator._device_conn import default_model
 
     dist = ModelView.get(default_model(), "device").heartbeat
     if dist is None or not dist.values:

@@ -18,10 +18,10 @@ import gc
 from dataclasses import dataclass
 from typing import Any
 
-from replay.model import Distribution
-from tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from tools.bench.latency import summary_ms
-from tools.bench.simkit import NODE, Lane, LockMeter, command_summary, open_lane
+from cyncsim.replay.model import Distribution
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
+from cyncsim.tools.bench.latency import summary_ms
+from cyncsim.tools.bench.simkit import NODE, Lane, LockMeter, command_summary, open_lane
 
 __all__ = ["DEVICES", "FULL", "QUICK", "Size", "run"]
 

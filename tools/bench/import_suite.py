@@ -18,11 +18,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from replay.capture import accounting_errors, detect_format, read_capture
-from replay.capture.model import CaptureResult
-from replay.capture.pcapwrite import generate_benchmark_pcap
-from replay.errors import CyncError
-from tools.bench.common import (
+from cyncsim.replay.capture import accounting_errors, detect_format, read_capture
+from cyncsim.replay.capture.model import CaptureResult
+from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
+from cyncsim.replay.errors import CyncError
+from cyncsim.tools.bench.common import (
     BenchOptions,
     Case,
     Check,

@@ -15,8 +15,8 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 
-from replay.model import DeviceModel, Distribution
-from replay.model.dist import sorted_quantile
+from cyncsim.replay.model import DeviceModel, Distribution
+from cyncsim.replay.model.dist import sorted_quantile
 
 __all__ = [
     "cdf_interp",

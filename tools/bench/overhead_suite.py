@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from replay.errors import CyncError
-from replay.framer import PacketFramer
-from replay.protocol import PacketType
-from tools.bench.common import (
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.protocol import PacketType
+from cyncsim.tools.bench.common import (
     BenchOptions,
     Check,
     Column,
@@ -45,8 +45,8 @@ from tools.bench.common import (
     measure,
     profile_by_file,
 )
-from tools.bench.latency import percentile
-from tools.bench.simkit import CpuMeter, command_packet, process_cpu_seconds
+from cyncsim.tools.bench.latency import percentile
+from cyncsim.tools.bench.simkit import CpuMeter, command_packet, process_cpu_seconds
 
 __all__ = ["FULL", "QUICK", "SERVERS", "Size", "run", "serve_main"]
 
@@ -137,7 +137,7 @@ def _serve_floor(ctl: Connection, request: int, answer: bytes) -> None:
 
 
 async def _serve_async(kind: str, ctl: Connection, count: int, request: int, answer: bytes) -> None:
-    from simulator.device import CyncDeviceSimulator
+    from cyncsim.simulator.device import CyncDeviceSimulator
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -417,8 +417,8 @@ def _measure_round(
 def _engine(calls: int) -> Callable[[], int]:
     """A DeviceEngine at time_scale 0 (as the simulator server's) and a function that feeds
     it ``calls`` toggles, in-process, no sockets: the engine's own share of a round trip."""
-    from replay.engine import DeviceEngine
-    from simulator._device_conn import default_model
+    from cyncsim.replay.engine import DeviceEngine
+    from cyncsim.simulator._device_conn import default_model
 
     engine = DeviceEngine(
         default_model(), device_id(0), b"1e07d0000000abcd", mesh_node=1, seed=1, time_scale=0

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tools.bench import SUITES, load_suite
-from tools.bench.common import Column, cell
+from cyncsim.tools.bench import SUITES, load_suite
+from cyncsim.tools.bench.common import Column, cell
 
 __all__ = ["DEFAULT_COMMAND", "main", "markdown_table", "render_block", "update_document"]
 
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "suites" not in bench:
         print(f"{args.json}: not the JSON of `cyncsim bench all`", file=sys.stderr)
         return 2
-    from tools.bench.plots import plot_all
+    from cyncsim.tools.bench.plots import plot_all
 
     images = plot_all(bench, args.img)
     blocks = {"summary": render_summary(bench, args.command)}

@@ -24,16 +24,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from replay.engine import Engine, Send
-from replay.errors import CyncError
-from replay.framer import PacketFramer
-from replay.model import DeviceModel
-from replay.payloads import LightStateCommand, PowerCommand, build_command
-from replay.protocol import CyncPacket, PacketType
-from simulator.chaos import ChaosConfig
-from simulator.device import CyncDeviceSimulator
-from simulator.transport import ReliableTransport, Result
-from tools.bench.latency import rate, summary_ms
+from cyncsim.replay.engine import Engine, Send
+from cyncsim.replay.errors import CyncError
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_command
+from cyncsim.replay.protocol import CyncPacket, PacketType
+from cyncsim.simulator.chaos import ChaosConfig
+from cyncsim.simulator.device import CyncDeviceSimulator
+from cyncsim.simulator.transport import ReliableTransport, Result
+from cyncsim.tools.bench.latency import rate, summary_ms
 
 __all__ = [
     "CpuMeter",
