@@ -8,7 +8,6 @@
 # deselected unless asked for with ``-m`` or ``--cync-nightly``.
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,22 +18,25 @@ import pytest_asyncio
 
 if TYPE_CHECKING:
     from cyncsim.replay.model import DeviceModel
+    from cyncsim.replay.seeds import SeedTree
     from cyncsim.simulator.chaos import ChaosConfig
     from cyncsim.simulator.device import CyncDeviceSimulator
     from cyncsim.simulator.transport import ReliableTransport
 
-__all__ = ["derive_seed"]
+__all__: list[str] = []
+
+
+def _seeds(root: int) -> SeedTree:
+    """The session's SeedTree (imported on use: see the module comment)."""
+    from cyncsim.replay.seeds import SeedTree
+
+    return SeedTree(root)
+
 
 NIGHTLY_MARKERS = ("chaos_probabilistic", "soak")
 _SEED_KEY = pytest.StashKey[int]()
 
 FleetFactory = Callable[..., Awaitable[list["CyncDeviceSimulator"]]]
-
-
-def derive_seed(root: int, name: str) -> int:
-    """A 63-bit seed for ``name`` from the session's root seed (stable across processes)."""
-    digest = hashlib.blake2b(f"{root}/{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -131,7 +133,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.sections.append(
             (
                 "cyncsim",
-                f"seed {seed}; this test's seed {derive_seed(seed, item.nodeid)};"
+                f"seed {seed}; this test's seed {_seeds(seed).seed(item.nodeid)};"
                 f" reproduce with --cync-seed={seed}",
             )
         )
@@ -158,7 +160,7 @@ def cync_seed(request: pytest.FixtureRequest) -> int:
 @pytest.fixture
 def cync_test_seed(request: pytest.FixtureRequest, cync_seed: int) -> int:
     """This test's seed, derived from the root seed and the test's node id."""
-    return derive_seed(cync_seed, request.node.nodeid)
+    return _seeds(cync_seed).seed(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +203,7 @@ def cync_chaos() -> Callable[..., ChaosConfig]:
 
 
 def _device_id(seed: int, index: int) -> bytes:
-    return random.Random(derive_seed(seed, f"device/{index}")).randbytes(4)
+    return random.Random(_seeds(seed).seed(f"device/{index}")).randbytes(4)
 
 
 @pytest_asyncio.fixture
@@ -228,7 +230,7 @@ async def cync_fleet(
             dev = CyncDeviceSimulator(
                 ids[i] if ids else _device_id(cync_test_seed, index),
                 model=model,
-                seed=derive_seed(cync_test_seed, f"sim/{index}"),
+                seed=_seeds(cync_test_seed).seed(f"sim/{index}"),
                 **kwargs,
             )
             await dev.start()
@@ -256,7 +258,7 @@ async def cync_transport(
     from cyncsim.simulator.transport import ReliableTransport
 
     transport = ReliableTransport(
-        "127.0.0.1", cync_device.port, seed=derive_seed(cync_test_seed, "transport")
+        "127.0.0.1", cync_device.port, seed=_seeds(cync_test_seed).seed("transport")
     )
     await transport.connect()
     await transport.handshake()

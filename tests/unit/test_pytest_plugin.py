@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from cyncsim.simulator.pytest_plugin import derive_seed
+from cyncsim.replay.seeds import SeedTree
 
 PROBABILISTIC = """
 import pytest
@@ -72,8 +72,8 @@ def test_seed_in_header_and_failure_report(pytester: pytest.Pytester) -> None:
     m = re.search(r"SEEDS 4242 (\d+)", out)
     assert m is not None
     test_seed = int(m.group(1))
-    assert test_seed == derive_seed(
-        4242, "test_seed_in_header_and_failure_report.py::test_uses_seed"
+    assert test_seed == SeedTree(4242).seed(
+        "test_seed_in_header_and_failure_report.py::test_uses_seed"
     )
     assert f"this test's seed {test_seed}; reproduce with --cync-seed=4242" in out
 
@@ -144,6 +144,6 @@ def test_model_fixture_default_and_override(
 
 
 def test_derive_seed_is_stable_and_spread() -> None:
-    assert derive_seed(1, "a") == derive_seed(1, "a")
-    assert derive_seed(1, "a") != derive_seed(1, "b") != derive_seed(2, "a")
-    assert 0 <= derive_seed(123, "x") < 1 << 63
+    assert SeedTree(1).seed("a") == SeedTree(1).seed("a")
+    assert SeedTree(1).seed("a") != SeedTree(1).seed("b") != SeedTree(2).seed("a")
+    assert 0 <= SeedTree(123).seed("x") < 1 << 63
