@@ -17,6 +17,7 @@ from typing import ClassVar
 from cyncsim.replay.errors import PacketDecodeError
 
 __all__ = [
+    "EXCHANGE_KEY",
     "FRAME_MARKER",
     "HEADER",
     "HEADER_LEN",
@@ -30,6 +31,7 @@ __all__ = [
     "InnerFrame",
     "PacketType",
     "decode_packet",
+    "exchange_key",
     "frame_checksum",
     "packet_name",
 ]
@@ -71,6 +73,16 @@ FRAME_HEAD = struct.Struct("<B4sBBH")  # marker, sequence, kind, opcode, data le
 FRAME_MARKER = 0x7E
 FIRMWARE_MARKER = 0x00  # 0x83 firmware reports carry 0x00 where the first 0x7E would be
 # 0x73/0x83 body: the ID prefix then the frame head, in one unpack (4s/3s have no byte order).
+# The exchange key (PROTOCOL.md section 8): device id + message id, right after the header.
+# An ack echoes it, so it pairs a 0x73/0x83/0xA3 with its 0x7B/0x88/0xAB.
+EXCHANGE_KEY = slice(HEADER_LEN, HEADER_LEN + ID_PREFIX.size)
+
+
+def exchange_key(data: bytes | bytearray | memoryview) -> bytes:
+    """The exchange key of an encoded packet (bytes 5-11; shorter when the packet is)."""
+    return bytes(data[EXCHANGE_KEY])
+
+
 _FRAMED_HEAD = struct.Struct("<" + ID_PREFIX.format[1:] + FRAME_HEAD.format[1:])
 _FRAME_OVERHEAD = FRAME_HEAD.size + 2  # head + checksum + end marker
 _FRAMED_MIN = ID_PREFIX.size + _FRAME_OVERHEAD  # smallest 0x73/0x83 body with a whole frame
