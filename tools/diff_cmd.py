@@ -27,6 +27,7 @@ from cyncsim.replay.conformance import (
 )
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._capture_args import add_capture_options, cloud_ports
+from cyncsim.tools._extras import require
 from cyncsim.tools._output import check_writable
 from cyncsim.tools.progress import progress_callback
 
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     ports = cloud_ports(args)
     if args.html:
         check_writable(args.html, f"--html {args.html}")
+        require("matplotlib", "diff --html (its plots)")
     if args.max_findings < 0:
         raise CyncError(f"--max-findings {args.max_findings} is negative", reason="usage")
     ref = load_reference([args.reference, *args.reference_also], cloud_ports=ports)
