@@ -10,7 +10,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cyncsim.simulator.chaos import ChaosConfig, ChaosPolicy, SeedTree
     from cyncsim.simulator.cloud import CloudLink, CyncCloudSimulator
     from cyncsim.simulator.device import (
         DEFAULT_FIRMWARE,
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
     from cyncsim.simulator.transport import ReliableTransport, Result
 
 _WHERE = {
-    "ChaosConfig": "cyncsim.simulator.chaos",
-    "ChaosPolicy": "cyncsim.simulator.chaos",
-    "SeedTree": "cyncsim.simulator.chaos",
     "CloudLink": "cyncsim.simulator.cloud",
     "CyncCloudSimulator": "cyncsim.simulator.cloud",
     "DEFAULT_FIRMWARE": "cyncsim.simulator.device",
@@ -43,8 +39,6 @@ _WHERE = {
 
 __all__ = [
     "DEFAULT_FIRMWARE",
-    "ChaosConfig",
-    "ChaosPolicy",
     "CloudLink",
     "CyncCloudSimulator",
     "CyncDeviceSimulator",
@@ -53,7 +47,6 @@ __all__ = [
     "Recorder",
     "ReliableTransport",
     "Result",
-    "SeedTree",
     "default_port",
     "device_ssl_context",
     "find_free_port",

@@ -25,18 +25,12 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
+from cyncsim.replay.chaos import ChaosConfig, ChaosPolicy, Direction, FaultEvent
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
-from cyncsim.simulator.chaos import (
-    ChaosConfig,
-    ChaosPolicy,
-    ChaosWriter,
-    Direction,
-    FaultEvent,
-    SeedTree,
-    abort_connection,
-)
+from cyncsim.replay.seeds import SeedTree
+from cyncsim.simulator.chaos import ChaosWriter, abort_connection
 from cyncsim.simulator.ports import PortError, check_loopback, default_port
 from cyncsim.simulator.record import ConnectionRecord, Recorder
 

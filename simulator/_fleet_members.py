@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.seeds import SeedTree
 from cyncsim.simulator._device_conn import check_loopback, default_model
-from cyncsim.simulator.chaos import SeedTree
 
 __all__ = [
     "AUTH_PREFIX",

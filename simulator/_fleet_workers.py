@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.simulator._device_conn import check_loopback, default_model
@@ -35,7 +36,6 @@ from cyncsim.simulator._fleet_members import (
     Identities,
     generate_members,
 )
-from cyncsim.simulator.chaos import ChaosConfig
 
 __all__ = ["FleetWorkers", "worker_record_path"]
 

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
+from cyncsim.replay.chaos import ChaosConfig, Direction
 from cyncsim.replay.engine import CloudEngine, ModelView, Relay, Send
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import Command
 from cyncsim.replay.protocol import CyncPacket, decode_packet
+from cyncsim.replay.seeds import SeedTree
 from cyncsim.simulator._device_conn import EngineConnection, SimulatorBase, default_model
-from cyncsim.simulator.chaos import ChaosConfig, Direction, SeedTree
 from cyncsim.simulator.record import Recorder
 
 __all__ = ["CloudLink", "CyncCloudSimulator"]

@@ -29,16 +29,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from cyncsim.replay.chaos import ChaosConfig, Direction
 from cyncsim.replay.engine import DeviceEngine, DeviceState, Relay, Send
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceIdentity, DeviceModel
+from cyncsim.replay.seeds import SeedTree
 from cyncsim.simulator._device_conn import (
     EngineConnection,
     SimulatorBase,
     check_loopback,
     default_model,
 )
-from cyncsim.simulator.chaos import ChaosConfig, Direction, SeedTree
 from cyncsim.simulator.record import Recorder
 
 __all__ = ["DEFAULT_FIRMWARE", "CyncDeviceSimulator", "DeviceState", "device_ssl_context"]

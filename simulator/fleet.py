@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Self
 
 from cyncsim.replay.capture.model import Sender
+from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.engine import DeviceState, Relay
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
@@ -38,7 +39,6 @@ from cyncsim.simulator._fleet_members import (
     loopback_address,
 )
 from cyncsim.simulator._fleet_workers import FleetWorkers, worker_record_path
-from cyncsim.simulator.chaos import ChaosConfig
 from cyncsim.simulator.device import CyncDeviceSimulator, device_ssl_context
 from cyncsim.simulator.ports import default_port
 from cyncsim.simulator.record import ConnectionRecord, Recorder

@@ -17,9 +17,9 @@ import pytest
 import pytest_asyncio
 
 if TYPE_CHECKING:
+    from cyncsim.replay.chaos import ChaosConfig
     from cyncsim.replay.model import DeviceModel
     from cyncsim.replay.seeds import SeedTree
-    from cyncsim.simulator.chaos import ChaosConfig
     from cyncsim.simulator.device import CyncDeviceSimulator
     from cyncsim.simulator.transport import ReliableTransport
 
@@ -194,7 +194,7 @@ def cync_model(request: pytest.FixtureRequest) -> DeviceModel:
 @pytest.fixture
 def cync_chaos() -> Callable[..., ChaosConfig]:
     """Factory: ``cync_chaos(packet_loss_rate=0.2, ...)`` -> a validated ChaosConfig."""
-    from cyncsim.simulator.chaos import ChaosConfig
+    from cyncsim.replay.chaos import ChaosConfig
 
     def make(**fields: Any) -> ChaosConfig:
         return ChaosConfig.from_dict(fields)

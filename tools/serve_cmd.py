@@ -22,10 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.simulator._device_conn import check_loopback
-from cyncsim.simulator.chaos import ChaosConfig
 from cyncsim.simulator.fleet import (
     MESH_NODES,
     CyncFleet,

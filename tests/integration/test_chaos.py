@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cyncsim.simulator.chaos import ChaosConfig, PacketFaults
+from cyncsim.replay.chaos import ChaosConfig, PacketFaults
 from cyncsim.simulator.device import CyncDeviceSimulator
 from cyncsim.simulator.transport import ReliableTransport
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cyncsim.replay.payloads import LightStateCommand, build_command
-from cyncsim.simulator.chaos import (
+from cyncsim.replay.chaos import (
     ChaosConfig,
     Direction,
     PacketFaults,
@@ -17,6 +16,7 @@ from cyncsim.simulator.chaos import (
     SlicingSpec,
     StallSpec,
 )
+from cyncsim.replay.payloads import LightStateCommand, build_command
 from cyncsim.simulator.device import CyncDeviceSimulator
 from tests.fakes import assert_no_other_tasks
 from tests.integration.test_device import RawController, socket_fds

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cyncsim.replay.capture import read_capture
+from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.engine import ModelView
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.payloads import PowerCommand, decode_status_report
 from cyncsim.replay.protocol import decode_packet
 from cyncsim.simulator._device_conn import default_model
-from cyncsim.simulator.chaos import ChaosConfig
 from cyncsim.simulator.cloud import CyncCloudSimulator
 from cyncsim.simulator.fleet import (
     CyncFleet,

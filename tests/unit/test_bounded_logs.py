@@ -1,9 +1,8 @@
 # Long runs stay bounded: the chaos fault log and the cloud simulator's packet history.
 from __future__ import annotations
 
+from cyncsim.replay.chaos import ChaosConfig, ChaosPolicy
 from cyncsim.replay.protocol import decode_packet
-from cyncsim.simulator._chaos_policy import ChaosPolicy
-from cyncsim.simulator.chaos import ChaosConfig
 from cyncsim.simulator.cloud import _keep
 
 

@@ -1,5 +1,5 @@
-# Tests of simulator.chaos: config validation and files, seeds, each fault of the pure
-# policy, and ChaosWriter on a fake sink and over a real loopback connection.
+# Tests of chaos: config validation and files (replay.chaos), each fault of the pure policy,
+# and ChaosWriter on a fake sink and over a real loopback connection.
 #
 # Statistical checks use fixed seeds, so they are deterministic; their bounds are still the
 # binomial (or normal) ones a correct implementation meets, so a wrong rate fails them.
@@ -8,14 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
-import os
 import statistics
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,24 +19,22 @@ from typing import Any
 import pytest
 from scipy.stats import binom
 
-from cyncsim.replay.errors import ChaosConfigError
-from cyncsim.replay.framer import PacketFramer
-from cyncsim.replay.protocol import IdPacket, PacketType
-from cyncsim.simulator.chaos import (
+from cyncsim.replay.chaos import (
     BurstLoss,
     ChaosConfig,
     ChaosPolicy,
-    ChaosWriter,
     Direction,
     Emission,
     PacketFaults,
     PartitionSpec,
     ResetSpec,
-    SeedTree,
     SlicingSpec,
     StallSpec,
-    wait_stall,
 )
+from cyncsim.replay.errors import ChaosConfigError
+from cyncsim.replay.framer import PacketFramer
+from cyncsim.replay.protocol import IdPacket, PacketType
+from cyncsim.simulator.chaos import ChaosWriter, wait_stall
 from tests.fakes import assert_no_other_tasks
 
 TO, FROM = Direction.TO_DEVICE, Direction.FROM_DEVICE
@@ -258,49 +252,6 @@ def test_bad_files_are_named(tmp_path: Path, name: str, text: str, message: str)
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ChaosConfigError, match=r"nope\.toml: cannot read chaos config"):
         ChaosConfig.load(tmp_path / "nope.toml")
-
-
-# --- seeds ------------------------------------------------------------------------------------
-
-
-def test_seed_tree_streams_are_deterministic_and_independent() -> None:
-    a, b = SeedTree(7), SeedTree(7)
-    assert [a.stream("x").random() for _ in range(3)] == [b.stream("x").random() for _ in range(3)]
-    draws = {(root, name): SeedTree(root).stream(name).random() for root in (7, 8) for name in "xy"}
-    assert len(set(draws.values())) == 4
-    expected = hashlib.blake2b(b"7\x00x", digest_size=16, person=b"cyncsim.chaos").digest()
-    assert a.derive("x") == int.from_bytes(expected, "big")
-    assert 0.0 <= a.uniform("x") < 1.0 and a.uniform("x") == b.uniform("x") != a.uniform("y")
-
-
-def test_seed_tree_does_not_depend_on_python_hash_seed() -> None:
-    code = (
-        "from cyncsim.simulator.chaos import SeedTree; print(SeedTree(3).stream('dev/x').random())"
-    )
-    outs = {
-        subprocess.run(
-            [sys.executable, "-c", code],
-            env={**os.environ, "PYTHONHASHSEED": seed},
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parents[2],
-        ).stdout
-        for seed in ("1", "2")
-    }
-    assert outs == {f"{SeedTree(3).stream('dev/x').random()}\n"}
-
-
-def test_random_root_is_logged_and_reproduces(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="cyncsim.chaos"):
-        tree = SeedTree()
-    logged = [
-        r for r in caplog.records if r.name == "cyncsim.chaos" and str(tree.root) in r.message
-    ]
-    assert logged
-    assert SeedTree(tree.root).stream("a").random() == tree.stream("a").random()
-    with pytest.raises(ChaosConfigError, match="seed='1' must be an integer"):
-        SeedTree("1")  # type: ignore[arg-type]
 
 
 # --- per-packet faults ------------------------------------------------------------------------
@@ -537,7 +488,7 @@ def test_partition_by_api_and_healing_an_open_window() -> None:
 # --- reproducibility ----------------------------------------------------------------------------
 
 
-def _run_all(cfg: ChaosConfig, seed: int) -> tuple[ChaosPolicy, list[list[Emission]]]:
+def _run_all(cfg: ChaosConfig, seed: int | None) -> tuple[ChaosPolicy, list[list[Emission]]]:
     policy = ChaosPolicy(cfg, seed, name="device/64 57 e7 f2")
     out = []
     for i in range(1, 3001):
@@ -565,6 +516,15 @@ def test_same_seed_same_log_other_seed_other_log() -> None:
         "stall",
         "reset",
     }
+
+
+def test_policy_without_seed_logs_its_drawn_root(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="cyncsim.seeds"):
+        a, out_a = _run_all(FULL, None)
+    root = a.seeds.root
+    assert any(str(root) in r.message and "chaos policy" in r.message for r in caplog.records)
+    b, out_b = _run_all(FULL, root)
+    assert a.log == b.log and out_a == out_b
 
 
 def test_streams_are_per_fault() -> None:

@@ -22,9 +22,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from cyncsim.replay.chaos import ChaosConfig, PacketFaults
 from cyncsim.replay.model import Distribution
 from cyncsim.simulator._device_conn import default_model
-from cyncsim.simulator.chaos import ChaosConfig, PacketFaults
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
 from cyncsim.tools.bench.latency import cloud_variant_model, learned_summary, percentile
 from cyncsim.tools.bench.simkit import (

@@ -24,13 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.engine import Engine, Send
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_command
 from cyncsim.replay.protocol import CyncPacket, PacketType
-from cyncsim.simulator.chaos import ChaosConfig
 from cyncsim.simulator.device import CyncDeviceSimulator
 from cyncsim.simulator.transport import ReliableTransport, Result
 from cyncsim.tools.bench.latency import rate, summary_ms

@@ -1,77 +1,28 @@
-# Chaos, the pure core: seeds and the per-packet decisions (the declared config fields,
-# Direction and ConfigSpec are in simulator/_chaos_fields.py).
+# Chaos, the pure decisions: ChaosPolicy turns whole packets into what to emit, and when.
 #
-# Strategy: a SeedTree turns one root seed into independent named random streams (blake2b of
-# root + name, never hash()).  A ChaosPolicy takes whole packets with their direction and the
-# caller's clock value and returns what to emit as data (Emission), logging every decision.
-# Nothing here awaits, touches a socket or reads a clock.  Import the public names from
-# simulator.chaos, not from here.
+# Strategy: randomness comes from a cyncsim.replay.seeds.SeedTree (one root seed split into
+# named streams).  A ChaosPolicy takes whole packets with their direction and the caller's
+# clock value and returns what to emit as data (Emission), logging every decision
+# (FaultEvent).  Nothing here awaits, touches a socket or reads a clock; the asyncio side
+# (ChaosWriter, abort_connection, wait_stall) is cyncsim.simulator.chaos.
 #
 # Stream discipline: every fault has its own stream per direction, and every stream is
 # consumed the same way for every packet whatever the other faults decide, so changing one
 # fault's setting never changes another fault's decisions.
 from __future__ import annotations
 
-import hashlib
 import itertools
-import logging
 import math
 import random
-import secrets
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cyncsim.replay.errors import ChaosConfigError
-from cyncsim.simulator._chaos_fields import Direction
+from cyncsim.replay.chaos._fields import Direction
+from cyncsim.replay.chaos.config import ChaosConfig, PacketFaults
+from cyncsim.replay.seeds import SeedTree, root_seed
 
-if TYPE_CHECKING:
-    from cyncsim.simulator.chaos import ChaosConfig, PacketFaults
-
-__all__ = ["ChaosPolicy", "Emission", "FaultEvent", "SeedTree"]
-
-logger = logging.getLogger("cyncsim.chaos")
-
-
-# --- seeds ----------------------------------------------------------------------------------
-
-
-class SeedTree:
-    """One root seed split into independent named streams.
-
-    ``stream(name)`` is a fresh random.Random seeded from blake2b(root, name), so the same
-    root and name always give the same sequence, on any machine and Python version, and
-    different names are independent.  With ``root=None`` a random root is drawn and logged
-    (logger "cyncsim.chaos", INFO) so the run can be reproduced.
-    """
-
-    def __init__(self, root: int | None = None) -> None:
-        if root is None:
-            root = secrets.randbits(63)
-            logger.info("no chaos seed given: drew root seed %d (pass it to reproduce)", root)
-        elif isinstance(root, bool) or not isinstance(root, int):
-            raise ChaosConfigError(f"seed={root!r} must be an integer")
-        self.root: int = root
-
-    def __repr__(self) -> str:
-        return f"SeedTree({self.root})"
-
-    def derive(self, name: str) -> int:
-        """The 128-bit integer derived from root + name."""
-        digest = hashlib.blake2b(
-            f"{self.root}\x00{name}".encode(), digest_size=16, person=b"cyncsim.chaos"
-        ).digest()
-        return int.from_bytes(digest, "big")
-
-    def stream(self, name: str) -> random.Random:
-        return random.Random(self.derive(name))
-
-    def uniform(self, name: str) -> float:
-        """One keyed draw in [0, 1) for ``name``, independent of any call order."""
-        return (self.derive(name) >> 75) / float(1 << 53)
-
-
-# --- decisions ------------------------------------------------------------------------------
+__all__ = ["ChaosPolicy", "Emission", "FaultEvent"]
 
 
 @dataclass(frozen=True)
@@ -133,7 +84,7 @@ class ChaosPolicy:
     policy's life (make one policy per connection if numbering should restart).
 
     Use by the I/O layer: hand every outgoing packet to ``on_packet(FROM_DEVICE, ...)`` (or
-    use simulator.chaos.ChaosWriter) and every whole incoming packet to
+    use cyncsim.simulator.chaos.ChaosWriter) and every whole incoming packet to
     ``on_packet(TO_DEVICE, ...)`` before processing the emissions' bytes at their times;
     before each read honour ``stall_until``; after each packet ask ``should_reset``; refuse
     connections when ``accepts_connection`` is false.
@@ -148,7 +99,7 @@ class ChaosPolicy:
         t0: float = 0.0,
     ) -> None:
         self.config = config
-        self.seeds = seed if isinstance(seed, SeedTree) else SeedTree(seed)
+        self.seeds = root_seed(seed, what=f"chaos policy {name!r}")
         self.name = name
         self.t0 = t0
         self.log: list[FaultEvent] = []

@@ -1,11 +1,11 @@
 # Chaos config fields: Direction, the declared field rules and the ConfigSpec base class.
 #
-# Strategy: the config classes (in simulator/chaos.py) declare each field's rule once, as
+# Strategy: the config classes (in replay/chaos/config.py) declare each field's rule once, as
 # dataclass field metadata made by the ``*_field`` helpers here; ConfigSpec checks every field
 # with one table of checkers (by the metadata's "kind") and ``build_spec`` builds a config
 # from plain data (TOML/JSON), rejecting unknown keys; every error is a ChaosConfigError that
 # names the source, the key path, the value and the allowed range.  Pure: no I/O.
-# Private module: import the public names from cyncsim.simulator.chaos.
+# Private module: import the public names from cyncsim.replay.chaos.
 from __future__ import annotations
 
 import math
