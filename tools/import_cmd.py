@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from cyncsim.replay.capture import load_bytes, read_capture
 from cyncsim.replay.capture.model import CaptureResult
+from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel, learn_model
 from cyncsim.tools._capture_args import add_capture_options, cloud_ports
 from cyncsim.tools.progress import progress_callback
@@ -33,11 +34,18 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     result = CaptureResult()
     raw: dict[str, bytes] = {}
     for path in args.captures:
-        raw[path] = load_bytes(path)
         with progress_callback(
             f"reading {Path(path).name}", enabled=False if args.no_progress else None
         ) as cb:
             result.extend(read_capture(path, cloud_ports=ports, progress=cb))
+        raw[path] = load_bytes(path)
+    if not any(flow.packets for flow in result.flows):
+        # An empty model would be written and look like a success: refuse, write nothing.
+        raise CyncError(
+            f"nothing to learn: {', '.join(args.captures)} hold no Cync packets"
+            + (f" ({_finding_summary(result)})" if result.findings else ""),
+            reason="no_packets",
+        )
     model = learn_model(result, raw)
     if args.output:
         model.save(args.output)
@@ -45,6 +53,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.output and not args.json:
         out.write(f"model written to {args.output}\n")
     return 0
+
+
+def _finding_summary(result: CaptureResult) -> str:
+    counts: dict[str, int] = {}
+    for f in result.findings:
+        counts[f.reason] = counts.get(f.reason, 0) + 1
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
 
 
 def show_model_file(path: str, out: TextIO, *, as_json: bool) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from cyncsim.replay.capture import (
+    HEAD_BYTES,
     CaptureResult,
     detect_format,
     load_bytes,
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     models = []
     combined = CaptureResult()
     for path in args.captures:
-        if detect_format(load_bytes(path)[:256]) == "model":
+        if detect_format(load_bytes(path, HEAD_BYTES)) == "model":
             models.append(path)
             continue
         with progress_callback(

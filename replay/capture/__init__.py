@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from cyncsim.replay.capture.model import (
     CLOUD,
@@ -25,6 +26,7 @@ __all__ = [
     "CLOUD",
     "DEFAULT_CLOUD_PORTS",
     "DEVICE",
+    "HEAD_BYTES",
     "CaptureResult",
     "Finding",
     "Flow",
@@ -50,6 +52,7 @@ _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _MSGPACK_HINT = b"cyncsim-model"
 
 Progress = Callable[[int, int], None]
+HEAD_BYTES = 256  # enough to tell every format apart
 
 
 def detect_format(head: bytes) -> str:
@@ -65,17 +68,22 @@ def detect_format(head: bytes) -> str:
     return "unknown"
 
 
-def load_bytes(path: str | Path) -> bytes:
-    """Read a whole file, turning OS errors into one clear CaptureError."""
+def load_bytes(path: str | Path, limit: int = -1) -> bytes:
+    """Read a whole file (or its first ``limit`` bytes), OS errors as one clear CaptureError."""
     p = str(path)
     try:
-        return Path(p).read_bytes()
-    except FileNotFoundError:
-        raise CaptureError(p, "no such file", reason="not_found") from None
-    except IsADirectoryError:
-        raise CaptureError(p, "is a directory, not a capture file", reason="unreadable") from None
+        with Path(p).open("rb") as fh:
+            return fh.read(limit)
     except OSError as exc:
-        raise CaptureError(p, f"cannot read: {exc.strerror}", reason="unreadable") from None
+        raise _os_error(p, exc) from None
+
+
+def _os_error(p: str, exc: OSError) -> CaptureError:
+    if isinstance(exc, FileNotFoundError):
+        return CaptureError(p, "no such file", reason="not_found")
+    if isinstance(exc, IsADirectoryError):
+        return CaptureError(p, "is a directory, not a capture file", reason="unreadable")
+    return CaptureError(p, f"cannot read: {exc.strerror or exc}", reason="unreadable")
 
 
 def read_capture(
@@ -86,21 +94,39 @@ def read_capture(
 ) -> CaptureResult:
     """Read one capture file of any supported format."""
     p = str(path)
-    data = load_bytes(p)
-    fmt = detect_format(data[:256])
+    # The format is told from the first bytes, before the rest is read: a large file that is
+    # not a capture is refused without reading it whole.
+    fmt, data = _read_known(p)
     if fmt == "text":
         return read_text(p, data, progress=progress)
-    if fmt in ("pcap", "pcapng"):
-        from cyncsim.replay.capture.pcap import read_pcap
+    from cyncsim.replay.capture.pcap import read_pcap
 
-        return read_pcap(p, data, cloud_ports=cloud_ports, progress=progress)
-    if fmt == "model":
-        raise CaptureError(p, "is a cyncsim model file, not a capture", reason="not_a_capture")
-    if not data:
+    return read_pcap(p, data, cloud_ports=cloud_ports, progress=progress)
+
+
+def _read_known(p: str) -> tuple[str, bytes]:
+    """(format, whole content) of a capture file, read once (a FIFO cannot be read twice)."""
+    try:
+        with Path(p).open("rb") as fh:
+            head = fh.read(HEAD_BYTES)
+            fmt = detect_format(head)
+            if fmt == "unknown":
+                _refuse(p, head)
+            if fmt == "model":
+                raise CaptureError(
+                    p, "is a cyncsim model file, not a capture", reason="not_a_capture"
+                )
+            return fmt, head + fh.read()
+    except OSError as exc:
+        raise _os_error(p, exc) from None
+
+
+def _refuse(p: str, head: bytes) -> NoReturn:
+    if not head:
         raise CaptureError(p, "file is empty", reason="unknown_format")
     raise CaptureError(
         p,
-        f"unknown format (first bytes {data[:8].hex(' ')}): expected pcap, pcapng or a MITM "
+        f"unknown format (first bytes {head[:8].hex(' ')}): expected pcap, pcapng or a MITM "
         "text log",
         reason="unknown_format",
     )

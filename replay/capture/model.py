@@ -25,6 +25,7 @@ from cyncsim.replay.protocol import CyncPacket, HelloPacket
 __all__ = [
     "CLOUD",
     "DEVICE",
+    "TIME_RANGE",
     "CaptureResult",
     "Finding",
     "Flow",
@@ -32,7 +33,21 @@ __all__ = [
     "FlowPacket",
     "Sender",
     "gc_paused",
+    "time_problem",
 ]
+
+# Capture times every reader accepts, in Unix seconds: what a datetime can show in UTC, a day
+# short of each end. A time outside is a corrupt record, refused with its place in the file,
+# never a traceback later when something formats it.
+TIME_RANGE = (-62135596800.0 + 86400.0, 253402300800.0 - 86400.0)  # 0001-01-02 .. 9999-12-30
+
+
+def time_problem(ts: float) -> str | None:
+    """Why ``ts`` cannot be a capture time, or None when it can."""
+    if TIME_RANGE[0] <= ts <= TIME_RANGE[1]:
+        return None
+    return f"timestamp {ts:.6g} s is outside the years 1-9999"
+
 
 Sender = Literal["device", "cloud"]
 DEVICE: Sender = "device"

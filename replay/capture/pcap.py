@@ -18,7 +18,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cyncsim.replay.capture.model import CaptureResult, Finding, gc_paused
+from cyncsim.replay.capture.model import (
+    TIME_RANGE,
+    CaptureResult,
+    Finding,
+    gc_paused,
+    time_problem,
+)
 from cyncsim.replay.capture.tcp import TcpReassembler
 from cyncsim.replay.errors import CaptureError
 
@@ -271,6 +277,7 @@ def _walk_pcapng(path: str, buf: bytes, dec: _Decoder, progress: Progress | None
     fast = _ETH_IP4_TCP.unpack_from
     i = 0
     last_ts = 0.0
+    ts_lo, ts_hi = TIME_RANGE
     while pos + 12 <= n:
         btype, blen = head.unpack_from(buf, pos)
         if btype == 0x0A0D0D0A:  # section header: byte order may change, interfaces reset
@@ -313,6 +320,13 @@ def _walk_pcapng(path: str, buf: bytes, dec: _Decoder, progress: Progress | None
                 )
             lt, units, tsoff, _ = ifaces[itf]
             last_ts = ((hi << 32) | lo) / units + tsoff
+            if not ts_lo <= last_ts <= ts_hi:  # (a pcap's 32-bit seconds always fit)
+                raise CaptureError(
+                    path,
+                    f"packet block {i}: {time_problem(last_ts)}",
+                    reason="bad_timestamp",
+                    offset=pos,
+                )
             start, end = pos + 28, pos + 28 + caplen
             if lt == 1 and caplen >= _FAST_MIN:  # same fast path as in _walk_pcap
                 et, vihl, total, frag, proto, key, seq, ack, offflags = fast(buf, start)

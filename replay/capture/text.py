@@ -24,6 +24,7 @@ from cyncsim.replay.capture.model import (
     FlowBuilder,
     Sender,
     gc_paused,
+    time_problem,
 )
 from cyncsim.replay.errors import CaptureError
 from cyncsim.replay.framer import PacketFramer
@@ -45,11 +46,27 @@ def looks_like_text(head: bytes) -> bool:
     return _HEAD.match(first) is not None
 
 
-def _parse_ts(raw: bytes) -> float:
-    dt = datetime.fromisoformat(raw.decode("ascii").replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)  # the proxy logs UTC (PROTOCOL.md section 0)
-    return dt.timestamp()
+def _parse_ts(path: str, raw: bytes, line_no: int, offset: int) -> float:
+    """The record's time; a date that does not exist is a CaptureError naming the line."""
+    text = raw.decode("ascii")
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)  # the proxy logs UTC (PROTOCOL.md section 0)
+        ts = dt.timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise CaptureError(
+            path,
+            f"line {line_no}: bad timestamp {text!r}: {exc}",
+            reason="bad_timestamp",
+            offset=offset,
+        ) from None
+    problem = time_problem(ts)
+    if problem is not None:
+        raise CaptureError(
+            path, f"line {line_no}: {problem} ({text!r})", reason="bad_timestamp", offset=offset
+        )
+    return ts
 
 
 class _ConnState:
@@ -110,7 +127,7 @@ def _read_text(
         hex_start = pos
         pos = end + 1
         line_no += 1
-        ts = _parse_ts(m.group(1))
+        ts = _parse_ts(path, m.group(1), line_no - 1, line_start)
         last_ts = ts
         sender: Sender = DEVICE if m.group(2).startswith(b"DEV") else CLOUD
         declared = int(m.group(4))
@@ -156,6 +173,9 @@ def _read_text(
             progress(min(pos, total), total)
             next_report = pos + step
     if records == 0:
+        bad = next((f for f in findings if f.reason == "bad_record"), None)
+        if bad is not None:  # the file has records, all of them bad: say what is wrong
+            raise CaptureError(path, bad.detail, reason="bad_record", offset=bad.offset)
         raise CaptureError(path, "no MITM text records found", reason="unknown_format")
     if mixed is not None:
         mixed.close(last_ts)
