@@ -1,34 +1,66 @@
 # Cync packet codec: outer header, ID prefix, inner 0x7E frame, checksum, encode/decode.
 #
-# Strategy: every wire layout is declared once below as a struct.Struct plus a table from
-# packet type to decoder class.  A decoded packet keeps every byte it was made from in typed
-# fields (including a stored checksum and the marker bytes), so ``encode()`` rebuilds the
-# exact input; encoders that build a packet from fields leave ``checksum=None`` and get it
-# computed.  There is no byte escaping (PROTOCOL.md section 7.3): frame boundaries come only
-# from the outer length, and the inner frame sits at fixed offsets (packet byte 12).
+# Strategy: every wire layout is declared once, as a field table in ``_layout.py``, from which
+# the struct.Struct, offsets and sizes used here are derived (exported from this module); a
+# table from packet type to decoder class picks the layout.  A decoded packet keeps every byte
+# it was made from in typed fields (including a stored checksum and the marker bytes), so
+# ``encode()`` rebuilds the exact input; encoders that build a packet from fields leave
+# ``checksum=None`` and get it computed.  There is no byte escaping (PROTOCOL.md section 7.3):
+# frame boundaries come only from the outer length, and the inner frame sits at fixed offsets
+# (packet byte 12).
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import ClassVar
 
+from cyncsim.replay._layout import (
+    ACK_BODY,
+    FIRMWARE_DATA,
+    FRAME_HEAD,
+    FRAME_TAIL,
+    HEADER,
+    HELLO_BODY,
+    ID_PREFIX,
+    LIGHT_DATA,
+    POWER_DATA,
+    STATUS_DATA,
+    STATUS_ENTRY,
+    TIME_BODY,
+    Field,
+    Layout,
+)
 from cyncsim.replay.errors import PacketDecodeError
 
 __all__ = [
+    "ACK_BODY",
+    "DEVICE_ID",
     "EXCHANGE_KEY",
+    "FIRMWARE_DATA",
+    "FRAME_HEAD",
     "FRAME_MARKER",
+    "FRAME_TAIL",
     "HEADER",
     "HEADER_LEN",
+    "HELLO_BODY",
+    "ID_PREFIX",
+    "LIGHT_DATA",
+    "MSG_ID",
+    "POWER_DATA",
+    "STATUS_DATA",
+    "STATUS_ENTRY",
+    "TIME_BODY",
     "AckPacket",
     "CyncPacket",
+    "Field",
     "FrameKind",
     "FramedPacket",
     "GenericPacket",
     "HelloPacket",
     "IdPacket",
     "InnerFrame",
+    "Layout",
     "PacketType",
     "decode_packet",
     "exchange_key",
@@ -65,17 +97,14 @@ class FrameKind(IntEnum):
     REPORT = 0xFA  # unsolicited device report
 
 
-HEADER = struct.Struct(">BHH")  # type, reserved (always 0), length of what follows
 HEADER_LEN = HEADER.size
-ID_PREFIX = struct.Struct(">4s3s")  # device id, message id (counter BE16 + one byte)
-HELLO_BODY = struct.Struct(">B4sBB16s3s")  # version, id, pad, auth length, auth, tail
-FRAME_HEAD = struct.Struct("<B4sBBH")  # marker, sequence, kind, opcode, data length (LE16)
 FRAME_MARKER = 0x7E
 FIRMWARE_MARKER = 0x00  # 0x83 firmware reports carry 0x00 where the first 0x7E would be
-# 0x73/0x83 body: the ID prefix then the frame head, in one unpack (4s/3s have no byte order).
 # The exchange key (PROTOCOL.md section 8): device id + message id, right after the header.
 # An ack echoes it, so it pairs a 0x73/0x83/0xA3 with its 0x7B/0x88/0xAB.
-EXCHANGE_KEY = slice(HEADER_LEN, HEADER_LEN + ID_PREFIX.size)
+EXCHANGE_KEY = ID_PREFIX.span
+DEVICE_ID = ID_PREFIX["device_id"].slice  # of an ID-bearing packet (the 0x23 has its own)
+MSG_ID = ID_PREFIX["msg_id"].slice
 
 
 def exchange_key(data: bytes | bytearray | memoryview) -> bytes:
@@ -83,23 +112,41 @@ def exchange_key(data: bytes | bytearray | memoryview) -> bytes:
     return bytes(data[EXCHANGE_KEY])
 
 
-_FRAMED_HEAD = struct.Struct("<" + ID_PREFIX.format[1:] + FRAME_HEAD.format[1:])
-_FRAME_OVERHEAD = FRAME_HEAD.size + 2  # head + checksum + end marker
+# 0x73/0x83 body: the ID prefix then the frame head, in one unpack.
+_FRAMED_HEAD = Layout.join("framed_head", ID_PREFIX, FRAME_HEAD)
+_FRAME_OVERHEAD = FRAME_HEAD.size + FRAME_TAIL.size
 _FRAMED_MIN = ID_PREFIX.size + _FRAME_OVERHEAD  # smallest 0x73/0x83 body with a whole frame
+# Offsets the decoders use, from the tables.  In a packet body (the bytes after the header):
+_BODY_DEVICE_ID = ID_PREFIX["device_id"].local
+_BODY_MSG_ID = ID_PREFIX["msg_id"].local
+_BODY_AFTER_ID = slice(ID_PREFIX.size, None)
+_FRAME_IN_BODY = FRAME_HEAD.start - HEADER_LEN
+_DATA_IN_BODY = _FRAMED_HEAD.end - HEADER_LEN
+_unpack_header = HEADER.unpack_from
+_unpack_framed_head = _FRAMED_HEAD.unpack_from
+# In an inner frame (the bytes from its first marker):
+_FRAME_LENGTH_AT = FRAME_HEAD["frame_length"].pos
+_CHECKSUM_AT = FRAME_TAIL["checksum"].offset  # negative: from the end
+_END_AT = FRAME_TAIL["end"].offset
+_LENGTH_OFFSET = HEADER["length"].offset  # where a "does not fit" error points
+_AUTH_LEN_OFFSET = HELLO_BODY["auth_len"].offset
+_SHORT_PREFIX = f"shorter than the {ID_PREFIX.end}-byte prefix"
 _new = object.__new__  # see "decoding" below
 _REPORT = 0x83  # PacketType.REPORT as a plain int: an enum attribute lookup costs ~0.1 us
+# Body sizes of the packets that have exactly one: from their layouts, and for the packets
+# with a constant body (PROTOCOL.md section 3), their length.
 _FIXED_SIZES: dict[int, int] = {
+    0x23: HELLO_BODY.size,
     0x28: 2,
     0x48: 3,
-    0x78: 7,
-    0x7B: 7,
-    0x88: 3,
-    0xA3: 7,
+    0x78: ID_PREFIX.size,
+    0x7B: ID_PREFIX.size,
+    0x88: ACK_BODY.size,
+    0xA3: ID_PREFIX.size,
     0xC3: 1,
-    0xC8: 11,
+    0xC8: TIME_BODY.size,
     0xD3: 0,
     0xD8: 0,
-    0x23: HELLO_BODY.size,
 }
 
 
@@ -166,7 +213,7 @@ class InnerFrame:
     def encode(self) -> bytes:
         cs = self.expected_checksum() if self.checksum is None else self.checksum
         head = FRAME_HEAD.pack(self.marker, self.seq, self.kind, self.opcode, len(self.data))
-        return head + self.data + bytes((cs, self.end_marker))
+        return head + self.data + FRAME_TAIL.pack(cs, self.end_marker)
 
     @classmethod
     def decode(cls, body: bytes, offset: int, *, firmware_marker: bool = True) -> InnerFrame:
@@ -182,24 +229,26 @@ def _decode_frame(buf: bytes, start: int, offset: int, firmware_marker: bool) ->
     """The frame that fills ``buf[start:]`` (no copy of the frame bytes is made first)."""
     size = len(buf) - start
     if size < _FRAME_OVERHEAD:
-        raise PacketDecodeError("too_short", "inner frame shorter than 11 bytes", offset=offset)
+        raise PacketDecodeError(
+            "too_short", f"inner frame shorter than {_FRAME_OVERHEAD} bytes", offset=offset
+        )
     marker, seq, kind, opcode, length = FRAME_HEAD.unpack_from(buf, start)
     if marker != FRAME_MARKER and not (firmware_marker and marker == FIRMWARE_MARKER):
         raise PacketDecodeError(
             "bad_marker", f"inner frame starts with 0x{marker:02x}, not 0x7e", offset=offset
         )
-    end_marker = buf[-1]
+    end_marker = buf[_END_AT]
     if end_marker != FRAME_MARKER:
         raise PacketDecodeError(
             "bad_marker",
             f"inner frame ends with 0x{end_marker:02x}, not 0x7e",
-            offset=offset + size - 1,
+            offset=offset + size + _END_AT,
         )
     if _FRAME_OVERHEAD + length != size:
         raise PacketDecodeError(
             "length_mismatch",
             f"inner length {length} does not fit a {size}-byte frame",
-            offset=offset + 7,
+            offset=offset + _FRAME_LENGTH_AT,
         )
     data_start = start + FRAME_HEAD.size
     end = data_start + length
@@ -363,41 +412,40 @@ def _decode_ack(ptype: int, body: bytes, strict: bool) -> CyncPacket:
 def _decode_hello(ptype: int, body: bytes, strict: bool) -> CyncPacket:
     version, dev, pad, alen, auth, tail = HELLO_BODY.unpack(body)
     if alen != len(auth):
-        return _layout_error(
-            ptype, body, strict, f"auth length byte {alen} is not 16", HEADER_LEN + 6
-        )
+        why = f"auth length byte {alen} is not {len(auth)}"
+        return _layout_error(ptype, body, strict, why, _AUTH_LEN_OFFSET)
     return HelloPacket(ptype, device_id=dev, auth_code=auth, version=version, pad=pad, tail=tail)
 
 
 def _decode_id(ptype: int, body: bytes, strict: bool) -> CyncPacket:
     if len(body) < ID_PREFIX.size:
-        return _layout_error(ptype, body, strict, "shorter than the 12-byte prefix", 3)
+        return _layout_error(ptype, body, strict, _SHORT_PREFIX, _LENGTH_OFFSET)
     pkt = _new(IdPacket)
     pkt.type = ptype
     pkt.reserved = 0
     pkt.defect = None
-    pkt.device_id = body[:4]
-    pkt.msg_id = body[4:7]
-    pkt.payload = body[7:]
+    pkt.device_id = body[_BODY_DEVICE_ID]
+    pkt.msg_id = body[_BODY_MSG_ID]
+    pkt.payload = body[_BODY_AFTER_ID]
     return pkt
 
 
 def _decode_framed(ptype: int, body: bytes, strict: bool) -> CyncPacket:
     size = len(body)
     if size < ID_PREFIX.size:
-        return _layout_error(ptype, body, strict, "shorter than the 12-byte prefix", 3)
+        return _layout_error(ptype, body, strict, _SHORT_PREFIX, _LENGTH_OFFSET)
     frame = None
     if size >= _FRAMED_MIN:
         # One unpack for the prefix and the frame head; a well-formed frame (the usual case)
         # is built right here, anything else goes to _decode_frame, which names the problem.
-        dev, mid, marker, seq, kind, opcode, length = _FRAMED_HEAD.unpack_from(body)
+        dev, mid, marker, seq, kind, opcode, length = _unpack_framed_head(body)
         if (
             length + _FRAMED_MIN == size
-            and body[-1] == FRAME_MARKER
+            and body[_END_AT] == FRAME_MARKER
             and (marker == FRAME_MARKER or (marker == FIRMWARE_MARKER and ptype == _REPORT))
         ):
-            end = size - 2
-            data = body[_FRAMED_HEAD.size : end]
+            end = size + _CHECKSUM_AT
+            data = body[_DATA_IN_BODY:end]
             checksum = body[end]
             frame = _new(InnerFrame)
             frame.seq = seq
@@ -411,20 +459,20 @@ def _decode_framed(ptype: int, body: bytes, strict: bool) -> CyncPacket:
     pkt.type = ptype
     pkt.reserved = 0
     if frame is None:
-        dev = body[:4]
-        mid = body[4:7]
+        dev = body[_BODY_DEVICE_ID]
+        mid = body[_BODY_MSG_ID]
         try:
-            frame = _decode_frame(body, 7, HEADER_LEN + 7, ptype == _REPORT)
+            frame = _decode_frame(body, _FRAME_IN_BODY, FRAME_HEAD.start, ptype == _REPORT)
         except PacketDecodeError as exc:
             if strict:
                 raise
             pkt.device_id = dev
             pkt.msg_id = mid
-            pkt.payload = body[7:]
+            pkt.payload = body[_BODY_AFTER_ID]
             pkt.frame = None
             pkt.defect = exc.reason
             return pkt
-        data, opcode, checksum = frame.data, frame.opcode, body[-2]
+        data, opcode, checksum = frame.data, frame.opcode, body[_CHECKSUM_AT]
     n = len(data)
     expected = (opcode + (n & 0xFF) + (n >> 8) + sum(data)) & 0xFF
     if checksum != expected:
@@ -432,7 +480,7 @@ def _decode_framed(ptype: int, body: bytes, strict: bool) -> CyncPacket:
             raise PacketDecodeError(
                 "invalid_checksum",
                 f"inner checksum 0x{checksum:02x}, expected 0x{expected:02x}",
-                offset=HEADER_LEN + size - 2,
+                offset=HEADER_LEN + size + _CHECKSUM_AT,
             )
         pkt.defect = "invalid_checksum"
     else:
@@ -445,7 +493,7 @@ def _decode_framed(ptype: int, body: bytes, strict: bool) -> CyncPacket:
 
 
 def _layout_error(ptype: int, body: bytes, strict: bool, why: str, offset: int) -> CyncPacket:
-    # ``offset``: the length field (3) for a size that does not fit, else the offending byte.
+    # ``offset``: the length field for a size that does not fit, else the offending byte.
     if strict:
         raise PacketDecodeError(
             "bad_layout", f"0x{ptype:02x} body does not fit its layout: {why}", offset=offset
@@ -483,7 +531,8 @@ def decode_body(ptype: int, body: bytes, strict: bool) -> CyncPacket:
         return _generic(ptype, body)
     size, decoder = entry
     if size >= 0 and size != len(body):
-        return _layout_error(ptype, body, strict, f"{len(body)} bytes, expected {size}", 3)
+        why = f"{len(body)} bytes, expected {size}"
+        return _layout_error(ptype, body, strict, why, _LENGTH_OFFSET)
     return decoder(ptype, body, strict)
 
 
@@ -497,17 +546,21 @@ def decode_packet(data: bytes, *, strict: bool = True) -> CyncPacket:
     data = bytes(data)
     n = len(data)
     if n < HEADER_LEN:
-        raise PacketDecodeError("too_short", f"{n} bytes, a header needs 5", data=data)
-    ptype, reserved, length = HEADER.unpack_from(data)
+        raise PacketDecodeError("too_short", f"{n} bytes, a header needs {HEADER_LEN}", data=data)
+    ptype, reserved, length = _unpack_header(data)
     if reserved != 0:
+        r = HEADER["reserved"]
         raise PacketDecodeError(
-            "bad_header", f"bytes 1-2 are 0x{reserved:04x}, not zero", offset=1, data=data
+            "bad_header",
+            f"bytes {r.offset}-{r.end - 1} are 0x{reserved:04x}, not zero",
+            offset=r.offset,
+            data=data,
         )
     if HEADER_LEN + length != n:
         raise PacketDecodeError(
             "length_mismatch",
             f"header says {length} bytes follow, {n - HEADER_LEN} do",
-            offset=3,
+            offset=_LENGTH_OFFSET,
             data=data,
         )
     try:
