@@ -9,8 +9,27 @@ import msgpack
 import pytest
 
 from cyncsim.captures import DEFAULT_MODEL_PATH
+from cyncsim.replay.capture import read_capture
 from cyncsim.replay.errors import ModelError
 from cyncsim.replay.model import DeviceModel, Distribution, StratifiedUniform, import_captures
+from cyncsim.replay.model.layout import fields_of
+from cyncsim.replay.payloads import (
+    StatusReport,
+    TimeReply,
+    build_hello,
+    build_report,
+    build_simple,
+    build_time_reply,
+)
+from cyncsim.replay.protocol import (
+    AckPacket,
+    CyncPacket,
+    FramedPacket,
+    HelloPacket,
+    IdPacket,
+    PacketType,
+    decode_packet,
+)
 from tests.conftest import capture_path, captures_dir
 
 REAL_CLOUD = "capture_20251106_085753.txt"
@@ -234,3 +253,79 @@ def test_summary_of_a_capture_without_pings(tmp_path: Path) -> None:
     summary = import_captures([str(log)]).summary()
     assert summary["heartbeat_idle_s"] == {}
     assert [k["request"] for k in summary["kinds"]] == ["0x43"]
+
+
+# PROTOCOL.md's byte ranges written out by hand (sections 2, 4.1, 4.3, 6, 7.1): an independent
+# witness for fields_of, which derives the same ranges from the codec's field tables.
+_SPEC_HEAD = [("type", "fixed", 0, 1), ("reserved", "fixed", 1, 3), ("length", "length", 3, 5)]
+_SPEC_STATUS = [
+    ("tick", "tick", 0, 2), ("flag", "fixed", 2, 3), ("node", "state", 3, 5),
+    ("node2", "state", 5, 7), ("op", "fixed", 7, 10), ("connected", "state", 10, 11),
+    ("on", "state", 11, 12), ("brightness", "state", 12, 13), ("color_temp", "state", 13, 14),
+    ("rgb", "state", 14, 17), ("tail", "fixed", 17, 19),
+]  # fmt: skip
+
+
+def _spec_fields(pkt: CyncPacket) -> list[tuple[str, str, int, int]]:
+    n = len(pkt)
+    out = list(_SPEC_HEAD)
+    if isinstance(pkt, HelloPacket):
+        out += [("version", "fixed", 5, 6), ("device_id", "id", 6, 10), ("pad", "fixed", 10, 11),
+                ("auth_len", "fixed", 11, 12), ("auth", "auth", 12, 28),
+                ("tail", "fixed", 28, 31)]  # fmt: skip
+    elif isinstance(pkt, AckPacket):
+        out.append(("msg_id", "msg", 5, 8))
+    elif isinstance(pkt, FramedPacket) and pkt.frame is not None:
+        f = pkt.frame
+        out += [("device_id", "id", 5, 9), ("msg_id", "msg", 9, 12), ("marker", "fixed", 12, 13),
+                ("seq", "seq", 13, 17), ("kind", "fixed", 17, 18), ("opcode", "fixed", 18, 19),
+                ("frame_length", "length", 19, 21)]  # fmt: skip
+        if f.kind == 0xFA and f.opcode == 0xDB and len(f.data) == 19:
+            out += [(nm, c, 21 + a, 21 + b) for nm, c, a, b in _SPEC_STATUS]
+        elif n - 2 > 21:
+            out.append(("data", "body", 21, n - 2))
+        out += [("checksum", "checksum", n - 2, n - 1), ("end", "fixed", n - 1, n)]
+    elif isinstance(pkt, IdPacket):
+        out += [("device_id", "id", 5, 9), ("msg_id", "msg", 9, 12)]
+        if n > 12:
+            out.append(("body", "state" if pkt.type == 0x43 else "body", 12, n))
+    elif pkt.type == 0xC8 and n == 16:
+        out.append(("time", "clock", 5, 16))
+    elif n > 5:
+        out.append(("body", "body", 5, n))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["capture_20251106_081101.txt", "capture_20251106_085753.txt", "capture_20251107_152132.txt"],
+)
+def test_fields_of_matches_the_protocol_for_every_captured_packet(name: str) -> None:
+    result = read_capture(capture_path(name))
+    packets = [fp.packet for flow in result.flows for fp in flow.packets]
+    kinds: set[str] = set()
+    for pkt in packets:
+        got = fields_of(pkt)
+        assert [(f.name, f.cls, f.start, f.end) for f in got] == _spec_fields(pkt)
+        # Every byte exactly once, in order.
+        assert [f.start for f in got[1:]] == [f.end for f in got[:-1]]
+        assert (got[0].start, got[-1].end) == (0, len(pkt))
+        kinds.add(type(pkt).__name__)
+    if name != "capture_20251106_081101.txt":  # TLS ClientHellos only: no Cync packets
+        assert {"HelloPacket", "AckPacket", "FramedPacket", "IdPacket"} <= kinds
+
+
+def test_fields_of_built_and_malformed_packets() -> None:
+    built = [
+        build_hello(b"\x01\x02\x03\x04", b"0" * 16),
+        build_report(
+            b"\x01\x02\x03\x04", b"\x00\x01\x00", StatusReport(7, True, 50, 20, (1, 2, 3))
+        ),
+        build_time_reply(TimeReply(2025, 11, 6, 5, 2, 20, 40, -600)),
+        build_simple(PacketType.PING),
+        build_simple(PacketType.HELLO_ACK),
+        decode_packet(bytes.fromhex("73 00 00 00 09 64 57 e7 f2 00 00 00 7e 7e"), strict=False),
+        decode_packet(bytes.fromhex("c8 00 00 00 02 0d 07"), strict=False),
+    ]
+    for pkt in built:
+        assert [(f.name, f.cls, f.start, f.end) for f in fields_of(pkt)] == _spec_fields(pkt)

@@ -27,6 +27,21 @@ from cyncsim.replay.payloads import (
     firmware_version,
 )
 from cyncsim.replay.protocol import (
+    ACK_BODY,
+    DEVICE_ID,
+    EXCHANGE_KEY,
+    FIRMWARE_DATA,
+    FRAME_HEAD,
+    FRAME_TAIL,
+    HEADER,
+    HELLO_BODY,
+    ID_PREFIX,
+    LIGHT_DATA,
+    MSG_ID,
+    POWER_DATA,
+    STATUS_DATA,
+    STATUS_ENTRY,
+    TIME_BODY,
     AckPacket,
     CyncPacket,
     FramedPacket,
@@ -35,8 +50,10 @@ from cyncsim.replay.protocol import (
     HelloPacket,
     IdPacket,
     InnerFrame,
+    Layout,
     PacketType,
     decode_packet,
+    exchange_key,
     frame_checksum,
     packet_name,
 )
@@ -732,3 +749,97 @@ def test_inner_frame_equality_uses_the_effective_checksum() -> None:
     assert built != stale and stale.checksum_ok is False and built.checksum_ok is True
     assert built != InnerFrame(h("05 00 00 00"), FrameKind.REQUEST, 0xD0, data)
     assert built != "not a frame"
+
+
+# ------------------------------------------------------------------------ layouts as tables
+
+# PROTOCOL.md's byte ranges (sections 2, 2.1, 4.1, 6, 7.1), written out independently of
+# the tables: (layout, field) -> (first byte, last byte) in the packet.
+SPEC_OFFSETS = {
+    (HEADER, "type"): (0, 0),
+    (HEADER, "reserved"): (1, 2),
+    (HEADER, "length"): (3, 4),
+    (ID_PREFIX, "device_id"): (5, 8),
+    (ID_PREFIX, "msg_id"): (9, 11),
+    (HELLO_BODY, "device_id"): (6, 9),
+    (HELLO_BODY, "auth_len"): (11, 11),
+    (HELLO_BODY, "auth"): (12, 27),
+    (ACK_BODY, "msg_id"): (5, 7),
+    (FRAME_HEAD, "marker"): (12, 12),
+    (FRAME_HEAD, "seq"): (13, 16),
+    (FRAME_HEAD, "kind"): (17, 17),
+    (FRAME_HEAD, "opcode"): (18, 18),
+    (FRAME_HEAD, "frame_length"): (19, 20),
+    (STATUS_DATA, "on"): (21 + 11, 21 + 11),
+    (STATUS_DATA, "rgb"): (21 + 14, 21 + 16),
+    (FIRMWARE_DATA, "which"): (34, 34),
+    (FIRMWARE_DATA, "version"): (35, 52),
+}
+LAYOUTS = (
+    HEADER, ID_PREFIX, HELLO_BODY, ACK_BODY, TIME_BODY, STATUS_ENTRY, FRAME_HEAD, FRAME_TAIL,
+    STATUS_DATA, POWER_DATA, LIGHT_DATA, FIRMWARE_DATA,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("layout", "name"), list(SPEC_OFFSETS), ids=[f"{lay.name}.{n}" for lay, n in SPEC_OFFSETS]
+)
+def test_layout_offsets_match_the_protocol(layout: Layout, name: str) -> None:
+    f = layout[name]
+    assert (f.offset, f.end - 1) == SPEC_OFFSETS[(layout, name)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: lay.name)
+def test_layout_is_derived_from_its_table(layout: Layout) -> None:
+    # Fields tile the layout, in order, and the struct unpacks exactly one value per field.
+    pos = 0
+    for f in layout:
+        assert (f.pos, f.offset) == (pos, layout.start + pos)
+        pos += f.size
+    assert pos == layout.size == layout.struct.size == len(layout.pack(*_zeros(layout)))
+    assert len(layout.unpack(bytes(layout.size))) == len(layout.fields)
+    assert layout.end == layout.start + layout.size
+
+
+def _zeros(layout: Layout) -> list[object]:
+    return [b"\0" * f.size if f.code.endswith("s") else 0 for f in layout]
+
+
+def test_body_layout_sizes() -> None:
+    sizes = {lay.name: lay.size for lay in LAYOUTS}
+    assert sizes == {
+        "header": 5, "id_prefix": 7, "hello": 26, "ack": 3, "time": 11, "status_entry": 19,
+        "frame_head": 9, "frame_tail": 2, "status": 19, "power": 13, "light": 16,
+        "firmware": 32,
+    }  # fmt: skip
+
+
+def test_exchange_key_and_id_slices() -> None:
+    raw = h("7b 00 00 00 07 45 88 0f 3a 00 10 00")
+    assert (EXCHANGE_KEY.start, EXCHANGE_KEY.stop) == (5, 12) and exchange_key(raw) == raw[5:12]
+    assert exchange_key(bytearray(raw)) == exchange_key(memoryview(raw)) == raw[5:12]
+    assert exchange_key(raw[:8]) == raw[5:8]  # shorter when the packet is
+    assert raw[DEVICE_ID] == h("45 88 0f 3a") and raw[MSG_ID] == h("00 10 00")
+
+
+def test_frame_tail_counts_from_the_end() -> None:
+    raw = h("73 00 00 00 13 64 57 e7 f2 00 05 00 7e 03 00 00 00 f9 d0 01 00 00 d1 7e")
+    assert FRAME_TAIL.start == -2 and FRAME_TAIL.span == slice(-2, None)
+    assert raw[FRAME_TAIL["checksum"].slice] == h("d1") and raw[FRAME_TAIL["end"].slice] == h("7e")
+    assert FRAME_TAIL.unpack(raw[FRAME_TAIL.span]) == (0xD1, 0x7E)
+
+
+def test_layout_join_and_errors() -> None:
+    both = Layout.join("framed_head", ID_PREFIX, FRAME_HEAD)
+    assert both.format == "<4s3sB4sBBH" and both.start == 5 and both.end == 21
+    assert [f.name for f in both][:3] == ["device_id", "msg_id", "marker"]
+    with pytest.raises(ValueError, match="not adjacent"):
+        Layout.join("gap", HEADER, HELLO_BODY, ACK_BODY)
+    with pytest.raises(ValueError, match="byte orders"):
+        Layout.join("mixed", HEADER, Layout("le", "<", [("x", "H", "body")], start=5))
+    with pytest.raises(ValueError, match="share a name"):
+        Layout("twice", ">", [("a", "B", "fixed"), ("a", "B", "fixed")])
+    with pytest.raises(ValueError, match="byte order"):
+        Layout("native", "@", [("a", "B", "fixed")])
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        HEADER["nope"]
