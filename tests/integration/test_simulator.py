@@ -15,7 +15,7 @@ from cyncsim.replay.payloads import PowerCommand, build_command, build_report, d
 from cyncsim.replay.payloads import StatusReport as Status
 from cyncsim.replay.protocol import FramedPacket, InnerFrame, PacketType
 from cyncsim.simulator.device import CyncDeviceSimulator
-from cyncsim.simulator.transport import ReliableTransport
+from cyncsim.simulator.transport import ConnState, ReliableTransport
 
 FleetFactory = Callable[..., Awaitable[list[CyncDeviceSimulator]]]
 
@@ -34,7 +34,7 @@ async def test_handshake(
 ) -> None:
     assert cync_transport.device_id == cync_device.device_id
     assert cync_transport.auth_code == cync_device.auth_code.decode("ascii")
-    assert cync_transport.state == "connected"
+    assert cync_transport.state is ConnState.CONNECTED
 
 
 async def test_toggle_changes_state(
@@ -145,11 +145,11 @@ async def test_commands_during_reconnection(
     node = cync_device.engine.mesh_node
     try:
         await cync_device.stop()
-        await _until(lambda: transport.state != "connected")
+        await _until(lambda: transport.state is not ConnState.CONNECTED)
         during = await transport.send_toggle_command(node, True)
         assert not during.success and during.reason in ("reconnecting", "not_connected")
         await cync_device.start()  # the partition heals: same port
-        await _until(lambda: transport.state == "connected", within=10)
+        await _until(lambda: transport.state is ConnState.CONNECTED, within=10)
         after = await transport.send_toggle_command(node, True)
         assert after.success and cync_device.state.on
     finally:

@@ -31,7 +31,7 @@ from cyncsim.replay.payloads import (
     decode_time_reply,
 )
 from cyncsim.replay.protocol import FramedPacket, FrameKind, IdPacket, PacketType
-from cyncsim.simulator.transport import ReliableTransport, Result
+from cyncsim.simulator.transport import ConnState, ReliableTransport, Result
 from tests.fakes import AUTH_CODE, DEVICE_ID, FakeDevice, eventually
 
 FAST: dict[str, Any] = {
@@ -81,7 +81,7 @@ async def test_handshake_answers_hello(make_pair: MakePair) -> None:
     t, fake = await make_pair()
     assert t.device_id == DEVICE_ID
     assert t.auth_code == AUTH_CODE.decode()
-    assert t.state == "connected"
+    assert t.state is ConnState.CONNECTED
     await eventually(lambda: bool(fake.of_type(PacketType.HELLO_ACK)))
     assert [p.encode() for p in fake.received] == [bytes.fromhex("28 00 00 00 02 00 00")]
     assert (await t.handshake()).device_id == DEVICE_ID  # again: no second 0x28
@@ -384,7 +384,7 @@ async def test_not_connected_and_close_twice(make_pair: MakePair) -> None:
     await t2.close()
     assert (await pending).reason == "closed"
     await t2.close()  # safe twice
-    assert t2.state == "closed"
+    assert t2.state is ConnState.CLOSED
     assert (await t2.send_toggle_command(1, True)).reason == "not_connected"
     with pytest.raises(CyncError) as closed:
         await t2.recv_reliable(timeout=1)
@@ -399,7 +399,7 @@ async def test_connect_failure_is_a_cync_error() -> None:
         with pytest.raises(CyncError) as err:
             await t.connect()
         assert err.value.reason == "connect_failed"
-        assert t.state == "disconnected"
+        assert t.state is ConnState.DISCONNECTED
 
 
 async def test_reconnect_after_device_closes(make_pair: MakePair) -> None:
@@ -420,7 +420,7 @@ async def test_commands_while_reconnecting(make_pair: MakePair) -> None:
     await fake.drop_connection()
     assert (await in_flight).reason == "connection_lost"
     await eventually(lambda: fake.connections == 2)
-    assert t.state == "reconnecting"
+    assert t.state is ConnState.RECONNECTING
     assert await t.send_toggle_command(2, True) == Result(False, "reconnecting")
     packet = build_command(DEVICE_ID, b"\x00\x09\x00", PowerCommand(1, 1, True))
     assert (await t.send_reliable(packet)).reason == "reconnecting"
@@ -436,9 +436,9 @@ async def test_close_while_reconnecting_drops_the_half_open_connection(
     t, fake = await make_pair()
     fake.hello_gate = asyncio.Event()
     await fake.drop_connection()
-    await eventually(lambda: fake.connections == 2 and t.state == "reconnecting")
+    await eventually(lambda: fake.connections == 2 and t.state is ConnState.RECONNECTING)
     await t.close()
-    assert t.state == "closed"
+    assert t.state is ConnState.CLOSED
     fake.hello_gate.set()  # the fake now sends its hello and reads: it must see the close
     await eventually(lambda: not fake.connected)
     assert len(fake.of_type(PacketType.HELLO_ACK)) == 1
@@ -447,17 +447,17 @@ async def test_close_while_reconnecting_drops_the_half_open_connection(
 async def test_manual_reconnect_without_auto_reconnect(make_pair: MakePair) -> None:
     t, fake = await make_pair(auto_reconnect=False)
     await fake.drop_connection()
-    await eventually(lambda: t.state == "disconnected")
+    await eventually(lambda: t.state is ConnState.DISCONNECTED)
     assert (await t.send_toggle_command(1, True)).reason == "not_connected"
     assert await t.conn_mgr.reconnect("manual")
-    assert t.state == "connected" and t.conn_mgr.last_reason == "manual"
+    assert t.state is ConnState.CONNECTED and t.conn_mgr.last_reason == "manual"
     assert (await t.send_toggle_command(1, True)).success
 
 
 async def test_serve_mode_with_dialling_device() -> None:
     async with ReliableTransport(**FAST) as t, FakeDevice() as fake:
         await t.serve()
-        assert t.port > 0 and t.state == "listening"
+        assert t.port > 0 and t.state is ConnState.LISTENING
         assert (await t.send_toggle_command(1, True)).reason == "not_connected"
         await fake.dial(t.port)
         await t.wait_connected(5)
@@ -466,7 +466,7 @@ async def test_serve_mode_with_dialling_device() -> None:
         assert len(fake.of_type(PacketType.HELLO_ACK)) == 1
         # The device hangs up and dials again: the transport handshakes the new connection.
         await fake.drop_connection()
-        await eventually(lambda: t.state == "reconnecting")
+        await eventually(lambda: t.state is ConnState.RECONNECTING)
         await fake.dial(t.port)
         await t.wait_connected(5)
         assert len(fake.of_type(PacketType.HELLO_ACK)) == 2

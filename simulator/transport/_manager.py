@@ -1,74 +1,48 @@
-# Connection plumbing for ReliableTransport: result values, counters and the ConnectionManager
-# (the per-connection DeviceLink and the Inbox live in simulator/_transport_link.py and are
-# re-exported here).
+# The connection manager of ReliableTransport: one controller <-> device connection in either
+# direction, and reconnecting it.
 #
-# Strategy: ``ConnectionManager`` owns the connection state for both directions: dial a
-# listening device (connect mode) or accept a dialling one (serve mode), and reconnect with
-# back-off, redoing the handshake through its owner before a new link counts as connected.
-# Failures of an exchange are ``Result`` values; ``TransportStats`` counts what happened.
+# Strategy: ``ConnectionManager`` dials a listening device (connect mode) or accepts a dialling
+# one (serve mode), and reconnects with back-off, redoing the handshake through its owner
+# before a new link counts as connected.  Its state is the core's ``ConnectionState``
+# (cyncsim.replay.controller), which moves only along the core's transition table; the owner
+# hears of every change and of every lost link through the ``ManagerOwner`` protocol.
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from cyncsim.replay.controller import ConnectionState, ConnMode, ConnState
 from cyncsim.replay.errors import CyncError, HandshakeError
-from cyncsim.replay.protocol import CyncPacket
-from cyncsim.simulator._transport_link import DeviceLink, Inbox
+from cyncsim.simulator.transport._link import DeviceLink, PacketSink
 
-if TYPE_CHECKING:
-    from cyncsim.simulator.transport import ReliableTransport
-
-__all__ = ["ConnectionManager", "DeviceLink", "Inbox", "Result", "TransportStats"]
+__all__ = ["ConnectionManager", "ManagerOwner"]
 
 log = logging.getLogger("cyncsim.simulator.transport")
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """Outcome of one exchange; failures are values, never exceptions."""
+class ManagerOwner(Protocol):
+    """What the connection manager needs from the transport that owns it."""
 
-    success: bool
-    reason: str  # "acked", "timeout", "not_connected", "reconnecting", "closed", ...
-    retry_count: int = 0
-    latency_s: float = 0.0
-    ack: CyncPacket | None = None
-    result: CyncPacket | None = None
+    @property
+    def needs_handshake(self) -> bool: ...
 
+    async def rehandshake(self, link: DeviceLink) -> None: ...
 
-@dataclass(slots=True)
-class TransportStats:
-    """Counters of what the transport did; ``as_dict`` for reports and benchmarks."""
+    def link_down(self, reason: str) -> None: ...
 
-    commands: int = 0  # send_reliable exchanges started
-    transmissions: int = 0  # 0x73 writes, retransmissions included
-    retransmissions: int = 0
-    acked: int = 0
-    timeouts: int = 0
-    results: int = 0  # f9 results matched to a waiting command
-    duplicate_acks: int = 0  # 0x7B for an exchange that was already acked
-    unmatched_acks: int = 0  # 0x7B for no pending exchange (late, stale or foreign)
-    backpressure: int = 0
-    reports: int = 0  # distinct 0x83 delivered
-    duplicate_reports: int = 0  # 0x83 re-acked but not delivered again
-    status_packets: int = 0  # 0x43
-    pings_answered: int = 0  # 0xD3 -> 0xD8
-    time_replies: int = 0  # 0xC3 -> 0xC8
-    rehellos: int = 0  # 0x23 after the first one on a connection
-    decode_errors: int = 0
-    recv_dropped: int = 0  # oldest inbox items dropped because nobody read them
+    def state_changed(self, state: ConnState) -> None: ...
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def backoff_delay(self, attempt: int) -> float: ...
 
 
 class ConnectionManager:
     """Connection state machine of one controller <-> device connection.
 
-    States: ``idle`` (never connected), ``connecting``, ``listening`` (serve mode, no device),
-    ``connected``, ``reconnecting``, ``disconnected`` (connect mode, given up), ``closed``.
+    States: ConnState ``IDLE`` (never connected), ``CONNECTING``, ``LISTENING`` (serve mode,
+    no device), ``CONNECTED``, ``RECONNECTING``, ``DISCONNECTED`` (connect mode, given up),
+    ``CLOSED``.
     Once a handshake was done, every new connection is handshaken again before it counts as
     connected.  Serve mode: the newest dialling device wins and an older connection is dropped
     (a device that redials has given up on its old socket); without ``auto_reconnect`` a lost
@@ -77,7 +51,8 @@ class ConnectionManager:
 
     def __init__(
         self,
-        owner: ReliableTransport,
+        owner: ManagerOwner,
+        sink: PacketSink,
         *,
         host: str,
         port: int,
@@ -87,14 +62,14 @@ class ConnectionManager:
         connect_timeout_seconds: float,
     ) -> None:
         self._owner = owner
+        self._sink = sink
         self.host = host
         self._port = port
         self.tls = tls
         self.auto_reconnect = auto_reconnect
         self.reconnect_timeout_seconds = reconnect_timeout_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
-        self.state = "idle"
-        self.mode: str | None = None  # "connect" | "serve"
+        self._conn = ConnectionState()
         self.link: DeviceLink | None = None
         self.reconnects = 0
         self.last_reason: str | None = None
@@ -108,11 +83,22 @@ class ConnectionManager:
     def port(self) -> int:
         return self._port
 
-    def _set_state(self, state: str) -> None:
-        if state != self.state:
-            log.debug("transport state %s -> %s", self.state, state)
-            self.state = state
-            if state in ("connected", "closed"):
+    @property
+    def state(self) -> ConnState:
+        return self._conn.state
+
+    @property
+    def mode(self) -> ConnMode | None:
+        return self._conn.mode
+
+    def _closed(self) -> bool:  # a method: mypy must not narrow the state across awaits
+        return self._conn.state is ConnState.CLOSED
+
+    def _set_state(self, state: ConnState) -> None:
+        old = self._conn.state
+        if self._conn.move_to(state):  # IllegalTransition if the table does not allow it
+            log.debug("transport state %s -> %s", old, state)
+            if state is ConnState.CONNECTED or state is ConnState.CLOSED:
                 self._connected_event.set()
             else:
                 self._connected_event.clear()
@@ -120,7 +106,7 @@ class ConnectionManager:
 
     def _attach(self, link: DeviceLink) -> None:
         self.link = link
-        self._set_state("connected")
+        self._set_state(ConnState.CONNECTED)
 
     def _detach(self) -> None:
         old, self.link = self.link, None
@@ -130,32 +116,36 @@ class ConnectionManager:
 
     async def _open(self, seconds: float) -> DeviceLink:
         loop = asyncio.get_running_loop()
-        make = lambda: DeviceLink(self._owner, accepted=False)  # noqa: E731
+        make = lambda: DeviceLink(self, self._sink, accepted=False)  # noqa: E731
         _, link = await asyncio.wait_for(
             loop.create_connection(make, self.host, self._port, ssl=self.tls), seconds
         )
         return link
 
     async def connect(self) -> None:
-        if self.state == "closed" or self.mode == "serve":
+        if self.mode is ConnMode.SERVE or not self._conn.can_move_to(ConnState.CONNECTING):
             raise CyncError(f"cannot connect in state {self.state}, mode {self.mode}")
-        self.mode = "connect"
-        self._set_state("connecting")
+        self._conn.mode = ConnMode.CONNECT
+        self._set_state(ConnState.CONNECTING)
         try:
             link = await self._open(self.connect_timeout_seconds)
         except (OSError, TimeoutError) as exc:
-            self._set_state("disconnected")
+            if not self._closed():
+                self._set_state(ConnState.DISCONNECTED)
             raise CyncError(
                 f"cannot connect to device at {self.host}:{self._port}: {exc!r}",
                 reason="connect_failed",
             ) from exc
+        if self.state is not ConnState.CONNECTING:  # closed (or reconnecting) meanwhile
+            link.abort()
+            raise CyncError(f"connect ended by state {self.state}", reason=str(self.state))
         self._attach(link)
 
     async def serve(self) -> None:
-        if self.state == "closed" or self.mode is not None:
+        if self._closed() or self.mode is not None:
             raise CyncError(f"cannot serve in state {self.state}, mode {self.mode}")
-        self.mode = "serve"
-        make = lambda: DeviceLink(self._owner, accepted=True)  # noqa: E731
+        self._conn.mode = ConnMode.SERVE
+        make = lambda: DeviceLink(self, self._sink, accepted=True)  # noqa: E731
         try:
             self._server = await asyncio.get_running_loop().create_server(
                 make, self.host, self._port, ssl=self.tls
@@ -165,21 +155,21 @@ class ConnectionManager:
                 f"cannot listen on {self.host}:{self._port}: {exc!r}", reason="listen_failed"
             ) from exc
         self._port = self._server.sockets[0].getsockname()[1]
-        self._set_state("listening")
+        self._set_state(ConnState.LISTENING)
 
     async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once connected; TimeoutError after ``timeout``; CyncError if closed."""
-        if self.state != "connected":
+        if self.state is not ConnState.CONNECTED:
             await asyncio.wait_for(self._connected_event.wait(), timeout)
-        if self.state == "closed":
+        if self._closed():
             raise CyncError("transport is closed", reason="closed")
 
     def link_made(self, link: DeviceLink) -> None:
         if not link.accepted:
             return  # connect mode: whoever called _open attaches it
-        if self.state == "closed":
+        if self._closed():
             link.abort()
-        elif self.state != "reconnecting" and not self._owner.needs_handshake:
+        elif self.state is not ConnState.RECONNECTING and not self._owner.needs_handshake:
             self._detach()
             self._attach(link)
         else:
@@ -197,17 +187,17 @@ class ConnectionManager:
         log.debug("connection to %s lost: %r", link.peer, exc)
         self.link = None
         self._owner.link_down("connection_lost")
-        if self.state == "closed":
+        if self._closed():
             return
         if self.auto_reconnect:
             self._start_reconnect("connection_lost")
         else:
-            self._set_state("listening" if self.mode == "serve" else "disconnected")
+            self._set_state(self._gave_up_state())
 
     def _start_reconnect(self, reason: str) -> asyncio.Task[bool]:
         if self._task is None or self._task.done():
             self.last_reason = reason
-            self._set_state("reconnecting")
+            self._set_state(ConnState.RECONNECTING)
             self._task = asyncio.get_running_loop().create_task(self._run_reconnect())
             self._task.add_done_callback(_log_task_failure)
         return self._task
@@ -216,7 +206,7 @@ class ConnectionManager:
         """Drop the current connection and get a new one: dial with back-off (connect mode) or
         wait for the device to dial again (serve mode), then redo the handshake if one was done.
         True when connected again; False when closed or ``reconnect_timeout_seconds`` passed."""
-        if self.state == "closed" or self.mode is None:
+        if self.mode is None or not self._conn.can_move_to(ConnState.RECONNECTING):
             return False
         return await asyncio.shield(self._start_reconnect(reason))
 
@@ -227,8 +217,8 @@ class ConnectionManager:
         attempt = 0
         link: DeviceLink | None = None
         try:
-            while self.state != "closed" and loop.time() < deadline:
-                if attempt and self.mode == "connect":
+            while not self._closed() and loop.time() < deadline:
+                if attempt and self.mode is ConnMode.CONNECT:
                     delay = self._owner.backoff_delay(attempt - 1)
                     await asyncio.sleep(min(delay, deadline - loop.time()))
                 attempt += 1
@@ -242,7 +232,7 @@ class ConnectionManager:
                         log.info("reconnect attempt %d: handshake failed: %s", attempt, exc)
                         link.abort()
                         continue
-                if self.state == "closed" or link.closed:
+                if self._closed() or link.closed:
                     link.abort()
                     continue
                 self.reconnects += 1
@@ -251,16 +241,19 @@ class ConnectionManager:
         except asyncio.CancelledError:
             if link is not None and link is not self.link:
                 link.abort()  # cancelled (by close) while this connection was being handshaken
-            if self.state == "closed":
+            if self._closed():
                 return False
             raise
-        if self.state != "closed":
-            self._set_state("listening" if self.mode == "serve" else "disconnected")
+        if not self._closed():
+            self._set_state(self._gave_up_state())
         return False
+
+    def _gave_up_state(self) -> ConnState:
+        return ConnState.LISTENING if self.mode is ConnMode.SERVE else ConnState.DISCONNECTED
 
     async def _next_link(self, deadline: float) -> DeviceLink | None:
         loop = asyncio.get_running_loop()
-        if self.mode == "connect":
+        if self.mode is ConnMode.CONNECT:
             try:
                 return await self._open(min(deadline - loop.time(), self.connect_timeout_seconds))
             except (OSError, TimeoutError) as exc:
@@ -276,9 +269,9 @@ class ConnectionManager:
         return link
 
     async def close(self) -> None:
-        if self.state == "closed":
+        if self._closed():
             return
-        self._set_state("closed")
+        self._set_state(ConnState.CLOSED)
         self._owner.link_down("closed")
         task, self._task = self._task, None
         if task is not None and not task.done():

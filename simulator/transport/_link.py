@@ -1,102 +1,41 @@
-# The per-connection side of ReliableTransport: one DeviceLink per device connection (with
-# that connection's handshake state) and the Inbox that ``recv_reliable`` reads.
+# One device connection of ReliableTransport: ``DeviceLink``, with that connection's handshake
+# state.
 #
 # Strategy: ``DeviceLink`` is an asyncio.BufferedProtocol that reads into one reused bytearray
 # (no per-read buffer allocation) and feeds a non-strict PacketFramer; it hands every packet
-# and every decode problem (defective packet, non-Cync bytes, a truncated tail at close) to the
-# transport synchronously and in stream order, so ACK matching never waits for a task switch.
-# ``Inbox`` is a bounded FIFO that drops its oldest item when full (the reader is the slow
-# side; to stop reading the socket would also stop the ACKs).  Private module: the names are
-# re-exported by simulator._transport_conn.
+# and every decode problem (defective packet, non-Cync bytes, a truncated tail at close) to its
+# ``PacketSink`` synchronously and in stream order, so ACK matching never waits for a task
+# switch, and tells its ``LinkWatcher`` (the connection manager) when it is made and lost.
+# Both are protocols declared here, so this module imports nothing else of the package.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
-from cyncsim.replay.errors import CyncError, HandshakeError, PacketDecodeError
+from cyncsim.replay.controller import BEFORE_HELLO, control_answer_problem
+from cyncsim.replay.errors import HandshakeError, PacketDecodeError
 from cyncsim.replay.framer import FramerFinding, PacketFramer
-from cyncsim.replay.protocol import CyncPacket, HelloPacket, IdPacket, PacketType
+from cyncsim.replay.protocol import CyncPacket, HelloPacket, IdPacket
 
-if TYPE_CHECKING:
-    from cyncsim.simulator.transport import ReliableTransport
+__all__ = ["DeviceLink", "LinkWatcher", "PacketSink", "finding_error"]
 
-__all__ = ["DeviceLink", "Inbox", "InboxItem", "finding_error"]
-
-InboxItem = CyncPacket | PacketDecodeError
 _T = TypeVar("_T")
-# What a device may send before its 0x23 without breaking the handshake (PROTOCOL.md 4.1, 10.3).
-_BEFORE_HELLO = frozenset(
-    {PacketType.HELLO, PacketType.STATUS, PacketType.PING, PacketType.TIME_REQUEST}
-)
 
 
-class Inbox:
-    """Bounded FIFO of device packets and decode errors for ``recv_reliable``.
+class LinkWatcher(Protocol):
+    """Told when a connection is made and lost (the connection manager)."""
 
-    When full, the oldest item is dropped and ``put`` returns True so the owner counts it: the
-    reader is the slow side, and to stop reading the socket would also stop the ACKs.
-    """
+    def link_made(self, link: DeviceLink) -> None: ...
 
-    __slots__ = ("_items", "_waiters", "maxsize")
+    def link_lost(self, link: DeviceLink, exc: Exception | None) -> None: ...
 
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._items: collections.deque[InboxItem] = collections.deque()
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def __len__(self) -> int:
-        return len(self._items)
+class PacketSink(Protocol):
+    """Takes every packet and decode problem of a connection, in stream order."""
 
-    @property
-    def waiters(self) -> int:
-        return len(self._waiters)
+    def link_packet(self, link: DeviceLink, offset: int, packet: CyncPacket) -> None: ...
 
-    def put(self, item: InboxItem) -> bool:
-        dropped = len(self._items) >= self.maxsize
-        if dropped:
-            self._items.popleft()
-        self._items.append(item)
-        self._wake(1)
-        return dropped
-
-    def _wake(self, n: int) -> None:
-        while n and self._waiters:
-            w = self._waiters.popleft()
-            if not w.done():
-                w.set_result(None)
-                n -= 1
-
-    def wake_all(self) -> None:
-        self._wake(len(self._waiters))
-
-    async def get(self, seconds: float | None, ended: Callable[[], CyncError | None]) -> InboxItem:
-        loop = asyncio.get_running_loop()
-        deadline = None if seconds is None else loop.time() + seconds
-        while True:
-            if self._items:
-                return self._items.popleft()
-            err = ended()
-            if err is not None:
-                raise err
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"no packet from the device within {seconds} s")
-            w: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(w)
-            try:
-                await asyncio.wait((w,), timeout=remaining)
-            except asyncio.CancelledError:
-                if w.done() and not w.cancelled():
-                    self._wake(1)  # we were handed the turn: pass it on
-                raise
-            finally:
-                if not w.done():
-                    w.cancel()
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(w)
+    def link_error(self, error: PacketDecodeError) -> None: ...
 
 
 def finding_error(f: FramerFinding) -> PacketDecodeError:
@@ -118,8 +57,16 @@ async def _handshake_wait(fut: asyncio.Future[_T], limit: float, what: str) -> _
 class DeviceLink(asyncio.BufferedProtocol):
     """One TCP/TLS connection to a device, plus the handshake state of that connection."""
 
-    def __init__(self, owner: ReliableTransport, *, accepted: bool, buffer_size: int = 65536):
-        self._owner = owner
+    def __init__(
+        self,
+        watcher: LinkWatcher,
+        sink: PacketSink,
+        *,
+        accepted: bool,
+        buffer_size: int = 65536,
+    ) -> None:
+        self._watcher = watcher
+        self._sink = sink
         self._view = memoryview(bytearray(buffer_size))
         self.framer = PacketFramer(strict=False)
         self.accepted = accepted  # True when the device dialled us (serve mode)
@@ -141,7 +88,7 @@ class DeviceLink(asyncio.BufferedProtocol):
         self._lost = asyncio.get_running_loop().create_future()
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._owner.conn_mgr.link_made(self)
+        self._watcher.link_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -161,12 +108,12 @@ class DeviceLink(asyncio.BufferedProtocol):
             if self.closed:
                 break
             if isinstance(item, PacketDecodeError):
-                self._owner.link_error(item)
+                self._sink.link_error(item)
                 continue
-            if self.hello is None and item.type not in _BEFORE_HELLO:
+            if self.hello is None and item.type not in BEFORE_HELLO:
                 why = f"{item.name} before the 0x23 hello, stream offset {offset}"
                 self.fail_hello(why, "unexpected_packet")
-            self._owner.link_packet(self, offset, item)
+            self._sink.link_packet(self, offset, item)
 
     def eof_received(self) -> bool | None:
         return None  # the device closed its side: close ours too
@@ -186,13 +133,13 @@ class DeviceLink(asyncio.BufferedProtocol):
         tail = self.framer.flush()
         self.framer.findings.clear()
         if tail is not None and not was_closed:
-            self._owner.link_error(finding_error(tail))
+            self._sink.link_error(finding_error(tail))
         self.fail_hello("connection closed during the handshake", "closed")
         if self._control_waiter is not None and not self._control_waiter.done():
             self._control_waiter.set_exception(HandshakeError("connection closed", reason="closed"))
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
-        self._owner.conn_mgr.link_lost(self, exc)
+        self._watcher.link_lost(self, exc)
 
     # -- handshake state
     def fail_hello(self, why: str, reason: str) -> None:
@@ -233,12 +180,10 @@ class DeviceLink(asyncio.BufferedProtocol):
             answer = await _handshake_wait(self._control_waiter, limit, f"0xAB from {self.peer}")
         finally:
             self._control_waiter = None
-        want = request.encode()[5:12]
-        if answer.type != PacketType.CONTROL_ACK or answer.encode()[5:12] != want:
+        problem = control_answer_problem(request, answer)
+        if problem is not None:
             raise HandshakeError(
-                f"answer to 0xA3 from {self.peer} is not a 0xAB echoing {want.hex(' ')}: "
-                f"{answer.encode()[:12].hex(' ')}",
-                reason="bad_control_answer",
+                f"answer to 0xA3 from {self.peer} is {problem}", reason="bad_control_answer"
             )
 
     # -- output

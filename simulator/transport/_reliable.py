@@ -1,53 +1,56 @@
 # ReliableTransport: the controller ("cloud") side of one connection to a Cync device.
 #
-# Strategy: the controller answers what devices send (0x23 -> 0x28, 0x43 -> 0x48, 0x83 -> 0x88,
-# 0xD3 -> 0xD8, 0xC3 -> 0xC8) and sends 0x73 commands (and 0xA3), PROTOCOL.md sections 4-9.
-# Incoming packets are dispatched synchronously from the protocol callback through one table
-# keyed by packet type.  A 0x73 is matched to its 0x7B by bytes 5-11 (device id + message id
-# from our own counter); its f9 result by the inner sequence byte (PROTOCOL.md section 8).  Each
-# exchange runs in the caller's task: write, wait for the ACK future, back off (seeded jitter),
-# retransmit the identical bytes, at most ``max_retries`` times.  Everything is bounded: open
-# exchanges (``max_pending``; beyond it a command fails at once with reason "backpressure", so
-# callers see the overload instead of hidden queueing latency), the 0x83 de-duplication LRU
-# (``dedup_window``) and the inbox (``recv_queue_size``; oldest dropped and counted).
-# Failures are Result values; decode problems are raised by ``recv_reliable``.
-# Layout: this module holds the connection lifecycle, the handshake and the sending side;
-# the receive side (dispatch table handlers, inbox, answers) is simulator/_transport_recv.py,
-# mixed into ReliableTransport; connections are simulator/_transport_conn.py and
-# simulator/_transport_link.py.
+# Strategy: the protocol logic is the sans-IO core in cyncsim.replay.controller (exchange
+# table, auto-answers, connection states); this class adds only I/O, timers and retries.  The
+# controller answers what devices send and sends 0x73 commands (and 0xA3), PROTOCOL.md sections
+# 4-9.  Each exchange runs in the caller's task: write, wait for the ACK future, back off
+# (seeded jitter), retransmit the identical bytes, at most ``max_retries`` times.  Everything is
+# bounded: open exchanges (``max_pending``; beyond it a command fails at once with reason
+# "backpressure", so callers see the overload instead of hidden queueing latency), the 0x83
+# de-duplication LRU (``dedup_window``) and the inbox (``recv_queue_size``; oldest dropped and
+# counted).  Failures are Result values; decode problems are raised by ``recv_reliable``.
+# The receive side is a ``Receiver`` (_receive.py), the connection a ``ConnectionManager``
+# (_manager.py) whose links (_link.py) hand their packets to the receiver.
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Self
 
+from cyncsim.replay.controller import (
+    HELLO_ACK,
+    ConnState,
+    Controller,
+    Exchange,
+    Outcome,
+)
 from cyncsim.replay.errors import HandshakeError
 from cyncsim.replay.payloads import (
+    GROUP_BASE,
+    RGB_MODE,
     UNCHANGED,
     LightStateCommand,
     PowerCommand,
     build_command,
     build_control,
 )
-from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, HelloPacket, PacketType
-from cyncsim.simulator._transport_conn import (
-    ConnectionManager,
-    DeviceLink,
-    Inbox,
-    Result,
-    TransportStats,
+from cyncsim.replay.protocol import (
+    CyncPacket,
+    FramedPacket,
+    FrameKind,
+    HelloPacket,
+    PacketType,
+    exchange_key,
 )
-from cyncsim.simulator._transport_recv import _HELLO_ACK, TransportReceiver, _Outcome, _Pending
+from cyncsim.simulator.transport._link import DeviceLink
+from cyncsim.simulator.transport._manager import ConnectionManager
+from cyncsim.simulator.transport._receive import Receiver, Waiters, wake
+from cyncsim.simulator.transport._result import Result, TransportStats
 
-__all__ = ["GROUP_BASE", "ConnectionManager", "ReliableTransport", "Result", "TransportStats"]
-
-GROUP_BASE = 0x8000  # mesh targets from here on are groups (PROTOCOL.md 7.5)
-RGB_MODE = 0xFE
+__all__ = ["ReliableTransport"]
 
 
 async def _settled(fut: asyncio.Future[Any], seconds: float) -> bool:
@@ -57,7 +60,7 @@ async def _settled(fut: asyncio.Future[Any], seconds: float) -> bool:
     return fut.done()
 
 
-class ReliableTransport(TransportReceiver):
+class ReliableTransport:
     """Controller side of a Cync device connection, with ACK matching, retries and reconnect.
 
     ``connect()`` dials a listening device; ``serve()`` listens (``.port`` is the bound port)
@@ -106,38 +109,25 @@ class ReliableTransport(TransportReceiver):
         self.handshake_timeout_seconds = handshake_timeout_seconds
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
         self._rng = random.Random(seed)
-        self._clock = clock
         self.device_id: bytes | None = None
         self.auth_code: str | None = None
         self.stats = TransportStats()
+        self._core: Controller[Waiters] = Controller(
+            max_pending=max_pending, dedup_window=dedup_window
+        )
+        self._rx = Receiver(self._core, self.stats, state=lambda: self.state, clock=clock,
+                            queue_size=recv_queue_size)  # fmt: skip
         self.conn_mgr = ConnectionManager(
-            self, host=host, port=port, tls=tls, auto_reconnect=auto_reconnect,
+            self, self._rx, host=host, port=port, tls=tls, auto_reconnect=auto_reconnect,
             reconnect_timeout_seconds=reconnect_timeout_seconds,
             connect_timeout_seconds=connect_timeout_seconds,
         )  # fmt: skip
-        self._pending: dict[bytes, _Pending] = {}
-        self._result_waiters: dict[int, _Pending] = {}
-        self._seen_reports: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._inbox = Inbox(recv_queue_size)
-        self._ping_waiters: list[asyncio.Future[_Outcome]] = []
-        self._msg_counter = 0
-        self._seq_counter = 0
         self._ever_handshaken = False
         self._send_control = False
-        self._handlers: dict[int, Callable[[DeviceLink, int, CyncPacket], None]] = {
-            PacketType.HELLO: self._on_hello,
-            PacketType.DATA_ACK: self._on_data_ack,
-            PacketType.DATA: self._on_data,
-            PacketType.REPORT: self._on_report,
-            PacketType.STATUS: self._on_status,
-            PacketType.PING: self._on_ping,
-            PacketType.TIME_REQUEST: self._on_time_request,
-            PacketType.CONTROL_ACK: self._on_control_ack,
-        }
 
     # ------------------------------------------------------------------ connection lifecycle
     @property
-    def state(self) -> str:
+    def state(self) -> ConnState:
         return self.conn_mgr.state
 
     @property
@@ -199,7 +189,7 @@ class ReliableTransport(TransportReceiver):
         hello = await link.wait_hello(limit)
         if link.handshaken:
             return hello  # handshake() called again: the 0x28 was sent already
-        if not link.write(_HELLO_ACK):
+        if not link.write(HELLO_ACK):
             raise HandshakeError(f"connection to {link.peer} closed", reason="closed")
         link.handshaken = True
         self.device_id, self.auth_code = hello.device_id, hello.auth_code.decode("ascii")
@@ -218,24 +208,39 @@ class ReliableTransport(TransportReceiver):
 
     def link_down(self, reason: str) -> None:
         """The connection is gone: every waiting exchange ends now with ``reason``."""
-        for entry in list(self._pending.values()):
-            for fut in (entry.ack, entry.result):
-                if fut is not None and not fut.done():
-                    fut.set_result(reason)
-        for fut in self._ping_waiters:
-            if not fut.done():
-                fut.set_result(reason)
+        for exchange in self._core.fail_open(reason):
+            wake(exchange)
+        self._rx.fail_pings(reason)
 
-    def state_changed(self, state: str) -> None:
-        if state in ("closed", "disconnected", "idle"):
-            self._inbox.wake_all()
+    def state_changed(self, state: ConnState) -> None:
+        self._rx.state_changed(state)
+
+    # --------------------------------------------------------------------------- receive
+    async def recv_reliable(self, timeout: float | None = None) -> CyncPacket:  # noqa: ASYNC109
+        """The next device packet the transport did not consume: 0x83 reports, 0x43, f9
+        results nobody waited for, anything unexpected (0x83/0x43 are already answered).
+        Raises PacketDecodeError for a defective packet or non-Cync bytes (the connection
+        stays up), TimeoutError after ``timeout``, CyncError when closed / not connected."""
+        return await self._rx.recv(timeout)
+
+    def internal_sizes(self) -> dict[str, int]:
+        """Sizes of the internal tables: all bounded, the first four 0 when nothing waits."""
+        core = self._core.sizes()
+        return {
+            "pending": core["pending"],
+            "result_waiters": core["result_waiters"],
+            "ping_waiters": len(self._rx.ping_waiters),
+            "inbox_waiters": self._rx.inbox.waiters,
+            "inbox": len(self._rx.inbox),
+            "dedup": core["dedup"],
+        }
 
     # -------------------------------------------------------------------------- commands
     def _refusal(self) -> str | None:
-        state = self.conn_mgr.state
-        if state == "connected" and self.conn_mgr.link is not None:
-            return None
-        return "reconnecting" if state == "reconnecting" else "not_connected"
+        refusal = self.conn_mgr.state.refusal
+        if refusal is None and self.conn_mgr.link is None:
+            return "not_connected"
+        return refusal
 
     @staticmethod
     def group(number: int) -> int:
@@ -305,26 +310,12 @@ class ReliableTransport(TransportReceiver):
             return Result(False, refusal)
         if device_id is None:
             return Result(False, "no_device_id")
-        seq = self._next_seq()
+        seq = self._core.next_seq()
         if seq is None:
             self.stats.backpressure += 1
             return Result(False, "backpressure")
-        packet = build_command(device_id, self._next_msg_id(device_id), make(seq))
+        packet = build_command(device_id, self._core.next_msg_id(device_id), make(seq))
         return await self.send_reliable(packet, wait_result=wait_result)
-
-    def _next_seq(self) -> int | None:
-        for _ in range(256):
-            self._seq_counter = (self._seq_counter + 1) & 0xFF
-            if self._seq_counter not in self._result_waiters:
-                return self._seq_counter
-        return None
-
-    def _next_msg_id(self, device_id: bytes) -> bytes:
-        while True:  # terminates: at most max_pending (<= 32768) of 65536 ids are in use
-            self._msg_counter = (self._msg_counter + 1) & 0xFFFF
-            msg_id = struct.pack(">HB", self._msg_counter, 0)
-            if device_id + msg_id not in self._pending:
-                return msg_id
 
     async def send_reliable(self, packet: CyncPacket, *, wait_result: bool = False) -> Result:
         """Send a 0x73 until a 0x7B echoing its bytes 5-11 arrives or the retries run out.
@@ -342,61 +333,55 @@ class ReliableTransport(TransportReceiver):
         refusal = self._refusal()
         if refusal is not None:
             return Result(False, refusal)
-        key = packet.device_id + packet.msg_id
+        data = packet.encode()
         seq = frame.seq_byte if wait_result and frame is not None else None
-        if key in self._pending or (seq is not None and seq in self._result_waiters):
-            return Result(False, "id_in_use")
-        if len(self._pending) >= self.max_pending:
-            self.stats.backpressure += 1
-            return Result(False, "backpressure")
         loop = asyncio.get_running_loop()
+        waiters = Waiters(loop.create_future(), loop.create_future() if seq is not None else None)
         opcode = -1 if frame is None else frame.opcode
-        result_fut = loop.create_future() if seq is not None else None
-        entry = _Pending(key, seq, opcode, loop.create_future(), result_fut)
-        self._pending[key] = entry
-        if seq is not None:
-            self._result_waiters[seq] = entry
+        exchange = self._core.open(exchange_key(data), seq, opcode, waiters)
+        if isinstance(exchange, str):  # refused: "id_in_use" or "backpressure"
+            if exchange == "backpressure":
+                self.stats.backpressure += 1
+            return Result(False, exchange)
         self.stats.commands += 1
         try:
-            return await self._exchange(entry, packet.encode())
+            return await self._exchange(exchange, data)
         finally:
-            if self._pending.get(key) is entry:
-                del self._pending[key]
-            if seq is not None and self._result_waiters.get(seq) is entry:
-                del self._result_waiters[seq]
+            self._core.finish(exchange)
 
-    async def _exchange(self, entry: _Pending, data: bytes) -> Result:
+    async def _exchange(self, exchange: Exchange[Waiters], data: bytes) -> Result:
         loop = asyncio.get_running_loop()
         start = loop.time()
         retries = 0
+        waiters = exchange.waiter
         for attempt in range(self.max_retries + 1):
             retries = attempt
             link = self.conn_mgr.link
-            if link is not None and not entry.ack.done():
+            if link is not None and exchange.ack is None:
                 await link.wait_writable()
-            if entry.ack.done() or link is None or not link.write(data):
+            if exchange.ack is not None or link is None or not link.write(data):
                 break
             self.stats.transmissions += 1
             self.stats.retransmissions += 1 if attempt else 0
-            if await _settled(entry.ack, self.ack_timeout_seconds):
+            if await _settled(waiters.ack, self.ack_timeout_seconds):
                 break
             if attempt == self.max_retries:
                 self.stats.timeouts += 1
                 return Result(False, "timeout", retries, loop.time() - start)
             # An ACK arriving during the back-off still completes this exchange.
-            if await _settled(entry.ack, self.backoff_delay(attempt)):
+            if await _settled(waiters.ack, self.backoff_delay(attempt)):
                 break
-        ack = entry.ack.result() if entry.ack.done() else (self._refusal() or "connection_lost")
+        ack = exchange.ack if exchange.ack is not None else (self._refusal() or "connection_lost")
         if isinstance(ack, str):
             return Result(False, ack, retries, loop.time() - start)
         self.stats.acked += 1
-        if entry.result is None:
+        if waiters.result is None:
             return Result(True, "acked", retries, loop.time() - start, ack)
-        if not await _settled(entry.result, self.result_timeout_seconds):
+        if not await _settled(waiters.result, self.result_timeout_seconds):
             return Result(False, "result_timeout", retries, loop.time() - start, ack)
-        res = entry.result.result()
-        if isinstance(res, str):
-            return Result(False, res, retries, loop.time() - start, ack)
+        res = exchange.result
+        if not isinstance(res, CyncPacket):
+            return Result(False, res or "result_timeout", retries, loop.time() - start, ack)
         return Result(True, "acked", retries, loop.time() - start, ack, res)
 
     async def send_heartbeat(self, timeout: float | None = None) -> Result:  # noqa: ASYNC109
@@ -408,14 +393,14 @@ class ReliableTransport(TransportReceiver):
         if refusal is not None:
             return Result(False, refusal)
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[_Outcome] = loop.create_future()
-        self._ping_waiters.append(fut)
+        fut: asyncio.Future[Outcome] = loop.create_future()
+        self._rx.ping_waiters.append(fut)
         start = loop.time()
         try:
             limit = self.heartbeat_timeout_seconds if timeout is None else timeout
             done = await _settled(fut, limit)
         finally:
-            self._ping_waiters.remove(fut)
+            self._rx.ping_waiters.remove(fut)
         got = fut.result() if done else "timeout"
         if isinstance(got, str):
             return Result(False, got, 0, loop.time() - start)
