@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cyncsim.replay.conformance import KINDS, ConformanceFinding, DiffReport, TimingRow
+from cyncsim.replay.conformance import ConformanceFinding, DiffReport, TimingRow
 from cyncsim.replay.errors import CyncError
 
 __all__ = ["MAX_ROWS_PER_KIND", "render_html", "timing_plot_png", "write_html"]
@@ -136,6 +136,17 @@ def _hex_html(hex_text: str, offsets: Sequence[int], limit: int = 96) -> str:
     return text
 
 
+def _hex_cell(hex_text: str, offsets: Sequence[int]) -> str:
+    """The bytes around the finding, and the whole value behind a details element."""
+    if not hex_text:
+        return ""
+    near = _hex_html(hex_text, offsets)
+    whole = _hex_html(hex_text, offsets, limit=len(hex_text))
+    if near == whole:
+        return near
+    return f"<details><summary>{near}</summary>{whole}</details>"
+
+
 def _ts(ts: float | None) -> str:
     if ts is None:
         return ""
@@ -202,8 +213,8 @@ def _findings_table(report: DiffReport) -> str:
                 f'<td class="{_esc(f.severity)}">{_esc(f.severity)}</td><td>{_esc(f.flow)}</td>'
                 f"<td class=num>{'' if f.index is None else f.index}</td><td>{_ts(f.ts)}</td>"
                 f"<td>{_esc(f.message)}</td><td>{_esc(f.expected)}</td><td>{_esc(f.actual)}</td>"
-                f'<td class="hex">{_hex_html(f.packet_hex, f.offsets)}</td>'
-                f'<td class="hex">{_hex_html(f.example_hex, f.offsets)}</td></tr>'
+                f'<td class="hex">{_hex_cell(f.packet_hex, f.offsets)}</td>'
+                f'<td class="hex">{_hex_cell(f.example_hex, f.offsets)}</td></tr>'
             )
         if len(items) > MAX_ROWS_PER_KIND:
             rows.append(
@@ -216,10 +227,12 @@ def _findings_table(report: DiffReport) -> str:
 
 
 def render_html(report: DiffReport) -> str:
-    counts = report.counts()
-    summary = ", ".join(
-        f"{k}: {n} ({KINDS.get(k, ('info', ''))[0]})" for k, n in counts.items()
-    )  # fmt: skip
+    # Each kind with the severity its findings carry (a weak constant is a warning, say),
+    # the same as in the findings table below.
+    tally: dict[tuple[str, str], int] = defaultdict(int)
+    for f in report.findings:
+        tally[(f.kind, f.severity)] += 1
+    summary = ", ".join(f"{kind}: {n} ({sev})" for (kind, sev), n in tally.items())
     judged: list[str] = []
     few: list[str] = []
     for row in report.timing:

@@ -55,17 +55,24 @@ def main() -> int:
     return 0 if code in (0, 1) else code
 
 
+TIME_SCALE = 0.1  # the demo's device runs ten times faster than the real ones
+
+
 async def _session(record: Path) -> None:
     from cyncsim.simulator.device import CyncDeviceSimulator
     from cyncsim.simulator.transport import ReliableTransport
 
     async with (
-        CyncDeviceSimulator("6457e7f2", seed=1, time_scale=0.1, record=str(record)) as dev,
+        CyncDeviceSimulator("6457e7f2", seed=1, time_scale=TIME_SCALE, record=str(record)) as dev,
         ReliableTransport("127.0.0.1", dev.port, seed=1) as ctl,
     ):
         await ctl.connect()
         await ctl.handshake()
         print(f"device {dev.device_id.hex()} on port {dev.port}, node {dev.engine.mesh_node}")
+        print(
+            f"  time scale {TIME_SCALE:g}: every delay is {TIME_SCALE:g} x the real devices', "
+            "so each time is shown as measured and as the real-time equivalent"
+        )
         node = dev.engine.mesh_node
         for label, send in (
             ("power on", ctl.send_toggle_command(node, True, wait_result=True)),
@@ -76,6 +83,7 @@ async def _session(record: Path) -> None:
             r = await send
             print(
                 f"  {label:<15} {r.reason:<6} ack+result in {r.latency_s * 1000:6.1f} ms"
+                f" (real time {r.latency_s * 1000 / TIME_SCALE:6.0f} ms)"
                 f"  -> on={dev.state.on} brightness={dev.state.brightness}"
                 f" color_temp={dev.state.color_temp}"
             )

@@ -127,6 +127,25 @@ def _hex(data: bytes) -> str:
     return data.hex(" ")
 
 
+FIELD_WINDOW = 16  # bytes of a long field shown around its first difference
+
+
+def field_pair(want: bytes, got: bytes) -> tuple[str, str]:
+    """Expected and actual hex of a field, a long one cut to the bytes around its first
+    difference (a 773-byte mesh table is one finding, not two screens of hex)."""
+    if max(len(want), len(got)) <= FIELD_WINDOW:
+        return _hex(want), _hex(got)
+    common = min(len(want), len(got))
+    first = next((k for k in range(common) if want[k] != got[k]), common)
+    start = max(0, first - FIELD_WINDOW // 4)
+
+    def cut(value: bytes) -> str:
+        end = min(len(value), start + FIELD_WINDOW)
+        return f"(bytes {start}-{end - 1} of {len(value)}) {_hex(value[start:end])}"
+
+    return cut(want), cut(got)
+
+
 class _FlowPairer:
     def __init__(self, flow: Flow, ref: Reference, variant: str) -> None:
         self.flow = flow
@@ -247,12 +266,12 @@ class _FlowPairer:
                     echo += [f.start + k for k in range(len(got)) if k >= len(want) or
                              got[k] != want[k]]  # fmt: skip
                     where = f"request bytes {f.source}-{f.source + f.end - f.start - 1}"
-                    echo_text.append((f"{f.name} ({where})", _hex(want), _hex(got)))
+                    echo_text.append((f"{f.name} ({where})", *field_pair(want, got)))
             elif f.role == "constant" and same_len and f.name.split("[")[0] not in VOLATILE:
                 want = tpl.exemplar[f.start : f.end]
                 if got != want:
                     const += [f.start + k for k in range(len(got)) if got[k] != want[k]]
-                    const_text.append((f.name, _hex(want), _hex(got)))
+                    const_text.append((f.name, *field_pair(want, got)))
         example = self.ref.closest(fp.sender, rm.key, raw) or tpl.exemplar
         if echo:
             self.findings.append(
