@@ -1,15 +1,22 @@
 # Typed views of what packets carry, and builders for every packet kind.
 #
-# Strategy: each body layout is one struct.Struct declared here; ``decode_*`` functions turn
-# a decoded packet (or its frame data) into a small frozen dataclass and return None when the
-# bytes are not of that layout; ``build_*`` functions make packets from fields with lengths
-# and checksums computed by the codec.  Layouts follow PROTOCOL.md sections 4-7.
+# Strategy: each body layout is a field table declared with the codec's (replay/_layout.py,
+# exported by protocol.py); ``decode_*`` functions unpack it with the table's struct into a
+# small frozen dataclass and return None when the bytes are not of that layout; ``build_*``
+# functions make packets from fields with lengths and checksums computed by the codec.
+# Layouts follow PROTOCOL.md sections 4-7.
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from cyncsim.replay.protocol import (
+    FIRMWARE_DATA,
+    ID_PREFIX,
+    LIGHT_DATA,
+    POWER_DATA,
+    STATUS_DATA,
+    STATUS_ENTRY,
+    TIME_BODY,
     AckPacket,
     CyncPacket,
     FramedPacket,
@@ -50,11 +57,16 @@ UNCHANGED = 0xFF  # brightness / colour temperature byte meaning "leave as it is
 RGB_MODE = 0xFE  # colour temperature byte meaning "switch to RGB"
 GROUP_BASE = 0x8000  # mesh addresses from here on are groups
 
-_POWER = struct.Struct("<B4sHBBBB2s")  # ctr, 4 zero bytes, target LE16, op, 11, 02, state, tail
-_LIGHT = struct.Struct("<B4sHBBBBBB3s")  # ctr, zeros, target, op, 11, 02, mode, bri, ct, rgb
-_STATUS = struct.Struct("<2sBHHBBBBBBB3s2s")  # 19-byte fa db 13 status
-_ENTRY = struct.Struct(">BHBBBB3sBBB6s")  # 19-byte 0x43 status entry
-_TIME = struct.Struct(">BHBBBBBBh")  # 0d, year, month, day, weekday, h, m, s, utc offset hhmm
+# The ``op`` field of the frame data: the opcode again, then the Telink vendor bytes 11 02.
+_POWER_OP = b"\xd0\x11\x02"
+_LIGHT_OP = b"\xf0\x11\x02"
+_STATUS_OP = b"\xdb\x11\x02"
+_TIME_MARKER = 0x0D
+_ENTRY_FLAGS = 0x0010  # the "flags" field of every 0x43 status entry
+_ENTRY_FLAGS_AT = STATUS_ENTRY["flags"].local
+_ENTRY_FLAGS_BYTES = _ENTRY_FLAGS.to_bytes(STATUS_ENTRY["flags"].size, "big")
+_FW_WHICH = FIRMWARE_DATA["which"].pos
+_FW_VERSION = slice(FIRMWARE_DATA["version"].pos, None)
 _SIMPLE_BODIES: dict[int, bytes] = {
     PacketType.HELLO_ACK: b"\x00\x00",
     PacketType.STATUS_ACK: b"\x01\x01\x00",
@@ -77,9 +89,7 @@ class PowerCommand:
         return self.target >= GROUP_BASE
 
     def data(self) -> bytes:
-        return _POWER.pack(
-            self.ctr, b"\0\0\0\0", self.target, 0xD0, 0x11, 0x02, int(self.on), b"\0\0"
-        )
+        return POWER_DATA.pack(self.ctr, b"\0\0\0\0", self.target, _POWER_OP, int(self.on), b"\0\0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +108,11 @@ class LightStateCommand:
         return self.target >= GROUP_BASE
 
     def data(self) -> bytes:
-        return _LIGHT.pack(
+        return LIGHT_DATA.pack(
             self.ctr,
             b"\0\0\0\0",
             self.target,
-            0xF0,
-            0x11,
-            0x02,
+            _LIGHT_OP,
             self.mode,
             self.brightness,
             self.color_temp,
@@ -132,14 +140,12 @@ class StatusReport:
 
     def data(self) -> bytes:
         second = self.node_id if self.node_id2 is None else self.node_id2
-        return _STATUS.pack(
+        return STATUS_DATA.pack(
             self.tick,
             self.flag,
             self.node_id,
             second,
-            0xDB,
-            0x11,
-            0x02,
+            _STATUS_OP,
             self.connected,
             int(self.on),
             self.brightness,
@@ -164,9 +170,9 @@ class StatusEntry:
     bridge_id: int
 
     def data(self) -> bytes:
-        return _ENTRY.pack(
+        return STATUS_ENTRY.pack(
             self.index,
-            0x0010,
+            _ENTRY_FLAGS,
             self.node_id,
             int(self.on),
             self.brightness,
@@ -193,8 +199,8 @@ class TimeReply:
     utc_offset_hhmm: int
 
     def data(self) -> bytes:
-        return _TIME.pack(
-            0x0D,
+        return TIME_BODY.pack(
+            _TIME_MARKER,
             self.year,
             self.month,
             self.day,
@@ -210,12 +216,12 @@ def decode_command(frame: InnerFrame) -> Command | None:
     """The command in an f8 d0 / f8 f0 frame, or None for other frames."""
     if frame.kind != FrameKind.REQUEST:
         return None
-    if frame.opcode == 0xD0 and len(frame.data) == _POWER.size:
-        ctr, _, target, op, _, _, state, _ = _POWER.unpack(frame.data)
-        return PowerCommand(ctr, target, bool(state)) if op == 0xD0 else None
-    if frame.opcode == 0xF0 and len(frame.data) == _LIGHT.size:
-        ctr, _, target, op, _, _, mode, bri, ct, rgb = _LIGHT.unpack(frame.data)
-        if op != 0xF0:
+    if frame.opcode == 0xD0 and len(frame.data) == POWER_DATA.size:
+        ctr, _, target, op, state, _ = POWER_DATA.unpack(frame.data)
+        return PowerCommand(ctr, target, bool(state)) if op[0] == 0xD0 else None
+    if frame.opcode == 0xF0 and len(frame.data) == LIGHT_DATA.size:
+        ctr, _, target, op, mode, bri, ct, rgb = LIGHT_DATA.unpack(frame.data)
+        if op[0] != 0xF0:
             return None
         return LightStateCommand(ctr, target, bri, ct, (rgb[0], rgb[1], rgb[2]), mode)
     return None
@@ -226,10 +232,10 @@ def decode_status_report(pkt: CyncPacket) -> StatusReport | None:
     if not isinstance(pkt, FramedPacket) or pkt.frame is None:
         return None
     f = pkt.frame
-    if f.kind != FrameKind.REPORT or f.opcode != 0xDB or len(f.data) != _STATUS.size:
+    if f.kind != FrameKind.REPORT or f.opcode != 0xDB or len(f.data) != STATUS_DATA.size:
         return None
-    tick, flag, node, node2, op, _, _, conn, on, bri, ct, rgb, tail = _STATUS.unpack(f.data)
-    if op != 0xDB:
+    tick, flag, node, node2, op, conn, on, bri, ct, rgb, tail = STATUS_DATA.unpack(f.data)
+    if op[0] != 0xDB:
         return None
     return StatusReport(
         node, bool(on), bri, ct, (rgb[0], rgb[1], rgb[2]), conn, tick, flag,
@@ -242,11 +248,13 @@ def decode_status_entries(pkt: CyncPacket) -> list[StatusEntry]:
     if not isinstance(pkt, IdPacket) or pkt.type != PacketType.STATUS:
         return []
     body = pkt.payload
-    if not body or body[1:3] != b"\x00\x10":
+    if not body or body[_ENTRY_FLAGS_AT] != _ENTRY_FLAGS_BYTES:
         return []
     out = []
-    for off in range(0, len(body) - _ENTRY.size + 1, _ENTRY.size):
-        idx, _, node, on, bri, ct, rgb, fresh, relay, bridge, _ = _ENTRY.unpack_from(body, off)
+    for off in range(0, len(body) - STATUS_ENTRY.size + 1, STATUS_ENTRY.size):
+        idx, _, node, on, bri, ct, rgb, fresh, relay, bridge, _ = STATUS_ENTRY.unpack_from(
+            body, off
+        )
         out.append(StatusEntry(idx, node, bool(on), bri, ct, (rgb[0], rgb[1], rgb[2]), fresh,
                                relay, bridge))  # fmt: skip
     return out
@@ -255,10 +263,10 @@ def decode_status_entries(pkt: CyncPacket) -> list[StatusEntry]:
 def decode_time_reply(pkt: CyncPacket) -> TimeReply | None:
     if pkt.type != PacketType.TIME_REPLY or not isinstance(pkt, GenericPacket):
         return None
-    if len(pkt.payload) != _TIME.size or pkt.payload[0] != 0x0D:
+    if len(pkt.payload) != TIME_BODY.size:
         return None
-    _, *fields = _TIME.unpack(pkt.payload)
-    return TimeReply(*fields)
+    marker, *fields = TIME_BODY.unpack(pkt.payload)
+    return TimeReply(*fields) if marker == _TIME_MARKER else None
 
 
 def firmware_version(pkt: CyncPacket) -> tuple[str, str] | None:
@@ -266,11 +274,10 @@ def firmware_version(pkt: CyncPacket) -> tuple[str, str] | None:
     if not isinstance(pkt, FramedPacket) or pkt.frame is None:
         return None
     f = pkt.frame
-    if f.kind != FrameKind.REPORT or f.opcode != 0x00 or len(f.data) < 14:
+    if f.kind != FrameKind.REPORT or f.opcode != 0x00 or len(f.data) <= _FW_WHICH:
         return None
-    # Packet byte 34 is data byte 13; digits start at packet byte 35.
-    which = "device" if f.data[13] == 1 else "network"
-    digits = f.data[14:].split(b"\0", 1)[0]
+    which = "device" if f.data[_FW_WHICH] == 1 else "network"
+    digits = f.data[_FW_VERSION].split(b"\0", 1)[0]
     return which, digits.decode("ascii", "replace")
 
 
@@ -338,7 +345,7 @@ def build_control(device_id: bytes, token: bytes) -> IdPacket:
 
 def build_control_answer(request: IdPacket) -> IdPacket:
     """0xAB: 1,024 bytes echoing the 0xA3's id bytes, then ``07 00 09 xlink_dev`` and zeros."""
-    payload = b"\x07\x00\x09xlink_dev".ljust(1024 - 12, b"\0")
+    payload = b"\x07\x00\x09xlink_dev".ljust(1024 - ID_PREFIX.end, b"\0")
     return IdPacket(
         int(PacketType.CONTROL_ACK),
         device_id=request.device_id,
