@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import pytest
 
 from cyncsim import captures
-from cyncsim.replay._engine_render import ResponsePlan
 from cyncsim.replay.engine import (
     DEFAULT_RECONNECT_S,
     Close,
@@ -20,6 +19,7 @@ from cyncsim.replay.engine import (
     Relay,
     Send,
 )
+from cyncsim.replay.engine.view import ResponsePlan
 from cyncsim.replay.model import DeviceModel, Distribution
 from cyncsim.replay.payloads import (
     LightStateCommand,
@@ -30,7 +30,7 @@ from cyncsim.replay.payloads import (
     decode_time_reply,
     firmware_version,
 )
-from cyncsim.replay.protocol import FramedPacket, decode_packet
+from cyncsim.replay.protocol import FramedPacket, decode_packet, exchange_key
 
 DEV = bytes.fromhex("6457e7f2")
 AUTH = b"1e07d4c9dd546401"
@@ -155,11 +155,11 @@ def test_mesh_info_and_mesh_ack(model: DeviceModel) -> None:
 
 def test_control_gets_1024_byte_answer(model: DeviceModel) -> None:
     (ab,) = by_key(connected(model).receive(CONTROL, 1.0), "0xab")
-    assert len(ab) == 1024 and ab[5:12] == CONTROL[5:12] and b"xlink_dev" in ab
+    assert len(ab) == 1024 and exchange_key(ab) == exchange_key(CONTROL) and b"xlink_dev" in ab
 
 
 def test_firmware_reports_match_the_captured_bytes() -> None:
-    from cyncsim.replay._engine_render import firmware_report
+    from cyncsim.replay.engine.state import firmware_report
 
     dev = H("32 5d 53 17")
     assert firmware_report(dev, b"\x00\x01\x00", "network", "0") == FW_NETWORK
@@ -394,7 +394,7 @@ def test_set_state_and_status_broadcast(model: DeviceModel) -> None:
 
 
 def test_status_0x43_entries(model: DeviceModel) -> None:
-    from cyncsim.replay._engine_render import status_packet
+    from cyncsim.replay.engine.state import status_packet
 
     st = DeviceState(on=True, brightness=10, color_temp=10, rgb=(255, 255, 255))
     (entry,) = decode_status_entries(decode_packet(status_packet(H("38e8cf46"), 0xEE, st)))
@@ -447,7 +447,7 @@ def test_cloud_answers_in_order_with_learned_templates(model: DeviceModel) -> No
         H("78 00 00 00 07 45 88 0f 3a 00 10 05")]  # fmt: skip
     cmd = c.command(PowerCommand(0, 206, True), 14.0)
     assert cmd.data[5:9] == H("38e8cf46") and decode_packet(cmd.data).type == 0x73
-    assert sends(c.receive(b"\x7b\x00\x00\x00\x07" + cmd.data[5:12], 14.1)) == []
+    assert sends(c.receive(b"\x7b\x00\x00\x00\x07" + exchange_key(cmd.data), 14.1)) == []
 
 
 def test_cloud_local_variant_has_no_0x78(model: DeviceModel) -> None:

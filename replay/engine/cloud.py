@@ -1,21 +1,23 @@
-# The cloud role of the replay engine (CloudEngine), see replay/engine.py.
+# The cloud role of the replay engine: CloudEngine, the controller side of a connection.
 #
 # Strategy: the cloud answers what a device sends as the model's cloud did, in order (no
 # service queue: each answer leaves at arrival + a latency sample, never before the one
 # before), and builds 0x73 commands with its own message id and sequence counters; the
-# bytes 5-11 of what it sent are remembered (bounded) so the device's 0x7B is consumed.
-# Private module: replay.engine re-exports CloudEngine.
+# exchange keys of what it sent are remembered (bounded) so the device's 0x7B is consumed.
 from __future__ import annotations
 
 import dataclasses
 from collections import deque
 
-from cyncsim.replay._engine_base import DEDUP_WINDOW, Engine
-from cyncsim.replay._engine_parts import Action, DeviceState, SeedSource, Send
-from cyncsim.replay._engine_render import ModelView, RenderContext
+from cyncsim.replay.engine._base import DEDUP_WINDOW, Engine
+from cyncsim.replay.engine.actions import Action, Send
+from cyncsim.replay.engine.state import DeviceState
+from cyncsim.replay.engine.templates import RenderContext
+from cyncsim.replay.engine.view import ModelView, frame_key
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import Command, build_command
-from cyncsim.replay.protocol import CyncPacket, HelloPacket, PacketType
+from cyncsim.replay.protocol import CyncPacket, HelloPacket, PacketType, exchange_key
+from cyncsim.replay.seeds import SeedTree
 
 __all__ = ["CloudEngine"]
 
@@ -36,7 +38,7 @@ class CloudEngine(Engine):
         model: DeviceModel | ModelView,
         *,
         variant: str | None = None,
-        seed: int | SeedSource | None = None,
+        seed: int | SeedTree | None = None,
         name: str = "cloud",
         time_scale: float = 1.0,
         wall_offset: float = 0.0,
@@ -67,7 +69,7 @@ class CloudEngine(Engine):
         return self._on_generic(data, pkt, now)
 
     def _on_data_ack(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
-        if data[5:12] in self._sent_ids:
+        if exchange_key(data) in self._sent_ids:
             self._count("acks")
             return []
         self._count("unexpected_acks")
@@ -82,11 +84,14 @@ class CloudEngine(Engine):
         mid = self._msg.to_bytes(2, "big") + b"\0"
         cmd = dataclasses.replace(command, ctr=self._seq % 0xFF + 1)
         self._seq = cmd.ctr
-        data = build_command(dev, mid, cmd).encode()
-        self._sent_ids.append(data[5:12])
+        pkt = build_command(dev, mid, cmd)
+        assert pkt.frame is not None  # build_command always frames its command
+        data = pkt.encode()
+        self._sent_ids.append(exchange_key(data))
         self._last_out = max(self._last_out, now)
-        return Send(now, data, f"0x73:f8:{data[18]:02x}")
+        return Send(now, data, frame_key(pkt.frame.kind, pkt.frame.opcode))
 
     def expect_ack(self, data: bytes) -> None:
-        """Remember bytes 5-11 of a raw 0x73 sent by the caller, so its 0x7B is consumed."""
-        self._sent_ids.append(bytes(data[5:12]))
+        """Remember the exchange key of a raw 0x73 sent by the caller, so its 0x7B is
+        consumed."""
+        self._sent_ids.append(exchange_key(data))

@@ -1,42 +1,29 @@
-# The replay engine: a learned model turned into a device (or cloud) that answers packets.
+# The device role of the replay engine: a learned model turned into a Cync device that
+# answers packets, keeps state and counters, and talks on its own.
 #
 # Strategy: pure and sans-IO.  The caller hands in whole packets and its clock value ``now``
-# (seconds, any monotonic clock) and gets back actions as data: Send(at, bytes, key),
-# Close(at, reason), Relay(at, target, command).  Timers are not run here: ``next_deadline()``
-# says when ``poll(now)`` must be called next, and calling it early is harmless (a heartbeat
-# deadline that traffic moved later simply returns nothing).  Every response byte comes from
-# a learned template (replay/_engine_render.py) and every delay from a learned distribution
-# times ``time_scale``.  A device works through its requests one after another, per response
-# kind: response k leaves at max(arrival_k, departure_{k-1}) + a service sample, never before
-# the previous response to the same request, so a burst queues up as on real bridges.
-# Dispatch is a table by packet type.  Randomness: named streams of one SeedTree root.
-# Layout: Engine (shared by both roles) is in replay/_engine_base.py, CloudEngine in
-# replay/_engine_cloud.py, the engine's value types and fixed packet builders in
-# replay/_engine_parts.py; this module holds DeviceEngine and is the public import point.
+# (seconds, any monotonic clock) and gets back actions as data (replay/engine/actions.py).
+# Timers are not run here: ``next_deadline()`` says when ``poll(now)`` must be called next,
+# and calling it early is harmless (a heartbeat deadline that traffic moved later simply
+# returns nothing).  Every response byte comes from a learned template and every delay from a
+# learned distribution times ``time_scale``.  A device works through its requests one after
+# another, per response kind: response k leaves at max(arrival_k, departure_{k-1}) + a service
+# sample, never before the previous response to the same request, so a burst queues up as on
+# real bridges.  Dispatch is a table by packet type (the Engine base in _base.py).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from cyncsim.replay._engine_base import DEDUP_WINDOW, INF, Engine
-from cyncsim.replay._engine_cloud import CloudEngine
-from cyncsim.replay._engine_parts import (
-    Action,
-    Close,
-    DeviceState,
-    Relay,
-    SeedSource,
-    Send,
-    firmware_report,
-    frame_key,
-    pick_script,
-    status_packet,
-)
-from cyncsim.replay._engine_render import (
+from cyncsim.replay.engine._base import DEDUP_WINDOW, INF, Engine
+from cyncsim.replay.engine.actions import Action, Close, Relay, Send
+from cyncsim.replay.engine.state import DeviceState, firmware_report, status_packet
+from cyncsim.replay.engine.templates import RenderContext
+from cyncsim.replay.engine.view import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_RECONNECT_S,
     ModelView,
-    RenderContext,
+    frame_key,
 )
 from cyncsim.replay.model import DeviceModel, Distribution
 from cyncsim.replay.payloads import (
@@ -52,26 +39,38 @@ from cyncsim.replay.payloads import (
     build_simple,
     decode_command,
 )
-from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, PacketType
+from cyncsim.replay.protocol import (
+    EXCHANGE_KEY,
+    CyncPacket,
+    FramedPacket,
+    FrameKind,
+    PacketType,
+)
+from cyncsim.replay.seeds import SeedTree
 
-__all__ = [
-    "DEFAULT_HEARTBEAT_S",
-    "DEFAULT_RECONNECT_S",
-    "Action",
-    "Close",
-    "CloudEngine",
-    "DeviceEngine",
-    "DeviceState",
-    "Engine",
-    "ModelView",
-    "Relay",
-    "SeedSource",
-    "Send",
-]
+__all__ = ["MIN_CADENCE_S", "DeviceEngine", "pick_script"]
 
 MIN_CADENCE_S = 0.001  # floor for spontaneous timers, so a zero sample never spins
 _PING = build_simple(PacketType.PING).encode()
 _TIME_REQUEST = build_simple(PacketType.TIME_REQUEST).encode()
+# A command's identity for duplicate detection: its exchange key (device id, message id)
+# and the frame marker and sequence that follow it.
+_IDENT = slice(EXCHANGE_KEY.start, EXCHANGE_KEY.stop + 5)
+
+
+def pick_script(
+    scripts: Sequence[tuple[int, list[tuple[str, float]]]], u: float
+) -> list[tuple[str, float]]:
+    """The script whose cumulative count share covers ``u`` in [0, 1)."""
+    total = sum(n for n, _ in scripts)
+    if total <= 0:
+        return []
+    target = u * total
+    for n, steps in scripts:
+        if target < n:
+            return steps
+        target -= n
+    return scripts[-1][1]
 
 
 class DeviceEngine(Engine):
@@ -106,7 +105,7 @@ class DeviceEngine(Engine):
         mesh: dict[int, DeviceState] | None = None,
         firmware: dict[str, str] | None = None,
         variant: str | None = None,
-        seed: int | SeedSource | None = None,
+        seed: int | SeedTree | None = None,
         time_scale: float = 1.0,
         wall_offset: float = 0.0,
         hello_attempts: int | None = None,
@@ -273,8 +272,8 @@ class DeviceEngine(Engine):
         frame = pkt.frame if isinstance(pkt, FramedPacket) else None
         if frame is not None and not frame.checksum_ok:
             frame = None  # a bad checksum: treated as malformed (acked, not executed)
-        ident = data[5:17]
-        foreign = data[5:9] != self.device_id
+        ident = data[_IDENT]
+        foreign = not ident.startswith(self.device_id)
         duplicate = ident in self._recent_set
         if not duplicate:
             self._remember(ident)

@@ -1,10 +1,11 @@
-# The part of the replay engine both roles share (the Engine base class), see replay/engine.py.
+# The part of the replay engine both roles share: the Engine base class.
 #
 # Strategy: pure and sans-IO, like the whole engine.  Engine holds the model view, the seeded
 # delay stream and the per-connection departure bookkeeping, renders learned response plans
 # into timed Send actions (``_respond``: queued per response kind for a device, in order for
 # the cloud, counters never overtaking each other) and dispatches each whole packet through a
-# table by packet type that the roles fill.  Private module: replay.engine re-exports Engine.
+# table by packet type that the roles fill.  Randomness comes from named streams of one
+# replay.seeds.SeedTree ("engine/<name>/delay", "engine/<name>/behaviour").
 from __future__ import annotations
 
 import math
@@ -12,12 +13,14 @@ import random
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
-from cyncsim.replay._engine_parts import Action, SeedSource, Send, root_seed
-from cyncsim.replay._engine_render import ModelView, RenderContext, ResponsePlan
 from cyncsim.replay.describe import request_key
+from cyncsim.replay.engine.actions import Action, Send
+from cyncsim.replay.engine.templates import RenderContext
+from cyncsim.replay.engine.view import ModelView, ResponsePlan
 from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.model import DeviceModel, StratifiedUniform
 from cyncsim.replay.protocol import CyncPacket, decode_packet
+from cyncsim.replay.seeds import SeedTree, root_seed
 
 __all__ = ["DEDUP_WINDOW", "INF", "Engine"]
 
@@ -39,7 +42,7 @@ class Engine:
         model: DeviceModel | ModelView,
         *,
         variant: str | None = None,
-        seed: int | SeedSource | None = None,
+        seed: int | SeedTree | None = None,
         name: str = "",
         time_scale: float = 1.0,
         wall_offset: float = 0.0,
