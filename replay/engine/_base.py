@@ -95,7 +95,9 @@ class Engine:
         """Render ``plans`` as answers to ``request`` with their departure times.
 
         Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
-        previous departure) + a service sample; status reports at arrival + a latency sample.
+        previous departure) + a service sample; status reports at arrival + a latency sample;
+        an answer learned without a service time (the general 0x7B to an unknown command)
+        leaves at arrival + a latency sample, but never before the previous one of its kind.
         Cloud: arrival + a latency sample, never before the previous answer (replies are
         matched by order).  Both: never before the previous response to this request, nor
         before the packet that took the previous value of its counter.
@@ -113,6 +115,8 @@ class Engine:
                 free[key] = at = max(at, prev)
             else:
                 at = self._last_out = max(now + delay, self._last_out, prev)
+                if queued:  # a device sends the answers of one kind in order, queued or not
+                    free[key] = at = max(at, free.get(key, -INF))
             tpl = plan.template
             if tpl.counter:
                 at = max(at, slots.get(tpl.counter, -INF))

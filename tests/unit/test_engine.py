@@ -304,6 +304,22 @@ def test_unknown_opcode_foreign_id_and_malformed_still_acked(model: DeviceModel)
     assert e.receive(b"\x73\x00", 5.0) == [] and e.receive(H("73 00 00 00 02 00 00"), 5.0) == []
 
 
+def test_acks_leave_in_arrival_order_even_for_unknown_commands(model: DeviceModel) -> None:
+    """The general 0x7B (an unknown opcode) has no learned service time, a known command's
+    0x7B has one: a device still acks the two in the order they came, whatever the seed."""
+    effect = H("73 00 00 00 1a 64 57 e7 f2 00 11 00 7e 22 00 00 00 f8 e2 08 00"
+               " e2 11 02 07 01 01 02 00 00 7e")  # fmt: skip
+    effect = effect[:-2] + bytes((sum(effect[18:-2]) & 0xFF,)) + b"\x7e"
+    for seed in range(40):
+        e = connected(model, seed=seed)
+        first = sends(e.receive(effect, 1.0)) + sends(e.receive(POWER_OFF, 1.0))
+        e = connected(model, seed=seed)
+        second = sends(e.receive(POWER_OFF, 1.0)) + sends(e.receive(effect, 1.0))
+        for got in (first, second):
+            acks = [a for a in got if a.key == "0x7b"]
+            assert len(acks) == 2 and acks[0].at <= acks[1].at, (seed, acks)
+
+
 # ---------------------------------------------------------------------- timers
 def test_hello_then_connect_script_and_firmware(model: DeviceModel) -> None:
     e = make(model, firmware={"network": "0", "device": "11158"}, time_scale=0.01)
