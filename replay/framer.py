@@ -12,11 +12,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cyncsim.replay.errors import PacketDecodeError
-from cyncsim.replay.protocol import HEADER_LEN, CyncPacket, PacketType, decode_body, packet_name
+from cyncsim.replay.protocol import (
+    HEADER,
+    HEADER_LEN,
+    CyncPacket,
+    PacketType,
+    decode_body,
+    packet_name,
+)
 
 __all__ = ["FramerFinding", "PacketFramer"]
 
 _KNOWN_TYPES = frozenset(int(t) for t in PacketType)
+# The header, read byte by byte on the hot path (indexing is cheaper than an unpack): the
+# type byte first, two reserved bytes that are always zero, the big-endian length.
+_RES0 = HEADER["reserved"].offset
+_RES1 = _RES0 + 1
+_LEN0 = HEADER["length"].offset
+_LEN1 = _LEN0 + 1
+if HEADER.format != ">BHH" or HEADER.fields[0].name != "type":
+    raise TypeError("framer.py reads the header byte by byte: update it to the new layout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +94,12 @@ class PacketFramer:
         if self._buf or self._run is not None or self._held:
             return None
         n = len(data)
-        if n < HEADER_LEN or data[1] or data[2] or HEADER_LEN + ((data[3] << 8) | data[4]) != n:
+        if (
+            n < HEADER_LEN
+            or data[_RES0]
+            or data[_RES1]
+            or HEADER_LEN + ((data[_LEN0] << 8) | data[_LEN1]) != n
+        ):
             return None
         base = self._base
         self._base = base + n
@@ -104,8 +124,12 @@ class PacketFramer:
         # A run of skipped bytes may continue from the previous call: resume it at buf[0], so
         # that the outcome does not depend on how the stream was cut into calls.
         skip_start = 0 if self._run is not None else -1
-        while n - pos >= 3:
-            if buf[pos + 1] or buf[pos + 2] or (skip_start >= 0 and buf[pos] not in _KNOWN_TYPES):
+        while n - pos > _RES1:
+            if (
+                buf[pos + _RES0]
+                or buf[pos + _RES1]
+                or (skip_start >= 0 and buf[pos] not in _KNOWN_TYPES)
+            ):
                 if skip_start < 0:
                     skip_start = pos
                 pos += 1
@@ -117,10 +141,10 @@ class PacketFramer:
             if n - pos < HEADER_LEN:
                 break
             body = pos + HEADER_LEN
-            end = body + ((buf[pos + 3] << 8) | buf[pos + 4])
+            end = body + ((buf[pos + _LEN0] << 8) | buf[pos + _LEN1])
             if end > n:
                 break
-            # The header is checked here (bytes 1-2 zero, length fits), so only the body is
+            # The header is checked here (reserved bytes zero, length fits), so only the body is
             # left to decode: same result as decode_packet(buf[pos:end]), one slice fewer.
             try:
                 pkt = decode_body(buf[pos], buf[body:end], strict)
@@ -135,7 +159,7 @@ class PacketFramer:
             # Bytes that cannot begin a header even with more input join the open run (reported
             # when it ends, so a run cut across calls is still one finding); the last two are
             # kept, as they could still be the start of a packet.
-            keep = max(skip_start, n - 2)
+            keep = max(skip_start, n - _RES1)
             self._grow_run(buf, skip_start, keep)
             pos = keep
         self._buf = buf[pos:]
