@@ -27,7 +27,8 @@ from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import Command
 from cyncsim.replay.protocol import CyncPacket, decode_packet
 from cyncsim.replay.seeds import SeedTree
-from cyncsim.simulator._device_conn import EngineConnection, SimulatorBase, default_model
+from cyncsim.simulator._base import SimulatorBase, default_model
+from cyncsim.simulator._connection import EngineConnection
 from cyncsim.simulator.record import Recorder
 
 __all__ = ["CloudLink", "CyncCloudSimulator"]

@@ -9,7 +9,8 @@
 # No task per device: each connection is a BufferedProtocol with one loop timer; a dial
 # attempt is a short task that ends when the TCP (and TLS) handshake does.
 #
-# Public API: CyncDeviceSimulator, DeviceState, device_ssl_context, DEFAULT_FIRMWARE.
+# Public API: CyncDeviceSimulator, DeviceState, device_ssl_context, DEFAULT_FIRMWARE,
+# DEVICE_MAX_PACKET.
 # Extension points (for fleets): ``sim.engine`` is the DeviceEngine (state, counters,
 # groups, ``apply_command`` for a command relayed over the mesh); ``on_relay`` (or a subclass
 # overriding ``relay``) receives Relay actions for commands addressed to other nodes or to
@@ -34,18 +35,28 @@ from cyncsim.replay.engine import DeviceEngine, DeviceState, Relay, Send
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceIdentity, DeviceModel
 from cyncsim.replay.seeds import SeedTree
-from cyncsim.simulator._device_conn import (
-    EngineConnection,
-    SimulatorBase,
-    check_loopback,
-    default_model,
-)
+from cyncsim.simulator._base import SimulatorBase, default_model
+from cyncsim.simulator._connection import EngineConnection
+from cyncsim.simulator.ports import check_loopback
 from cyncsim.simulator.record import Recorder
 
-__all__ = ["DEFAULT_FIRMWARE", "CyncDeviceSimulator", "DeviceState", "device_ssl_context"]
+__all__ = [
+    "DEFAULT_FIRMWARE",
+    "DEVICE_MAX_PACKET",
+    "CyncDeviceSimulator",
+    "DeviceState",
+    "device_ssl_context",
+]
 
 logger = logging.getLogger("cyncsim.device")
 DEFAULT_FIRMWARE = "10052"  # device firmware digits reported by real bulbs (PROTOCOL.md 12)
+# The longest packet a device takes in: the largest packet in every capture is 1,024 bytes
+# (the 0xAB answer; a 1 KiB device buffer, PROTOCOL.md sections 1 and 3), and what a
+# controller sends a device is far shorter (0x73 commands: 24-39 bytes).  A header claiming
+# more cannot be a packet a device would hold: it is reported in one log line and skipped as
+# noise, and framing resumes at the next plausible header, as for the stray bytes real devices
+# survived without reconnecting (the MITM's malformed injections, PROTOCOL.md sections 2, 11).
+DEVICE_MAX_PACKET = 1024
 OLD_FIRMWARE_SUITES = "AES256-SHA256:AES256-SHA:AES128-SHA256:AES128-SHA"
 _DEFAULT_CIPHERS = "ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!AESCCM"
 
@@ -264,6 +275,7 @@ class CyncDeviceSimulator(SimulatorBase):
             inbound=Direction.TO_DEVICE,
             policy=self.chaos_policy,
             record=self._record_for(dialled),
+            max_packet=DEVICE_MAX_PACKET,
         )
         conn.dialled = dialled
         return conn

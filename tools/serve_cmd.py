@@ -25,7 +25,6 @@ from typing import Any, NoReturn, TextIO
 from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
-from cyncsim.simulator._device_conn import check_loopback
 from cyncsim.simulator.fleet import (
     MESH_NODES,
     CyncFleet,
@@ -33,6 +32,7 @@ from cyncsim.simulator.fleet import (
     format_address,
     worker_record_path,
 )
+from cyncsim.simulator.ports import check_loopback
 
 __all__ = ["build_chaos", "register", "run"]
 

@@ -19,7 +19,7 @@ from cyncsim.replay.engine import ModelView
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.payloads import PowerCommand, decode_status_report
 from cyncsim.replay.protocol import decode_packet
-from cyncsim.simulator._device_conn import default_model
+from cyncsim.simulator._base import default_model
 from cyncsim.simulator.cloud import CyncCloudSimulator
 from cyncsim.simulator.fleet import (
     CyncFleet,

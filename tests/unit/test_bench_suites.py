@@ -12,7 +12,7 @@ import random
 import pytest
 
 from cyncsim.replay.model import Distribution, StratifiedUniform
-from cyncsim.simulator._device_conn import default_model
+from cyncsim.simulator._base import default_model
 from cyncsim.tools.bench import chaos_suite as chaos
 from cyncsim.tools.bench.latency import (
     cdf_interp,

@@ -1,65 +1,46 @@
 # One TCP (or TLS) connection driven by a replay engine: framing, timing, chaos, recording.
 #
-# Strategy: an asyncio.BufferedProtocol reads into one reused bytearray and cuts whole
-# packets by the outer header (bytes 1-2 are always zero; a byte that cannot start a header
-# is skipped and counted, as replay.framer does).  Each packet goes to the engine at once,
-# or, under chaos, through ChaosPolicy.on_packet first (dropped, delayed, duplicated,
-# corrupted: at whole-packet granularity).  The engine's actions are written at once when
-# due, else kept in one heap ordered by (due time, arrival order) behind a single
-# loop.call_at timer that also serves the engine's own deadline; a timer that wakes before
-# its time re-arms instead of acting early.  Writes go to the transport, through a
-# ChaosWriter when chaos is on, and through the recorder when recording.
+# Strategy: an asyncio.Protocol hands what it reads to a PacketStream (simulator/_stream.py:
+# replay.framer.PacketFramer cuts the packets, noise is skipped and counted, and a header that
+# claims more than the owner accepts is reported in one log line and skipped), so nothing read
+# is ever a reason to reset the connection.  Each packet goes to the engine at once, or, under
+# chaos, through ChaosPolicy.on_packet first (dropped, delayed, duplicated, corrupted: at
+# whole-packet granularity).  The engine's actions are written at once when due, else kept in
+# one heap ordered by (due time, arrival order) behind a single loop.call_at timer that also
+# serves the engine's own deadline; a timer that wakes before its time re-arms instead of
+# acting early.  Writes go to the transport, through a ChaosWriter when chaos is on, and
+# through the recorder when recording.
 # Shared by the device and the cloud simulators; private to simulator/.
 from __future__ import annotations
 
 import asyncio
-import functools
 import heapq
 import itertools
 import logging
 import math
-import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol
 
-from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
-from cyncsim.replay.chaos import ChaosConfig, ChaosPolicy, Direction, FaultEvent
+from cyncsim.replay.chaos import ChaosPolicy, Direction
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
-from cyncsim.replay.errors import CyncError
-from cyncsim.replay.model import DeviceModel
-from cyncsim.replay.seeds import SeedTree
+from cyncsim.simulator._stream import MAX_PACKET, PacketStream
 from cyncsim.simulator.chaos import ChaosWriter, abort_connection
-from cyncsim.simulator.ports import PortError, check_loopback, default_port
-from cyncsim.simulator.record import ConnectionRecord, Recorder
+from cyncsim.simulator.record import ConnectionRecord
 
-__all__ = [
-    "ConnectionOwner",
-    "EngineConnection",
-    "SimulatorBase",
-    "check_loopback",
-    "close_all",
-    "default_model",
-]
+__all__ = ["ConnectionOwner", "EngineConnection", "close_all"]
 
 logger = logging.getLogger("cyncsim.sim")
-_BUF = 4096
 INF = math.inf
 _SEND, _DELIVER, _CLOSE = 0, 1, 2
 _Item = tuple[float, int, int, bytes]  # (due, order, kind, data)
-
-
-@functools.lru_cache(maxsize=1)
-def default_model() -> DeviceModel:
-    """The shipped default model, loaded once per process."""
-    from cyncsim import captures
-
-    return captures.load_default_model()
+_OVERSIZE_LINES = 8  # per connection; later oversize headers are counted, not logged
 
 
 class ConnectionOwner(Protocol):
-    """What a connection reports to its simulator."""
+    """What a connection reports to its simulator (``name`` opens its log lines)."""
+
+    name: str
 
     def connection_opened(self, conn: EngineConnection) -> None: ...
 
@@ -89,9 +70,10 @@ class _RecordingSink:
         return self.transport.is_closing()
 
 
-class EngineConnection(asyncio.BufferedProtocol):
+class EngineConnection(asyncio.Protocol):
     """Moves bytes between a socket and ``engine``; ``inbound`` is the chaos direction of
-    what is read (to_device for a device, from_device for a cloud)."""
+    what is read (to_device for a device, from_device for a cloud); ``max_packet`` is the
+    longest packet accepted (a longer header is reported and skipped as noise)."""
 
     def __init__(
         self,
@@ -102,6 +84,7 @@ class EngineConnection(asyncio.BufferedProtocol):
         policy: ChaosPolicy | None = None,
         record: Callable[[EngineConnection], ConnectionRecord | None] | None = None,
         observer: Callable[[str, bytes], None] | None = None,
+        max_packet: int = MAX_PACKET,
     ) -> None:
         self.owner = owner
         self.engine = engine
@@ -113,20 +96,23 @@ class EngineConnection(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._out: ChaosWriter | _RecordingSink | asyncio.Transport | None = None
-        self._buf = bytearray(_BUF)
-        self._fill = 0
+        self._stream = PacketStream(max_packet, self._oversize)
         self._heap: list[_Item] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = INF
         self._stall: asyncio.TimerHandle | None = None
-        self.skipped = 0  # bytes that could not start a packet
         self.refused = False  # closed at once: a chaos partition refuses connections
         self.dialled = False  # we made this connection (dial mode), not accepted it
         self.active = False  # the engine is attached (the owner accepted the connection)
         self.closed = asyncio.Event()
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
+
+    @property
+    def skipped(self) -> int:
+        """Bytes read that could not start a packet (noise, headers longer than accepted)."""
+        return self._stream.skipped
 
     @property
     def pending(self) -> int:
@@ -174,37 +160,25 @@ class EngineConnection(asyncio.BufferedProtocol):
         self.active = True
         self._apply(self.engine.connection_made(now), now)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self._fill >= len(self._buf):
-            self._buf.extend(bytes(len(self._buf)))
-        return memoryview(self._buf)[self._fill :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        buf = self._buf
+    def data_received(self, data: bytes) -> None:
         if self.record is not None:
-            self.record.data("in", bytes(buf[self._fill : self._fill + nbytes]), time.time())
-        self._fill += nbytes
-        fill = self._fill
-        pos = 0
+            self.record.data("in", data, time.time())
         now = self.loop.time()
-        while fill - pos >= 5 and self.active:
-            if buf[pos + 1] or buf[pos + 2]:
-                pos += 1  # not at a packet boundary: skip, as replay.framer does
-                self.skipped += 1
-                continue
-            end = pos + 5 + ((buf[pos + 3] << 8) | buf[pos + 4])
-            if end > fill:
-                if end > len(buf):
-                    buf.extend(bytes(end - len(buf)))
+        for packet in self._stream.feed(data):
+            if not self.active:
                 break
-            self._incoming(bytes(buf[pos:end]), now)
-            pos = end
-        if pos:
-            rest = fill - pos
-            buf[:rest] = buf[pos:fill]
-            self._fill = rest
-            if len(buf) > _BUF and rest <= _BUF:
-                del buf[_BUF:]
+            self._incoming(packet, now)
+
+    def _oversize(self, offset: int, ptype: int, length: int) -> None:
+        n = self._stream.oversize
+        if n > _OVERSIZE_LINES:
+            return
+        more = "; further ones are counted, not logged" if n == _OVERSIZE_LINES else ""
+        logger.warning(
+            "%s: %s:%d sent a 0x%02x header claiming a %d-byte packet, longer than the %d "
+            "bytes accepted: skipped as noise at stream offset %d%s",
+            self.owner.name, *self.peer, ptype, length, self._stream.limit, offset, more,
+        )  # fmt: skip
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -373,161 +347,6 @@ class EngineConnection(asyncio.BufferedProtocol):
         self._heap.clear()
         if isinstance(self._out, ChaosWriter):
             self._out.close()
-
-
-class SimulatorBase:
-    """Server lifecycle shared by the device and cloud simulators: listening socket, live
-    connections, chaos policy per run, recorder; ``stop()`` leaves nothing behind."""
-
-    _ours: str = "device"  # which side of the protocol this simulator plays
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        seeds: SeedTree,
-        chaos_config: ChaosConfig | None,
-        record: str | Path | Recorder | None,
-        name: str,
-    ) -> None:
-        check_loopback(host)
-        self.host = host
-        self._port_arg = port
-        self._bound_port = 0
-        self.seeds = seeds
-        self.chaos_config = chaos_config
-        self.name = name
-        self.recorder = (
-            record if isinstance(record, Recorder) or record is None else Recorder(record)
-        )
-        self.chaos_policy: ChaosPolicy | None = None
-        self._server: asyncio.Server | None = None
-        self._live: set[EngineConnection] = set()
-        self._running = False
-        self._t0 = 0.0
-
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def port(self) -> int:
-        """The bound listening port (0 before the first start)."""
-        return self._bound_port
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    @property
-    def open_connections(self) -> list[EngineConnection]:
-        """Connections not closed yet (including one being replaced)."""
-        return list(self._live)
-
-    @property
-    def fault_log(self) -> list[FaultEvent]:
-        """Every chaos decision of the current (or last) run."""
-        return [] if self.chaos_policy is None else self.chaos_policy.log
-
-    def _begin(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._running:
-            return loop
-        self._running = True
-        self._t0 = loop.time()
-        if self.chaos_config is not None:
-            self.chaos_policy = ChaosPolicy(
-                self.chaos_config, self.seeds, name=self.name, t0=self._t0
-            )
-        if self.recorder is not None:
-            self.recorder.open()
-        return loop
-
-    async def _listen(
-        self, factory: Callable[[], EngineConnection], tls: ssl.SSLContext | None = None
-    ) -> None:
-        if self._server is not None:
-            return
-        loop = self._begin()
-        port = self._bound_port or self._port_arg or default_port()
-        try:
-            # A fleet's devices dial in all at once: a deep accept queue avoids SYN retries.
-            self._server = await loop.create_server(factory, self.host, port, ssl=tls, backlog=4096)
-        except OSError as exc:
-            raise PortError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from None
-        self._bound_port = int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        """Listen (each simulator knows for which protocol)."""
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Close the listener and every connection, flush the recording; safe twice."""
-        self._running = False
-        self._stop_hook()
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        await close_all(self._live)
-        if server is not None:
-            await server.wait_closed()
-        await self._stop_tasks()
-        if self.recorder is not None:
-            self.recorder.close()
-
-    def _stop_hook(self) -> None:
-        """Subclasses: cancel their timers (called first in stop)."""
-
-    async def _stop_tasks(self) -> None:
-        """Subclasses: await their own tasks (called after connections are closed)."""
-
-    def partition(self, active: bool = True) -> None:
-        """Start (or end) a manual chaos partition: with chaos off, a default policy is made."""
-        loop = asyncio.get_running_loop()
-        if self.chaos_policy is None:
-            self.chaos_policy = ChaosPolicy(
-                ChaosConfig(), self.seeds, name=self.name, t0=loop.time()
-            )
-        if active:
-            self.chaos_policy.partition_start(loop.time())
-        else:
-            self.chaos_policy.partition_end(loop.time())
-
-    # ------------------------------------------------------------------ owner hooks
-    def connection_opened(self, conn: EngineConnection) -> None:
-        self._live.add(conn)
-
-    def connection_gone(self, conn: EngineConnection, exc: Exception | None, active: bool) -> None:
-        self._live.discard(conn)
-
-    def _record_for(
-        self, we_dialled: bool
-    ) -> Callable[[EngineConnection], ConnectionRecord | None]:
-        def make(conn: EngineConnection) -> ConnectionRecord | None:
-            if self.recorder is None:
-                return None
-            ours: Sender = DEVICE if self._ours == "device" else CLOUD
-            return self.recorder.connection(
-                ours=ours, local=conn.local, peer=conn.peer, we_dialled=we_dialled, ts=time.time()
-            )
-
-        return make
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Poll ``predicate`` until true; CyncError(reason="timeout") after ``timeout`` s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            if loop.time() > deadline:
-                raise CyncError(
-                    f"{self.name}: condition not met within {timeout} s", reason="timeout"
-                )
-            await asyncio.sleep(0.002)
 
 
 async def close_all(conns: set[EngineConnection], grace: float = 1.0) -> None:

@@ -28,14 +28,16 @@ from typing import Any
 from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
-from cyncsim.simulator._device_conn import check_loopback, default_model
-from cyncsim.simulator._fleet_members import (
+from cyncsim.simulator._base import default_model
+from cyncsim.simulator.fleet._fleet import CyncFleet
+from cyncsim.simulator.fleet._members import (
     MESH_NODES,
     FleetMember,
     FleetStats,
     Identities,
     generate_members,
 )
+from cyncsim.simulator.ports import check_loopback
 
 __all__ = ["FleetWorkers", "worker_record_path"]
 
@@ -89,8 +91,6 @@ def worker_main(members: list[FleetMember], opts: _Options, dial: _Dial | None, 
 async def _worker(
     members: list[FleetMember], opts: _Options, dial: _Dial | None, conn: Connection
 ) -> int:
-    from cyncsim.simulator.fleet import CyncFleet
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

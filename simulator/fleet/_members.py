@@ -14,7 +14,8 @@ from typing import Literal
 
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.seeds import SeedTree
-from cyncsim.simulator._device_conn import check_loopback, default_model
+from cyncsim.simulator._base import default_model
+from cyncsim.simulator.ports import check_loopback
 
 __all__ = [
     "AUTH_PREFIX",
@@ -162,6 +163,11 @@ def generate_members(
     used_ids = set(seen_ids)
     pools: dict[int, list[int]] = {}
     taken: dict[int, set[int]] = {}
+    # A captured device keeps its node: drawn nodes avoid those of later captured devices too.
+    reserved: dict[int, set[int]] = {}
+    for i, d in enumerate(captured[:n]):
+        if d.mesh_node is not None:
+            reserved.setdefault(i // mesh_size, set()).add(d.mesh_node)
     out: list[FleetMember] = []
     for i in range(n):
         mesh = i // mesh_size
@@ -179,11 +185,12 @@ def generate_members(
                     range(1, MESH_NODES + 1), MESH_NODES
                 )
             pool = pools[mesh]
-            while pool[-1] in nodes:
+            avoid = reserved.get(mesh, set())
+            while pool[-1] in nodes or pool[-1] in avoid:
                 pool.pop()
             node = pool.pop()
         nodes.add(node)
-        sub = tree.derive(f"fleet/device/{i}") >> 65
+        sub = tree.seed(f"fleet/device/{i}")
         out.append(FleetMember(i, dev, auth, mesh, node, hosts[i], sub, i < len(captured)))
     return out
 

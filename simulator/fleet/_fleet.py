@@ -1,15 +1,15 @@
-# CyncFleet: many simulated devices in one process (FleetWorkers: over several processes).
+# CyncFleet: many simulated devices in one process.
 #
-# Strategy: a fleet is a list of FleetMember identities (simulator/_fleet_members.py: who
-# each device is, drawn from one seed) plus one CyncDeviceSimulator per member; nothing
-# runs per device but its connection's own timer, so an idle device costs about 20 KiB and
-# no task.  Dial-mode devices each bind their own loopback source address (127.0.0.2, ...,
+# Strategy: a fleet is a list of FleetMember identities (fleet/_members.py: who each device
+# is, drawn from one seed) plus one FleetDevice (fleet/_device.py) per member; nothing runs
+# per device but its connection's own timer, so an idle device costs about 20 KiB and no
+# task.  Dial-mode devices each bind their own loopback source address (127.0.0.2, ...,
 # 127.0.0.254, 127.0.1.1, ...; Linux routes all of 127.0.0.0/8 to lo).  Starting, dialling
 # and stopping run with a concurrency bound; stop() closes everything and is safe twice.
-# Devices of one mesh share one node table (their mesh-info replies list the whole mesh)
-# and relay commands for other nodes or groups to them after a mesh hop delay, once per
-# node and command within RELAY_WINDOW_S.  One recorder file serves the whole fleet.
-# FleetWorkers (simulator/_fleet_workers.py) runs shares of one fleet in spawned processes.
+# Devices of one mesh share one Mesh (node table and command relay).  One recorder file
+# serves the whole fleet.  FleetWorkers (fleet/_workers.py) runs shares of one fleet in
+# spawned processes, each a CyncFleet.
+# Private module: import the public names from cyncsim.simulator.fleet.
 from __future__ import annotations
 
 import asyncio
@@ -23,185 +23,26 @@ from typing import Self
 
 from cyncsim.replay.capture.model import Sender
 from cyncsim.replay.chaos import ChaosConfig
-from cyncsim.replay.engine import DeviceState, Relay
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
-from cyncsim.replay.payloads import GROUP_BASE, Command, decode_command
-from cyncsim.replay.protocol import FramedPacket, decode_packet
-from cyncsim.simulator._device_conn import EngineConnection, check_loopback, default_model
-from cyncsim.simulator._fleet_members import (
+from cyncsim.simulator._base import default_model
+from cyncsim.simulator.device import device_ssl_context
+from cyncsim.simulator.fleet._device import RELAY_DELAY_S, FleetDevice, Mesh
+from cyncsim.simulator.fleet._members import (
     MESH_NODES,
     FleetMember,
     FleetStats,
     Identities,
     format_address,
     generate_members,
-    loopback_address,
 )
-from cyncsim.simulator._fleet_workers import FleetWorkers, worker_record_path
-from cyncsim.simulator.device import CyncDeviceSimulator, device_ssl_context
-from cyncsim.simulator.ports import default_port
+from cyncsim.simulator.ports import check_loopback, default_port
 from cyncsim.simulator.record import ConnectionRecord, Recorder
 
-__all__ = [
-    "MESH_NODES",
-    "RELAY_DELAY_S",
-    "RELAY_WINDOW_S",
-    "CyncFleet",
-    "FleetDevice",
-    "FleetMember",
-    "FleetStats",
-    "FleetWorkers",
-    "format_address",
-    "generate_members",
-    "loopback_address",
-    "raise_fd_limit",
-    "worker_record_path",
-]
+__all__ = ["CyncFleet", "raise_fd_limit"]
 
 logger = logging.getLogger("cyncsim.fleet")
-RELAY_WINDOW_S = 2.0  # a command reaches each node of a mesh once within this time
-RELAY_DELAY_S = 0.03  # default time a relayed command takes over the mesh
 SLOW_LISTENERS = 6000  # port-0 binds on one address get slow beyond about this many
-
-
-# ---------------------------------------------------------------------------- devices
-class _Mesh:
-    """One mesh: the node table its bridges share, and command relay between them."""
-
-    __slots__ = ("delay", "devices", "limit", "number", "pending", "recent", "states")
-
-    def __init__(self, number: int, delay: float) -> None:
-        self.number = number
-        self.delay = delay
-        self.states: dict[int, DeviceState] = {}
-        self.devices: dict[int, FleetDevice] = {}
-        self.recent: dict[tuple[int, Command], float] = {}
-        self.limit = 256
-        self.pending: set[asyncio.TimerHandle] = set()
-
-    def first_time(self, node: int, command: Command, now: float) -> bool:
-        """True unless ``node`` got ``command`` within RELAY_WINDOW_S; notes it."""
-        if len(self.recent) > self.limit:  # forget old entries, amortised
-            self.recent = {k: t for k, t in self.recent.items() if now - t < RELAY_WINDOW_S}
-            self.limit = max(256, 2 * len(self.recent))
-        key = (node, command)
-        seen = self.recent.get(key)
-        self.recent[key] = now
-        return seen is None or now - seen >= RELAY_WINDOW_S
-
-    def relay(self, source: FleetDevice, command: Command) -> None:
-        """Pass ``command`` on to the nodes it is for, ``delay`` s later (the mesh hop)."""
-        loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle | None = None
-
-        def arrive() -> None:
-            assert handle is not None
-            self.pending.discard(handle)
-            self.deliver(source, command, loop.time())
-
-        handle = loop.call_later(self.delay, arrive)
-        self.pending.add(handle)
-
-    def deliver(self, source: FleetDevice, command: Command, now: float) -> None:
-        target = command.target
-        if target >= GROUP_BASE:
-            nodes = [d for d in self.devices.values() if d.handles(target)]
-        else:
-            dev = self.devices.get(target)
-            nodes = [] if dev is None else [dev]
-        for dev in nodes:
-            if dev is not source and self.first_time(dev.member.mesh_node, command, now):
-                dev.relayed(command, now)
-
-    def cancel(self) -> None:
-        for handle in self.pending:
-            handle.cancel()
-        self.pending.clear()
-
-
-class FleetDevice(CyncDeviceSimulator):
-    """A fleet's device: counts the packets it reads and writes and relays mesh commands."""
-
-    def __init__(
-        self,
-        member: FleetMember,
-        mesh: _Mesh | None,
-        *,
-        host: str,
-        port: int,
-        model: DeviceModel,
-        time_scale: float,
-        chaos_config: ChaosConfig | None = None,
-        firmware_version: str | None = None,
-        variant: str | None = None,
-        record: Recorder | None = None,
-    ) -> None:
-        super().__init__(
-            member.device_id,
-            host,
-            port,
-            firmware_version,
-            chaos_config,
-            model,
-            member.seed,
-            time_scale=time_scale,
-            variant=variant,
-            auth_code=member.auth_code,
-            mesh_node=member.mesh_node,
-            record=record,
-            source_host=member.source_host,
-            mesh=mesh.states if mesh is not None else None,
-        )
-        self.member = member
-        self.mesh_group = mesh
-        self.packets_in = 0
-        self.packets_out = 0
-        if mesh is not None:
-            mesh.devices[member.mesh_node] = self
-
-    def connection_ready(self, conn: EngineConnection) -> bool:
-        conn.observer = self._observe
-        return super().connection_ready(conn)
-
-    def _observe(self, way: str, data: bytes) -> None:
-        if way == "out":
-            self.packets_out += 1
-            return
-        self.packets_in += 1
-        mesh = self.mesh_group
-        if mesh is not None and data[:1] == b"\x73" and data[5:9] == self.device_id:
-            command = _command_of(data)
-            if command is not None and self.handles(command.target):
-                loop = asyncio.get_running_loop()
-                mesh.first_time(self.member.mesh_node, command, loop.time())
-
-    def handles(self, target: int) -> bool:
-        """Whether a command for mesh address ``target`` is for this node (or its group)."""
-        if target >= GROUP_BASE:
-            return target - GROUP_BASE in self.engine.groups
-        return target == self.member.mesh_node
-
-    def relay(self, conn: EngineConnection, action: Relay) -> None:
-        if self.mesh_group is not None:
-            self.mesh_group.relay(self, action.command)
-        super().relay(conn, action)
-
-    def relayed(self, command: Command, now: float) -> None:
-        """A command reached this node over the mesh: apply it and report, as on a bridge."""
-        actions = self.engine.apply_command(command, now)
-        conn = self.connection
-        if conn is not None and actions:
-            conn.apply(actions)
-
-
-def _command_of(data: bytes) -> Command | None:
-    try:
-        pkt = decode_packet(data, strict=False)
-    except CyncError:
-        return None
-    frame = pkt.frame if isinstance(pkt, FramedPacket) else None
-    return decode_command(frame) if frame is not None and frame.checksum_ok else None
 
 
 class _FleetRecording(Recorder):
@@ -328,12 +169,12 @@ class CyncFleet:
         self.concurrency = concurrency
         self.recorder = Recorder(record) if record is not None else None
         handle = _FleetRecording(self.recorder) if self.recorder is not None else None
-        self.meshes: dict[int, _Mesh] = {}
+        self.meshes: dict[int, Mesh] = {}
         self.devices: list[FleetDevice] = []
         for m in self.members:
             mesh = self.meshes.get(m.mesh) if mesh_relay else None
             if mesh_relay and mesh is None:
-                mesh = self.meshes[m.mesh] = _Mesh(m.mesh, relay_delay_s)
+                mesh = self.meshes[m.mesh] = Mesh(m.mesh, relay_delay_s)
             self.devices.append(
                 FleetDevice(
                     m,
