@@ -30,7 +30,7 @@ from cyncsim.replay.payloads import (
     decode_command,
     decode_time_reply,
 )
-from cyncsim.replay.protocol import FramedPacket, FrameKind, IdPacket, PacketType
+from cyncsim.replay.protocol import FramedPacket, FrameKind, IdPacket, PacketType, exchange_key
 from cyncsim.simulator.transport import ConnState, ReliableTransport, Result
 from tests.fakes import AUTH_CODE, DEVICE_ID, FakeDevice, eventually
 
@@ -71,9 +71,8 @@ async def make_pair() -> AsyncIterator[MakePair]:
 
 
 def key_of(pkt: Any) -> bytes:
-    """Bytes 5-11 of a packet: device id + message id."""
-    data: bytes = pkt.encode()
-    return data[5:12]
+    """The exchange key of a packet (bytes 5-11): device id + message id."""
+    return exchange_key(pkt.encode())
 
 
 # ------------------------------------------------------------------------------ handshake
