@@ -10,11 +10,13 @@
 # never compared.  Reader findings (TLS flows, gaps, stray bytes) become capture findings.
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cyncsim.replay.capture.model import CaptureResult, Finding, Flow
 from cyncsim.replay.conformance.reference import Reference
 from cyncsim.replay.conformance.report import ConformanceFinding, finding
 from cyncsim.replay.describe import request_key
-from cyncsim.replay.protocol import FramedPacket, IdPacket, PacketType
+from cyncsim.replay.protocol import FRAME_TAIL, FramedPacket, IdPacket, PacketType
 
 __all__ = ["STALE_WINDOW", "capture_findings", "check_structure"]
 
@@ -43,6 +45,8 @@ def check_structure(flow: Flow, ref: Reference, variant: str) -> list[Conformanc
             prev = last_count.get(k)
             if prev is not None and (pkt.counter - prev) & 0xFFFF != 1:
                 want = (prev + 1) & 0xFFFF
+                # The same packet with the expected counter (the message id's first two bytes).
+                fixed = replace(pkt, msg_id=want.to_bytes(2, "big") + pkt.msg_id[2:]).encode()
                 out.append(
                     finding(
                         "counter_skip", flow.id, i, fp.ts,
@@ -51,9 +55,9 @@ def check_structure(flow: Flow, ref: Reference, variant: str) -> list[Conformanc
                         expected=f"{want} ({want.to_bytes(2, 'big').hex(' ')})",
                         actual=f"{pkt.counter} ({pkt.msg_id[:2].hex(' ')})",
                         packet_hex=_hex(raw),
-                        example_hex=_hex(raw[:9] + want.to_bytes(2, "big") + raw[11:]),
-                        offsets=tuple(9 + k for k in range(2)
-                                      if raw[9 + k] != want.to_bytes(2, "big")[k]),
+                        example_hex=_hex(fixed),
+                        offsets=tuple(j for j, (a, b) in enumerate(zip(raw, fixed, strict=True))
+                                      if a != b),
                         request=request_key(pkt),
                     )
                 )  # fmt: skip
@@ -74,7 +78,7 @@ def _defect(
     example = _hex(ref.closest(fp.sender, key, raw) or b"")
     if p.defect == "invalid_checksum" and isinstance(p, FramedPacket) and p.frame is not None:
         want, got = p.frame.expected_checksum(), p.frame.checksum
-        at = (len(raw) - 2,)
+        at = (len(raw) + FRAME_TAIL["checksum"].offset,)
         prev = last_report.get((fp.sender, p.device_id))
         stale = (
             p.type == PacketType.REPORT
@@ -95,8 +99,8 @@ def _defect(
             f"{key} inner checksum 0x{got:02x}, expected 0x{want:02x}"
             + (" (a stale checksum, but the reference never has one)" if stale else ""),
             expected=f"0x{want:02x}", actual=f"0x{got:02x}", packet_hex=_hex(raw),
-            example_hex=_hex(raw[:-2] + bytes((want, raw[-1])))
-            if len(raw) >= 2 else example, offsets=at, request=key,
+            example_hex=_hex(replace(p, frame=replace(p.frame, checksum=want)).encode()),
+            offsets=at, request=key,
         )  # fmt: skip
     known = ref.has_defect(str(p.defect))
     return finding(
