@@ -430,11 +430,13 @@ class TcpConversation:
         return frames
 
 
-def _bench_packets(rng: random.Random, dev: bytes, counters: list[int]) -> list[tuple[Side, bytes]]:
-    """One realistic exchange for the benchmark generator."""
+def _bench_packets(
+    rng: random.Random, dev: bytes, counters: list[int]
+) -> list[tuple[Side, bytes, int]]:
+    """One realistic exchange for the benchmark generator: (side, payload, packets in it)."""
     roll = rng.random()
     if roll < 0.45:
-        return [("client", b"\xd3\0\0\0\0"), ("server", b"\xd8\0\0\0\0")]
+        return [("client", b"\xd3\0\0\0\0", 1), ("server", b"\xd8\0\0\0\0", 1)]
     if roll < 0.75:
         counters[0] = (counters[0] + 1) & 0xFFFF
         mid = counters[0].to_bytes(2, "big") + b"\0"
@@ -443,7 +445,7 @@ def _bench_packets(rng: random.Random, dev: bytes, counters: list[int]) -> list[
         data = b"\x00\x11\x11\x11" + state + bytes([rng.randrange(101)]) + b"\x0a\0\0\0\0"
         frame = InnerFrame(bytes([counters[0] & 0xFF, 0x65, 0x22, 0x11]), 0xFA, 0xDB, data)
         report = FramedPacket(0x83, device_id=dev, msg_id=mid, frame=frame).encode()
-        return [("client", report), ("server", b"\x88\0\0\0\x03" + mid)]
+        return [("client", report, 1), ("server", b"\x88\0\0\0\x03" + mid, 1)]
     if roll < 0.9:
         counters[1] = (counters[1] + 1) & 0xFF
         seq = bytes([counters[1], 0, 0, 0])
@@ -461,11 +463,12 @@ def _bench_packets(rng: random.Random, dev: bytes, counters: list[int]) -> list[
         result = FramedPacket(
             0x73, device_id=dev, msg_id=counters[2].to_bytes(2, "big") + b"\0", frame=res
         ).encode()
-        return [("server", command), ("client", ack + result)]
+        return [("server", command, 1), ("client", ack + result, 2)]
     state = bytes([rng.randrange(256), 1, rng.randrange(101)])
     entry = b"\x05\x00\x10" + state + b"\x0a\xff\xff\xff\x01\x00\x2c" + bytes(6)
     status = IdPacket(0x43, device_id=dev, msg_id=b"\x01\x01\x06", payload=entry).encode()
-    return [("client", status), ("server", GenericPacket(0x48, payload=b"\x01\x01\x00").encode())]
+    ack48 = GenericPacket(0x48, payload=b"\x01\x01\x00").encode()
+    return [("client", status, 1), ("server", ack48, 1)]
 
 
 def generate_benchmark_pcap(
@@ -506,11 +509,11 @@ def generate_benchmark_pcap(
     while len(frames) < budget:
         i = rng.randrange(connections)
         conv = convs[i]
-        for side, payload in _bench_packets(rng, devs[i], counters[i]):
+        for side, payload, count in _bench_packets(rng, devs[i], counters[i]):
             ts += rng.random() * 0.002
             frames += conv.send(ts, side, payload)
             stats["payload_bytes"] += len(payload)
-            stats["packets"] += 1 + (payload[0] == 0x7B)
+            stats["packets"] += count
             if rng.random() < 0.25:
                 frames.append(conv.ack(ts + 0.0002, "server" if side == "client" else "client"))
     for conv in convs:
