@@ -11,6 +11,7 @@
 # sections 2, 4, 5, 6 and 7.
 from __future__ import annotations
 
+import builtins
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,14 +52,15 @@ class Field:
     def end(self) -> int:
         return self.offset + self.size
 
+    # ``builtins.slice``: inside the class, ``slice`` names the property below.
     @property
-    def slice(self) -> slice:
+    def slice(self) -> builtins.slice:
         """The field's bytes in an encoded packet."""
         end = self.end
         return slice(self.offset, None if end == 0 else end)
 
     @property
-    def local(self) -> slice:
+    def local(self) -> builtins.slice:
         """The field's bytes in the layout's own bytes (e.g. a frame's data)."""
         return slice(self.pos, self.pos + self.size)
 
