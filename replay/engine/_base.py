@@ -19,7 +19,7 @@ from cyncsim.replay.engine.templates import RenderContext
 from cyncsim.replay.engine.view import ModelView, ResponsePlan
 from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.model import DeviceModel, StratifiedUniform
-from cyncsim.replay.protocol import CyncPacket, decode_packet
+from cyncsim.replay.protocol import HEADER, CyncPacket, decode_packet
 from cyncsim.replay.seeds import SeedTree, root_seed
 
 __all__ = ["DEDUP_WINDOW", "INF", "Engine"]
@@ -156,7 +156,7 @@ class Engine:
         self.last_traffic = max(self.last_traffic, now)
         stats = self.stats
         stats["received"] = stats.get("received", 0) + 1
-        if len(data) < 5:
+        if len(data) < HEADER.size:
             self._count("undecodable")
             return []
         try:

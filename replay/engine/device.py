@@ -41,6 +41,8 @@ from cyncsim.replay.payloads import (
 )
 from cyncsim.replay.protocol import (
     EXCHANGE_KEY,
+    FRAME_HEAD,
+    ID_PREFIX,
     CyncPacket,
     FramedPacket,
     FrameKind,
@@ -55,7 +57,7 @@ _PING = build_simple(PacketType.PING).encode()
 _TIME_REQUEST = build_simple(PacketType.TIME_REQUEST).encode()
 # A command's identity for duplicate detection: its exchange key (device id, message id)
 # and the frame marker and sequence that follow it.
-_IDENT = slice(EXCHANGE_KEY.start, EXCHANGE_KEY.stop + 5)
+_IDENT = slice(EXCHANGE_KEY.start, FRAME_HEAD["seq"].end)
 
 
 def pick_script(
@@ -265,7 +267,7 @@ class DeviceEngine(Engine):
 
     # ------------------------------------------------------------------ commands
     def _on_data(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:
-        if len(data) < 12:
+        if len(data) < ID_PREFIX.end:
             self._count("undecodable")
             return []
         self._count("commands")

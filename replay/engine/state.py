@@ -9,9 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cyncsim.replay.payloads import StatusEntry, build_status
-from cyncsim.replay.protocol import FramedPacket, FrameKind, InnerFrame, PacketType
+from cyncsim.replay.protocol import (
+    FIRMWARE_DATA,
+    FramedPacket,
+    FrameKind,
+    InnerFrame,
+    PacketType,
+)
 
 __all__ = ["DeviceState", "firmware_report", "status_packet"]
+
+_FIRMWARE_INFO = bytes(7) + b"\xea" + bytes(3) + b"\x86\x01"  # as captured (PROTOCOL.md 12)
 
 
 @dataclass(slots=True)
@@ -50,9 +58,8 @@ def status_packet(device_id: bytes, node: int, st: DeviceState) -> bytes:
 def firmware_report(device_id: bytes, msg_id: bytes, which: str, version: str) -> bytes:
     """A 0x83 firmware report (the ``00``-led ``fa 00`` form, PROTOCOL.md section 12):
     ``which`` is "network" or "device", ``version`` the ASCII digits it carries."""
-    digits = version.encode("ascii", "replace")[:18]
-    data = bytes(7) + b"\xea" + bytes(3) + b"\x86\x01" + (b"\x01" if which == "device" else b"\x00")
-    frame = InnerFrame(
-        bytes(4), FrameKind.REPORT, 0x00, (data + digits).ljust(32, b"\0"), marker=0x00
-    )
+    data = FIRMWARE_DATA.pack(
+        _FIRMWARE_INFO, 1 if which == "device" else 0, version.encode("ascii", "replace")
+    )  # the version field is zero-padded (or cut) to its size
+    frame = InnerFrame(bytes(4), FrameKind.REPORT, 0x00, data, marker=0x00)
     return FramedPacket(PacketType.REPORT, device_id=device_id, msg_id=msg_id, frame=frame).encode()

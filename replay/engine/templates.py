@@ -22,8 +22,9 @@ from cyncsim.replay.payloads import TimeReply
 from cyncsim.replay.protocol import (
     FRAME_HEAD,
     FRAME_MARKER,
-    HEADER_LEN,
-    ID_PREFIX,
+    FRAME_TAIL,
+    HEADER,
+    TIME_BODY,
     PacketType,
     frame_checksum,
 )
@@ -33,13 +34,15 @@ __all__ = ["MESH_RECORD", "CompiledTemplate", "RenderContext", "finish_packet"]
 MESH_RECORD = 24  # PROTOCOL.md 7.6: bytes per node record of the f9 52 mesh table
 _MESH_HEAD = 6  # "1f 00 00 00 | 1f 00" before the records
 _FRAMED = frozenset((PacketType.DATA, PacketType.REPORT))
-# Offsets from the codec's layout: the inner frame follows the header and the ID prefix, and
-# its head (marker, sequence, kind, opcode, LE16 length) ends with the opcode and the length.
-_FRAME_AT = HEADER_LEN + ID_PREFIX.size  # 12: the frame marker
-_DATA_AT = _FRAME_AT + FRAME_HEAD.size  # 21: the frame data
-_LEN_AT = _DATA_AT - 2  # 19: LE16 data length
-_OPCODE_AT = _LEN_AT - 1  # 18
-_FRAME_MIN = _DATA_AT + 2  # a whole frame: head + checksum + end marker
+# Offsets from the codec's field tables (replay/_layout.py).
+_LENGTH = HEADER["length"]  # bytes after the header, BE16
+_MARKER_AT = FRAME_HEAD["marker"].offset
+_OPCODE_AT = FRAME_HEAD["opcode"].offset
+_FRAME_LENGTH = FRAME_HEAD["frame_length"].slice  # frame data bytes, LE16
+_DATA_AT = FRAME_HEAD.end
+_CHECKSUM_AT = FRAME_TAIL["checksum"].offset  # negative: from the end
+_FRAME_MIN = FRAME_HEAD.end + FRAME_TAIL.size  # a whole frame: head, no data, tail
+_UTC_OFFSET = TIME_BODY["utc_offset"].local  # in the 0xC8 body
 
 # Template ops: (op, start, end, exemplar bytes of the range, name).
 _CONST, _ECHO, _IDENT, _COUNTER, _STATE, _CLOCK, _MESH = range(7)
@@ -89,17 +92,18 @@ def finish_packet(data: bytes) -> bytes:
     """
     n = len(data)
     buf = bytearray(data)
-    buf[HEADER_LEN - 2 : HEADER_LEN] = (n - HEADER_LEN).to_bytes(2, "big")
-    if buf[0] in _FRAMED and n >= _FRAME_MIN and buf[_FRAME_AT] in (FRAME_MARKER, 0x00):
+    buf[_LENGTH.slice] = (n - HEADER.size).to_bytes(_LENGTH.size, "big")
+    if buf[0] in _FRAMED and n >= _FRAME_MIN and buf[_MARKER_AT] in (FRAME_MARKER, 0x00):
         length = (n - _FRAME_MIN).to_bytes(2, "little")
-        buf[_LEN_AT:_DATA_AT] = length
-        buf[n - 2] = frame_checksum(buf[_OPCODE_AT], length, bytes(buf[_DATA_AT : n - 2]))
+        buf[_FRAME_LENGTH] = length
+        data_end = n + _CHECKSUM_AT
+        buf[data_end] = frame_checksum(buf[_OPCODE_AT], length, bytes(buf[_DATA_AT:data_end]))
     return bytes(buf)
 
 
 def _clock_body(exemplar: bytes, wall: float) -> bytes:
     """11-byte 0xC8 body for ``wall`` in the UTC offset the exemplar carries (+-hhmm)."""
-    hhmm = int.from_bytes(exemplar[9:11], "big", signed=True)
+    hhmm = int.from_bytes(exemplar[_UTC_OFFSET], "big", signed=True)
     minutes = (-1 if hhmm < 0 else 1) * ((abs(hhmm) // 100) * 60 + abs(hhmm) % 100)
     tz = datetime.timezone(datetime.timedelta(minutes=minutes))
     t = datetime.datetime.fromtimestamp(wall, tz)
@@ -245,7 +249,7 @@ def _ops(key: str, tpl: Template) -> tuple[list[_Op], bool]:
             op, name = _COUNTER, f.counter
         elif f.role == "state":
             op = _STATE
-        elif f.role == "clock" and len(seg) == 11:
+        elif f.role == "clock" and len(seg) == TIME_BODY.size:
             op = _CLOCK
         elif f.role == "checksum":
             finish = True
@@ -316,6 +320,6 @@ class CompiledTemplate:
         if post == _AS_IS:
             return d
         if post == _CHECKSUM:
-            cs = frame_checksum(d[_OPCODE_AT], d[_LEN_AT:_DATA_AT], d[_DATA_AT:-2])
-            return d[:-2] + bytes((cs, d[-1]))
+            cs = frame_checksum(d[_OPCODE_AT], d[_FRAME_LENGTH], d[_DATA_AT:_CHECKSUM_AT])
+            return d[:_CHECKSUM_AT] + bytes((cs, d[-1]))
         return finish_packet(d)
