@@ -103,8 +103,6 @@ class ReliableTransport:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.jitter = jitter
-        self.max_pending = max_pending
-        self.dedup_window = dedup_window
         self.result_timeout_seconds = result_timeout_seconds
         self.handshake_timeout_seconds = handshake_timeout_seconds
         self.heartbeat_timeout_seconds = heartbeat_timeout_seconds
@@ -124,6 +122,14 @@ class ReliableTransport:
         )  # fmt: skip
         self._ever_handshaken = False
         self._send_control = False
+
+    @property
+    def max_pending(self) -> int:
+        return self._core.max_pending
+
+    @property
+    def dedup_window(self) -> int:
+        return self._core.dedup_window
 
     # ------------------------------------------------------------------ connection lifecycle
     @property
