@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
+from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._output import check_writable
 from cyncsim.tools.bench import SUITES, load_suite
@@ -25,15 +25,7 @@ from cyncsim.tools.bench.common import (
     write_json,
 )
 
-__all__ = ["default_captures", "register", "run"]
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_captures() -> Path:
-    """The shared captures folder: env CYNCSIM_CAPTURES, else ../shared/captures."""
-    env = os.environ.get("CYNCSIM_CAPTURES")
-    return Path(env) if env else _REPO_ROOT.parent / "shared" / "captures"
+__all__ = ["register", "run"]
 
 
 def _positive(text: str) -> int:
@@ -79,7 +71,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             workdir=Path(tmp),
             quick=args.quick,
             repeats=args.repeats,
-            captures=args.captures if args.captures is not None else default_captures(),
+            captures=args.captures if args.captures is not None else shared_captures_dir(),
             profile=args.profile,
         )
         for name in names:

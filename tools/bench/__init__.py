@@ -1,9 +1,10 @@
 # The `cyncsim bench` suites, one module each, registered in SUITES below.
 #
-# A suite module provides ``run(opts: BenchOptions, log: Log) -> SuiteResult`` (see
-# tools/bench/common.py); to add one, write tools/bench/<name>_suite.py and add a line to
-# SUITES.  `cyncsim bench all` runs them in the order of this table.  Modules are imported only
-# when their suite runs, so one suite's heavy imports never slow down another.
+# A suite module declares its ``SPEC`` (a common.SuiteSpec: sizes, columns) and provides
+# ``run(opts: BenchOptions, log: Log) -> SuiteResult``; to add one, write
+# tools/bench/<name>_suite.py and add a line to SUITES.  `cyncsim bench all` runs them in the
+# order of this table.  Modules are imported only when their suite runs, so one suite's heavy
+# imports never slow down another.
 from __future__ import annotations
 
 import importlib
@@ -49,6 +50,10 @@ SUITES: dict[str, tuple[str, str]] = {
     "fleet": (
         "cyncsim.tools.bench.fleet_suite",
         "memory, CPU and heartbeat timing of 1,000-10,000 dial-mode devices; workers",
+    ),
+    "startup": (
+        "cyncsim.tools.bench.startup_suite",
+        "cyncsim --help and cyncsim inspect in fresh processes, against python -c pass",
     ),
 }
 

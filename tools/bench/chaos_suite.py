@@ -1,19 +1,15 @@
 # `cyncsim bench chaos`: the spec's chaos matrix through ReliableTransport.
 #
-# Strategy.  Device latency: the real-cloud variant of the shipped model (every 0x73 gets
-# the 0x7B learned from real devices answering the real cloud: p50 ~208 ms, p99 ~327 ms),
-# at time_scale 1.0: realistic, and not the local strip bridge's queue-driven heavy tail
-# (its toggle p99 771 ms alone nearly fills the 800 ms budget, and 500 ms each way on top
-# could never stay under 1,500 ms).  Transport: its defaults except the ACK timeout, set by
-# the spec's rule to 2.5 x the learned p99 of that 0x7B (~0.82 s); extra rows show the
-# default 2.0 s.  Faults act on both directions (a network loses, delays, duplicates and
-# reorders either way) unless a row says "commands only".  Loss is a seeded Bernoulli drop
-# pattern per direction that spares packet 1 each way (the device's 0x23 and its 0x28): a
-# lost hello only costs the device's 15 s hello retry before the first command, not the
-# commands measured.  Each row is >= 1,000 commands (quick: 200) over independent lanes
-# (a device + its transport, one command outstanding: a device answers in order, so more
-# in flight would measure its queue), and all rows run at once in one event loop; the
-# process CPU use is reported to show the loop was not the bottleneck.
+# Strategy.  Device latency: the real-cloud variant of the shipped model (every 0x73 gets the
+# 0x7B learned from real devices answering the real cloud), at time_scale 1.0: realistic, and
+# not the local strip bridge's queue-driven tail (its toggle p99 alone nearly fills 800 ms).
+# Transport: its defaults except the ACK timeout, set by the spec's rule to 2.5 x the learned
+# p99 of that 0x7B; extra rows show the default 2.0 s.  Faults (a ChaosConfig per device) act
+# on both directions unless a row says "commands only".  Loss is a seeded Bernoulli drop
+# pattern per direction that spares packet 1 each way (the 0x23 and its 0x28: a lost hello
+# only costs the device's 15 s hello retry, not the commands measured).  Each row runs its
+# commands over independent lanes (a device + its transport, one command outstanding), all
+# rows at once in one event loop; the process CPU use shows the loop was not the bottleneck.
 from __future__ import annotations
 
 import asyncio
@@ -22,22 +18,29 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from cyncsim.replay.chaos import ChaosConfig, PacketFaults
-from cyncsim.replay.model import Distribution
-from cyncsim.simulator._device_conn import default_model
-from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from cyncsim.tools.bench.latency import cloud_variant_model, learned_summary, percentile
+from cyncsim import ChaosConfig, DeviceModel, load_default_model
+from cyncsim.tools.bench.common import (
+    BenchOptions,
+    Check,
+    Column,
+    Log,
+    SuiteResult,
+    SuiteSpec,
+    latency_columns,
+)
 from cyncsim.tools.bench.simkit import (
     CpuMeter,
     GcMeter,
     Lane,
     command_summary,
+    device_view,
     lateness_monitor,
     open_lane,
     run_commands,
 )
+from cyncsim.tools.bench.stats import cloud_variant_model, learned_summary, percentile
 
-__all__ = ["FULL", "QUICK", "ROWS", "TIMEOUT_RULE", "Row", "Size", "run"]
+__all__ = ["DEFAULT_TIMEOUT", "ROWS", "SPEC", "TIMEOUT_RULE", "Row", "Size", "chaos_config", "run"]
 
 TIMEOUT_RULE = 2.5  # ack timeout = p99 x 2.5 (the spec's rule)
 DEFAULT_TIMEOUT = 2.0  # ReliableTransport's default ack_timeout_seconds
@@ -48,17 +51,13 @@ SEED = 23
 class Row:
     name: str
     loss: float = 0.0  # Bernoulli drop rate per packet
-    faults: dict[str, float] = field(default_factory=dict)  # other PacketFaults fields
+    faults: dict[str, float] = field(default_factory=dict)  # other per-packet chaos fields
     commands_only: bool = False  # faults on to_device only
     default_timeout: bool = False  # the transport's default ack timeout, not the rule's
     max_retries: int = 3  # ReliableTransport's default
     success_target: float = 0.99
     p99_target_ms: float = 1500.0
     checked: bool = True  # one of the spec's matrix rows
-
-    @property
-    def chaos(self) -> bool:
-        return bool(self.loss or self.faults)
 
 
 ROWS = (
@@ -92,51 +91,58 @@ class Size:
     per_lane: int
 
 
-FULL = Size(20, 50)
-QUICK = Size(40, 5)
+SPEC = SuiteSpec(
+    "chaos",
+    full=Size(20, 50),
+    quick=Size(40, 5),
+    columns=[
+        Column("name", "row"),
+        Column("commands", "cmds", ",d"),
+        Column("success", "success", ".2%"),
+        *latency_columns(spec=",.0f"),
+        Column("retransmit_rate", "retx rate", ".1%"),
+        Column("timeouts", "timeouts", ",d"),
+        Column("p99_vs_baseline", "p99/base", ".2f"),
+        Column("passed", "targets"),
+    ],
+)
 
-COLUMNS = [
-    Column("name", "row"),
-    Column("commands", "cmds", ",d"),
-    Column("success", "success", ".2%"),
-    Column("p50_ms", "p50 ms", ",.0f"),
-    Column("p95_ms", "p95 ms", ",.0f"),
-    Column("p99_ms", "p99 ms", ",.0f"),
-    Column("max_ms", "max ms", ",.0f"),
-    Column("retransmit_rate", "retx rate", ".1%"),
-    Column("timeouts", "timeouts", ",d"),
-    Column("p99_vs_baseline", "p99/base", ".2f"),
-    Column("passed", "targets"),
-]
 
-
-def drop_pattern(rate: float, packets: int, seed: int) -> tuple[int, ...]:
+def drop_pattern(rate: float, packets: int, seed: int) -> list[int]:
     """Packet numbers 2..packets, each dropped with probability ``rate`` (seeded)."""
     rng = random.Random(seed)
-    return tuple(n for n in range(2, packets + 1) if rng.random() < rate)
+    return [n for n in range(2, packets + 1) if rng.random() < rate]
 
 
 def chaos_config(row: Row, lane: int, commands: int) -> ChaosConfig | None:
     """The ChaosConfig of ``row`` for lane number ``lane`` (its own drop patterns)."""
-    if not row.chaos:
+    if not (row.loss or row.faults):
         return None
     span = 12 * commands + 200  # more packets than a lane can send either way
-    base = lane * 2
 
-    def faults(seed: int) -> PacketFaults:
-        pattern = drop_pattern(row.loss, span, SEED * 10**7 + seed) if row.loss else ()
-        return PacketFaults(drop_pattern=pattern, **row.faults)  # type: ignore[arg-type]
+    def faults(seed: int) -> dict[str, Any]:
+        pattern = drop_pattern(row.loss, span, SEED * 10**7 + seed) if row.loss else []
+        return {"drop_pattern": pattern, **row.faults}
 
-    to_device = faults(base)
-    from_device = PacketFaults() if row.commands_only else faults(base + 1)
-    return ChaosConfig(to_device=to_device, from_device=from_device)
+    quiet = {} if row.commands_only else faults(2 * lane + 1)
+    return ChaosConfig.from_dict({"to_device": faults(2 * lane), "from_device": quiet})
 
 
-async def _lane(row: Row, number: int, index: int, n: int, ack_timeout: float) -> Lane:
+_MODEL: list[DeviceModel] = []
+
+
+def chaos_model() -> DeviceModel:
+    """The shipped model restricted to its real-cloud variant (made once)."""
+    if not _MODEL:
+        _MODEL.append(cloud_variant_model(load_default_model()))
+    return _MODEL[0]
+
+
+async def _lane(row: Row, index: int, n: int, ack_timeout: float) -> Lane:
     lane = await open_lane(
-        number,
+        index,
         seed=SEED + index,
-        model=_model(),
+        model=chaos_model(),
         time_scale=1.0,
         chaos=chaos_config(row, index, n),
         ack_timeout_seconds=ack_timeout,
@@ -150,30 +156,12 @@ async def _lane(row: Row, number: int, index: int, n: int, ack_timeout: float) -
     return lane
 
 
-_MODEL: list[Any] = []
-
-
-def _model() -> Any:
-    if not _MODEL:
-        _MODEL.append(cloud_variant_model(default_model()))
-    return _MODEL[0]
-
-
-def sampled_ack() -> Distribution:
-    """The 0x7B delay a device of the chaos model samples for a toggle."""
-    from cyncsim.replay.engine import ModelView
-
-    return ModelView.get(_model(), "device").split("0x73:f8:d0").acks[0].delay
-
-
 async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, Any]:
     timeout = DEFAULT_TIMEOUT if row.default_timeout else rule_timeout
     lanes = await asyncio.gather(
-        *(_lane(row, r * 100 + i, r * 100 + i, size.per_lane, timeout) for i in range(size.lanes))
+        *(_lane(row, r * 100 + i, size.per_lane, timeout) for i in range(size.lanes))
     )
     results = [res for lane in lanes for res in lane.results]
-    retx = sum(lane.transport.stats.retransmissions for lane in lanes)
-    applied = sum(lane.device.state.toggle_count for lane in lanes)
     faults: dict[str, int] = {}
     for lane in lanes:
         policy = lane.device.chaos_policy
@@ -188,27 +176,21 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
         "ack_timeout_s": timeout,
         "max_retries": row.max_retries,
         "lanes": size.lanes,
-        **command_summary(results, retx),
-        "applied": applied,
+        **command_summary(results, sum(ln.transport.stats.retransmissions for ln in lanes)),
+        "applied": sum(lane.device.state.toggle_count for lane in lanes),
         "duplicate_acks": sum(lane.transport.stats.duplicate_acks for lane in lanes),
         "faults": faults,
         "success_target": row.success_target,
         "p99_target_ms": row.p99_target_ms,
-        "samples_ms": [res.latency_s * 1e3 for res in results if res.success],
     }
 
 
-async def _run(
-    size: Size, log: Log
-) -> tuple[list[dict[str, Any]], CpuMeter, float, dict[str, float]]:
-    rule_timeout = TIMEOUT_RULE * sampled_ack().quantile(0.99)
+async def _run(size: Size, rule_timeout: float, log: Log) -> tuple[list[dict[str, Any]], Any]:
     log(
         f"chaos: {len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at "
         f"once (ack timeout {rule_timeout:.3f} s by the rule)"
     )
-    meter = CpuMeter()
-    gc_meter = GcMeter()
-    stop = asyncio.Event()
+    meter, gc_meter, stop = CpuMeter(), GcMeter(), asyncio.Event()
     monitor = asyncio.ensure_future(lateness_monitor(stop))
     with gc_meter.active():
         try:
@@ -224,14 +206,19 @@ async def _run(
         "loop_late_p50_ms": percentile(late, 0.5) * 1e3,
         "loop_late_p99_ms": percentile(late, 0.99) * 1e3,
         "loop_late_max_ms": max(late, default=0.0) * 1e3,
+        "cpu_utilisation": meter.utilisation,
+        "wall_s": meter.wall_s,
     }
-    return list(rows), meter, rule_timeout, health
+    return list(rows), health
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     gc.collect()  # no garbage of an earlier suite for this one's collections to walk
-    size = QUICK if opts.quick else FULL
-    rows, meter, rule_timeout, health = asyncio.run(_run(size, log))
+    size = SPEC.size(opts)
+    sampled = device_view(chaos_model()).split("0x73:f8:d0").acks[0].delay
+    learned = learned_summary(sampled)
+    rule_timeout = TIMEOUT_RULE * sampled.quantile(0.99)
+    rows, health = asyncio.run(_run(size, rule_timeout, log))
     base = rows[0]
     checks: list[Check] = []
     for spec, row in zip(ROWS, rows, strict=True):
@@ -239,94 +226,58 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         row["p50_vs_baseline"] = row["p50_ms"] / base["p50_ms"]
         row["min_retransmit_rate"] = 1 - (1 - spec.loss) ** (1 if spec.commands_only else 2)
         row["applied_twice"] = max(0, row["applied"] - row["commands"])
-        ok = (
-            row["success"] >= spec.success_target
-            and row["p99_ms"] <= spec.p99_target_ms
-            and row["applied_twice"] == 0
-        )
-        row["passed"] = ok if spec.checked else None
-        if not spec.checked:
-            continue
-        checks += [
-            Check(f"{spec.name} p99", row["p99_ms"], spec.p99_target_ms, "<=", " ms", ",.0f"),
-            Check(f"{spec.name} success", row["success"], spec.success_target, ">=", "", ".4f"),
-        ]
-    checks.append(
-        Check(
-            "commands applied twice (all rows)",
-            sum(r["applied_twice"] for r in rows),
-            0,
-            "<=",
-            "",
-            ",d",
-        )
+        ok = row["success"] >= spec.success_target and row["p99_ms"] <= spec.p99_target_ms
+        row["passed"] = (ok and row["applied_twice"] == 0) if spec.checked else None
+        if spec.checked:
+            checks += [
+                Check(f"{spec.name} p99", row["p99_ms"], spec.p99_target_ms, "<=", " ms", ",.0f"),
+                Check(f"{spec.name} success", row["success"], spec.success_target, ">=", "", ".4f"),
+            ]
+    twice = sum(r["applied_twice"] for r in rows)
+    checks.append(Check("commands applied twice (all rows)", twice, 0, "<=", "", ",d"))
+    title = (
+        f"the spec's chaos matrix, {size.lanes * size.per_lane:,} toggles per row, real-cloud "
+        f"device latency, ack timeout {rule_timeout:.3f} s (2.5 x learned p99)"
     )
-    learned = learned_summary(sampled_ack())
-    result = SuiteResult(
-        suite="chaos",
-        title=(
-            f"the spec's chaos matrix, {size.lanes * size.per_lane:,} toggles per row, "
-            f"real-cloud device latency, ack timeout {rule_timeout:.3f} s (2.5 x learned p99)"
-        ),
-        columns=COLUMNS,
-        rows=rows,
-        checks=checks,
-        quick=opts.quick,
-        params={
-            "lanes": size.lanes,
-            "commands_per_lane": size.per_lane,
-            "seed": SEED,
-            "time_scale": 1.0,
-            "model": "shipped default model restricted to its real-cloud variant",
-            **learned,
-            "ack_timeout_rule_s": rule_timeout,
-            "max_retries": 3,
-            "cpu_utilisation": meter.utilisation,
-            "wall_s": meter.wall_s,
-            **health,
-        },
-    )
-    result.notes += _notes(rows, learned, rule_timeout, meter)
-    result.notes.append(
-        f"event loop during the run: bare timers late by {health['loop_late_p50_ms']:.1f} ms "
-        f"(p50), {health['loop_late_p99_ms']:.1f} ms (p99), {health['loop_late_max_ms']:.0f} ms "
-        f"at most; {health['gc_collections']} garbage collections, {health['gc_full_collections']}"
-        f" full, the longest {health['gc_longest_ms']:.0f} ms"
-    )
-    return result
+    params = {
+        "lanes": size.lanes,
+        "commands_per_lane": size.per_lane,
+        "seed": SEED,
+        "time_scale": 1.0,
+        "model": "shipped default model restricted to its real-cloud variant",
+        **learned,
+        "ack_timeout_rule_s": rule_timeout,
+        "max_retries": 3,
+        **health,
+    }
+    return SPEC.result(opts, title, rows, checks, params, _notes(rows, params))
 
 
-def _notes(
-    rows: list[dict[str, Any]], learned: dict[str, float], timeout: float, meter: CpuMeter
-) -> list[str]:
+def _notes(rows: list[dict[str, Any]], p: dict[str, Any]) -> list[str]:
     notes = [
-        f"device: 0x7B of the real-cloud variant, p50 {learned['learned_p50_ms']:.0f} ms, p99 "
-        f"{learned['learned_p99_ms']:.0f} ms; ack timeout {timeout:.3f} s = 2.5 x p99; "
-        "faults on both directions unless 'commands only'; targets: p99 < 800 ms and "
+        f"device: 0x7B of the real-cloud variant, p50 {p['learned_p50_ms']:.0f} ms, p99 "
+        f"{p['learned_p99_ms']:.0f} ms; ack timeout {p['ack_timeout_rule_s']:.3f} s = 2.5 x "
+        "p99; faults on both directions unless 'commands only'; targets: p99 < 800 ms and "
         "success > 99.9% for the baseline, p99 < 1,500 ms and success > 99% with chaos "
         "(> 98% combined), checked as <= / >=",
-        f"the process used {meter.utilisation:.0%} of one core over {meter.wall_s:.0f} s "
-        "(every row at once): the event loop had room to spare",
+        f"the process used {p['cpu_utilisation']:.0%} of one core over {p['wall_s']:.0f} s "
+        f"(every row at once); bare loop timers were late by {p['loop_late_p50_ms']:.1f} ms "
+        f"(p50), {p['loop_late_p99_ms']:.1f} ms (p99); {p['gc_collections']} garbage "
+        f"collections, {p['gc_full_collections']} full, the longest {p['gc_longest_ms']:.0f} ms",
     ]
     for row in rows:
+        q, attempts = row["min_retransmit_rate"], row["max_retries"] + 1
         if row["loss"]:
-            q = row["min_retransmit_rate"]
-            attempts = row["max_retries"] + 1
             notes.append(
                 f"{row['name']}: {attempts} attempts all fail with probability q^{attempts} = "
                 f"{q**attempts:.2%} (q = {q:.1%}, a round trip lost): expected success "
-                f"{1 - q**attempts:.2%}, measured {row['success']:.2%}"
-            )
-        if row["loss"] and row["min_retransmit_rate"] > 0.05:
-            notes.append(
-                f"{row['name']}: retransmit rate {row['retransmit_rate']:.1%}; the spec's < 5% "
-                f"is self-contradictory here: a round trip is lost with probability "
-                f"{row['min_retransmit_rate']:.1%}, and each loss costs a retransmission"
+                f"{1 - q**attempts:.2%}, measured {row['success']:.2%}; each lost round trip "
+                f"costs a retransmission (rate {row['retransmit_rate']:.1%})"
             )
         elif row["retransmit_rate"] > 0.05:
             notes.append(
-                f"{row['name']}: retransmit rate {row['retransmit_rate']:.1%} (> 5%): the ACK "
-                f"takes longer than the {row['ack_timeout_s']:.2f} s timeout, so each command "
-                "is sent again before its first ACK arrives (which then completes it)"
+                f"{row['name']}: retransmit rate {row['retransmit_rate']:.1%}: the ACK takes "
+                f"longer than the {row['ack_timeout_s']:.2f} s timeout, so the command is sent "
+                "again before its first ACK arrives (which then completes it)"
             )
     return notes

@@ -1,16 +1,17 @@
-# Shared machinery of the `cyncsim bench` suites: timing, machine facts, table, JSON.
+# The scaffold every `cyncsim bench` suite stands on: its description, timing, checks, tables,
+# profile and JSON.
 #
-# Strategy: the machines are shared and noisy, so a suite measures everything it compares in
-# one process and one run, takes the median over ``repeats`` runs of each measurement, and
-# reports speeds next to ratios against a baseline measured in the same run.  Each timed run
-# starts after a full garbage collection, and the previous run's result is dropped before the
-# clock starts, so no run pays for freeing another's objects.  A suite returns a SuiteResult:
-# rows (one dict per measurement, ``name`` first), the columns to print, and checks against
-# targets; ``suite_json`` gives the documented JSON form:
+# Strategy: a suite module declares one ``SuiteSpec`` (name, sizes for --quick and full runs,
+# table columns, extra tables' columns) and a ``run(opts, log) -> SuiteResult``; everything
+# else is here, so suites hold only what they measure.  The machines are shared and noisy, so
+# a suite measures everything it compares in one process and one run, takes the median over
+# ``repeats`` runs, and reports speeds next to ratios against a baseline of the same run.  Each
+# timed run starts after a full garbage collection and drops the previous result first.
+# ``suite_json`` gives the documented JSON form (tools/bench/report.py reads it):
 #
-#   {"suite": NAME, "machine": {...}, "date": ISO-8601, "quick": bool, "params": {...},
-#    "rows": [{"name": ..., METRIC: value, ...}], "checks": [{"name", "value", "target",
-#    "op", "unit", "passed"}], "passed": bool | null, "notes": [...],
+#   {"suite": NAME, "machine": {...}, "date": ISO-8601, "quick": bool, "title": str,
+#    "params": {...}, "rows": [{"name": ..., METRIC: value, ...}], "checks": [{"name",
+#    "value", "target", "op", "unit", "passed"}], "passed": bool | null, "notes": [...],
 #    "details": {TITLE: [row, ...]}}
 from __future__ import annotations
 
@@ -28,22 +29,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "PROFILE_COLUMNS",
     "BenchOptions",
     "Case",
     "Check",
     "Column",
     "Log",
+    "Section",
     "SuiteResult",
+    "SuiteSpec",
     "Timing",
     "cell",
     "format_table",
+    "latency_columns",
     "machine_info",
     "measure",
     "measure_rounds",
     "profile_by_file",
+    "profile_sections",
     "render",
     "stderr_log",
     "suite_json",
@@ -51,6 +57,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+S = TypeVar("S")
 Log = Callable[[str], None]
 
 
@@ -65,6 +72,7 @@ class BenchOptions:
     profile: bool = False  # suites that support it add a cProfile summary
 
 
+# ---------------------------------------------------------------------------- timing
 @dataclass(frozen=True, slots=True)
 class Timing:
     """Wall-clock seconds of each repeat of one measurement."""
@@ -93,9 +101,7 @@ def _time_once(fn: Callable[[], T], verify: Callable[[T], None] | None) -> float
 
 def measure(fn: Callable[[], T], repeats: int, verify: Callable[[T], None] | None = None) -> Timing:
     """Time ``fn()`` ``repeats`` times; ``verify`` checks each result, outside the clock."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, not {repeats}")
-    return Timing(tuple(_time_once(fn, verify) for _ in range(repeats)))
+    return measure_rounds({"": (fn, verify)}, repeats)[""]
 
 
 Case = tuple[Callable[[], Any], Callable[[Any], None] | None]  # (run, verify or None)
@@ -104,22 +110,20 @@ Case = tuple[Callable[[], Any], Callable[[Any], None] | None]  # (run, verify or
 def measure_rounds(
     cases: Mapping[str, Case], repeats: int, log: Log | None = None
 ) -> dict[str, Timing]:
-    """Time several things in interleaved rounds (a, b, c, a, b, c, ...).
-
-    A burst of load from a neighbour then hits every measurement of a round alike instead of
-    all repeats of one, so the ratios between them stay meaningful on a shared machine.
-    """
+    """Time several things in interleaved rounds (a, b, c, a, b, c, ...): a burst of load
+    from a neighbour then hits every measurement of a round alike, so ratios stay fair."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, not {repeats}")
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for i in range(repeats):
         for name, (fn, verify) in cases.items():
-            if log is not None:
+            if log is not None and name:
                 log(f"  round {i + 1}/{repeats}: {name}")
             samples[name].append(_time_once(fn, verify))
     return {name: Timing(tuple(s)) for name, s in samples.items()}
 
 
+# ---------------------------------------------------------------------------- description
 @dataclass(frozen=True, slots=True)
 class Check:
     """One target: ``value`` OP ``target``, OP being ``>=`` or ``<=``."""
@@ -140,14 +144,8 @@ class Check:
         raise ValueError(f"unknown comparison {self.op!r} in check {self.name!r}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "value": self.value,
-            "target": self.target,
-            "op": self.op,
-            "unit": self.unit,
-            "passed": self.passed,
-        }
+        keys = ("name", "value", "target", "op", "unit", "passed")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +155,28 @@ class Column:
     key: str
     header: str
     spec: str = ""
+
+
+def latency_columns(
+    prefix: str = "", label: str = "", unit: str = "ms", spec: str = ".1f", keys: str = ""
+) -> list[Column]:
+    """The standard latency columns p50/p90/p99/max (or ``keys``, space separated) of the
+    row keys ``{prefix}p50_{unit}``... that ``stats.summary`` produces."""
+    names = keys.split() or ["p50", "p90", "p99", "max"]
+    return [Column(f"{prefix}{k}_{unit}", f"{label}{k} {unit}", spec) for k in names]
+
+
+PROFILE_COLUMNS = {
+    "files": [Column("file", "file"), Column("own_share", "share", ".1%")],
+    "functions": [
+        Column("function", "function"),
+        Column("calls", "calls", ",d"),
+        Column("own_share", "own", ".1%"),
+        Column("cum_share", "cumulative", ".1%"),
+    ],
+}
+
+Section = tuple[str, list[Column], list[dict[str, Any]]]  # an extra table: title, cols, rows
 
 
 @dataclass(slots=True)
@@ -169,9 +189,8 @@ class SuiteResult:
     params: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     quick: bool = False
-    # further tables (title, columns, rows), printed after the checks and kept in the JSON
-    # under "details" by title (e.g. a profile summary)
-    sections: list[tuple[str, list[Column], list[dict[str, Any]]]] = field(default_factory=list)
+    # further tables, printed after the checks and kept in the JSON under "details" by title
+    sections: list[Section] = field(default_factory=list)
 
     @property
     def passed(self) -> bool | None:
@@ -179,6 +198,46 @@ class SuiteResult:
         return all(c.passed for c in self.checks) if self.checks else None
 
 
+@dataclass(frozen=True, slots=True)
+class SuiteSpec(Generic[S]):
+    """What a suite is: its name, its sizes (full and --quick), its table's columns and the
+    columns of its extra tables by title (the report prints the JSON with them)."""
+
+    name: str
+    full: S
+    quick: S
+    columns: list[Column]
+    details: dict[str, list[Column]] = field(default_factory=dict)
+
+    def size(self, opts: BenchOptions) -> S:
+        return self.quick if opts.quick else self.full
+
+    def result(
+        self,
+        opts: BenchOptions,
+        title: str,
+        rows: list[dict[str, Any]],
+        checks: list[Check],
+        params: dict[str, Any],
+        notes: Sequence[str] = (),
+        details: Mapping[str, list[dict[str, Any]]] | None = None,
+    ) -> SuiteResult:
+        """The suite's result; ``details`` are the rows of its extra tables, by title."""
+        sections = [(t, self.details[t], r) for t, r in (details or {}).items()]
+        return SuiteResult(
+            self.name,
+            title,
+            list(self.columns),
+            rows,
+            checks,
+            params,
+            list(notes),
+            opts.quick,
+            sections,
+        )
+
+
+# ---------------------------------------------------------------------------- output
 def machine_info() -> dict[str, Any]:
     """What the numbers depend on: CPU, cores usable, Python, load at the start."""
     info: dict[str, Any] = {
@@ -187,28 +246,24 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": _proc_line("/proc/cpuinfo", "model name") or platform.processor() or "?",
     }
     if hasattr(os, "sched_getaffinity"):
         info["cpus_usable"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["memory_mb"] = int(line.split()[1]) // 1024
-                break
+    mem = _proc_line("/proc/meminfo", "MemTotal")
+    if mem:
+        info["memory_mb"] = int(mem.split()[0]) // 1024
     return info
 
 
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
+def _proc_line(path: str, key: str) -> str | None:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(key)), None)
 
 
 def cell(value: Any, spec: str) -> str:
@@ -242,7 +297,7 @@ def format_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -
 
 
 def render(result: SuiteResult) -> str:
-    """The human report of one suite: title, table, checks, notes."""
+    """The human report of one suite: title, table, checks, extra tables, notes."""
     parts = [f"== bench {result.suite}{' (quick)' if result.quick else ''}: {result.title}"]
     parts.append(format_table(result.columns, result.rows))
     if result.checks:
@@ -277,21 +332,22 @@ def _finite(value: Any) -> Any:
 
 def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any]:
     """The documented JSON object of one suite run (see the module comment)."""
-    obj: dict[str, Any] = {
-        "suite": result.suite,
-        "machine": dict(machine),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": result.quick,
-        "title": result.title,
-        "params": result.params,
-        "rows": result.rows,
-        "checks": [c.as_dict() for c in result.checks],
-        "passed": result.passed,
-        "notes": result.notes,
-        "details": {title: rows for title, _, rows in result.sections},
-    }
-    finite: dict[str, Any] = _finite(obj)
-    return finite
+    obj: dict[str, Any] = _finite(
+        {
+            "suite": result.suite,
+            "machine": dict(machine),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": result.quick,
+            "title": result.title,
+            "params": result.params,
+            "rows": result.rows,
+            "checks": [c.as_dict() for c in result.checks],
+            "passed": result.passed,
+            "notes": result.notes,
+            "details": {title: rows for title, _, rows in result.sections},
+        }
+    )
+    return obj
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -302,33 +358,28 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+# ---------------------------------------------------------------------------- profile
 def profile_by_file(fn: Callable[[], object], top: int = 12) -> dict[str, Any]:
     """Run ``fn`` once under cProfile: own time per source file and the top functions.
-
-    cProfile slows Python code down several times, so only the shares mean something.
-    """
+    cProfile slows Python code down several times, so only the shares mean something."""
     prof = cProfile.Profile()
     prof.enable()
     try:
         fn()
     finally:
         prof.disable()
-    stats = pstats.Stats(prof)
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
-    raw = stats.stats  # type: ignore[attr-defined]
+    raw = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in raw.values()) or 1.0
     by_file: dict[str, float] = {}
     funcs: list[tuple[float, dict[str, Any]]] = []
     for (filename, lineno, name), (_, calls, tottime, cumtime, _) in raw.items():
         where = _short_path(filename)
         by_file[where] = by_file.get(where, 0.0) + tottime
-        entry = {
-            "function": f"{where}:{lineno}({name})",
-            "calls": calls,
-            "own_share": tottime / total,
-            "cum_share": cumtime / total,
-        }
-        funcs.append((tottime, entry))
+        entry = {"function": f"{where}:{lineno}({name})", "calls": calls}
+        funcs.append(
+            (tottime, {**entry, "own_share": tottime / total, "cum_share": cumtime / total})
+        )
     funcs.sort(key=lambda f: -f[0])
     files = sorted(by_file.items(), key=lambda kv: -kv[1])
     return {
@@ -337,15 +388,31 @@ def profile_by_file(fn: Callable[[], object], top: int = 12) -> dict[str, Any]:
     }
 
 
+def profile_sections(summary: Mapping[str, Any], what: str) -> list[Section]:
+    """The two extra tables of a ``profile_by_file`` summary: by file, top functions."""
+    return [
+        (
+            f"profile: {what} (cProfile; shares of own time by file)",
+            PROFILE_COLUMNS["files"],
+            list(summary.get("files", [])),
+        ),
+        (
+            f"profile: {what}, top functions by own time",
+            PROFILE_COLUMNS["functions"],
+            list(summary.get("functions", [])),
+        ),
+    ]
+
+
 def _short_path(filename: str) -> str:
     """``replay/capture/tcp.py`` for project files, the bare name for the rest."""
-    if filename.startswith("<") or filename == "~":
+    if filename.startswith("<") or filename in ("~", ""):
         return "(builtins)"
     parts = Path(filename).parts
     for anchor in ("replay", "tools", "simulator"):
         if anchor in parts and "site-packages" not in parts:
             return "/".join(parts[parts.index(anchor) :])
-    return Path(filename).name if filename else "(builtins)"
+    return Path(filename).name
 
 
 def stderr_log(message: str) -> None:

@@ -1,46 +1,55 @@
 # `cyncsim bench fleet`: thousands of dial-mode devices against one local controller.
 #
-# Strategy: every process is spawned fresh (multiprocessing) so no row inherits another's
-# heap.  One controller process: a CyncCloudSimulator answering as the model's cloud did,
-# its per-connection observer replaced by a light one that notes, for each 0xD3 it reads,
-# the time since the last packet on that connection; it also samples its own loop lateness
-# and CPU, and runs with the garbage collector paused during a row (collected between rows)
-# so that its own pauses do not count against the devices.  Per row a fleet process:
-# measures its RSS after imports and the model, dials the controller with a CyncFleet of n
-# devices (each from its own loopback address) or FleetWorkers over worker processes,
-# waits one heartbeat idle time plus a margin (so the reads the connect storm delayed are
-# behind the window), takes its RSS (memory per device = RSS delta / n; with workers, their
-# RSS minus one baseline each), then puts a probe in front of each device connection's
-# observer and measures a window of steady-state heartbeats and its CPU.  Heartbeat timing
-# error = time from a device's last packet (read or written) to its 0xD3, minus the learned
-# idle time x time_scale: in the fleet process (the devices' own timing; not observable in
-# worker processes) and as the controller reads it (two loopback hops and the controller's
-# delays added).  Targets: 10,000 devices in one process under 1 GB, error p99 under 50 ms.
+# Strategy: every process is spawned fresh (no row inherits another's heap).  The controller
+# (simkit.Child) is a CyncCloudSimulator whose per-connection observer notes, for each 0xD3
+# it reads, the time since the last packet on that connection; it samples its own loop
+# lateness and CPU and runs with the garbage collector paused during a row (collected between
+# rows), so its own pauses do not count against the devices.  Per row a fleet process takes
+# its RSS after imports and the model, dials the controller with a CyncFleet of n devices (or
+# FleetWorkers over worker processes), waits one heartbeat idle time plus a margin (the reads
+# the connect storm delayed are then behind the window), takes its RSS (memory per device =
+# RSS delta / n; workers: their RSS minus one baseline each), then puts a probe in front of
+# each device connection's observer and measures a window of steady heartbeats and its CPU.
+# Heartbeat timing error = time from a device's last packet to its 0xD3 minus the learned
+# idle time x time_scale: in the fleet process (not observable inside workers) and as the
+# controller reads it (two loopback hops and its delays added).  Targets: 10,000 devices in
+# one process under 1 GB, error p99 under 50 ms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import math
 import multiprocessing
 import os
+import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cyncsim.replay.errors import CyncError
-from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult
-from cyncsim.tools.bench.latency import percentile
+from cyncsim import CyncCloudSimulator, CyncFleet, load_default_model
+from cyncsim.tools.bench.common import (
+    BenchOptions,
+    Check,
+    Column,
+    Log,
+    SuiteResult,
+    SuiteSpec,
+    latency_columns,
+)
 from cyncsim.tools.bench.simkit import (
+    Child,
     GcMeter,
+    device_view,
     lateness_monitor,
     process_cpu_seconds,
     process_rss_bytes,
+    serve_control,
 )
+from cyncsim.tools.bench.stats import percentile, summary
 
-__all__ = ["FULL", "QUICK", "Size", "controller_main", "fleet_row", "run"]
+__all__ = ["SPEC", "Size", "controller_main", "expected_idle", "fleet_row", "run"]
 
 TARGET_RSS_MB = 1024.0
 TARGET_HEARTBEAT_P99_MS = 50.0
@@ -53,49 +62,66 @@ class Size:
     devices: tuple[int, ...]  # one-process rows
     worker_devices: int  # the workers rows' fleet size
     time_scale: float
-    warmup_s: float  # after the last device connected, on top of one heartbeat idle time:
-    # the window starts once every device has pinged after the connect storm
-    window_s: float  # heartbeats measured; at least 2.2 idle times, so that every device's
-    # second 0xD3 after the probe is put in falls inside it
+    warmup_s: float  # after the last device connected, on top of one heartbeat idle time
+    window_s: float  # heartbeats measured; at least 2.2 idle times (every device pings twice)
     real_cadence: tuple[int, ...] = ()  # one-process rows at time_scale 1.0
 
 
-FULL = Size((1000, 5000, 10_000), 10_000, 0.2, 2.0, 15.0, (10_000,))
-QUICK = Size((200, 500), 500, 0.1, 1.0, 5.0)
+SPEC = SuiteSpec(
+    "fleet",
+    full=Size((1000, 5000, 10_000), 10_000, 0.2, 2.0, 15.0, (10_000,)),
+    quick=Size((200, 500), 500, 0.1, 1.0, 5.0),
+    columns=[
+        Column("name", "fleet"),
+        Column("time_scale", "scale", ".1f"),
+        Column("devices", "devices", ",d"),
+        Column("processes", "procs", ",d"),
+        Column("connected", "connected", ",d"),
+        Column("connect_per_s", "dials/s", ",.0f"),
+        Column("rss_mb", "RSS MB", ",.1f"),
+        Column("kib_per_device", "KiB/device", ",.1f"),
+        Column("heartbeats", "heartbeats", ",d"),
+        *latency_columns("hb_err_", "hb err ", spec=",.2f"),
+        Column("ctrl_err_p99_ms", "at ctrl p99 ms", ",.1f"),
+        Column("cpu", "CPU", ".1%"),
+        Column("cpu_max_process", "busiest proc", ".1%"),
+        Column("us_per_heartbeat", "CPU us/hb", ",.0f"),
+        Column("controller_cpu", "ctrl CPU", ".1%"),
+        Column("loop_late_p99_ms", "loop late p99 ms", ",.1f"),
+        Column("controller_late_p99_ms", "ctrl late p99 ms", ",.1f"),
+    ],
+)
 
 
-def _timing(time_scale: float, size: Size) -> tuple[float, float]:
-    """(warm-up, window) in seconds for rows at ``time_scale``."""
-    idle = _expected_idle(time_scale)[0]
-    return idle + size.warmup_s, max(size.window_s, 2.2 * idle)
+def expected_idle(time_scale: float) -> tuple[float, bool]:
+    """The heartbeat idle time a fleet device waits (s, scaled) and whether it is one value."""
+    dist = device_view().heartbeat
+    if dist is None or not dist.values:
+        return 21.0 * time_scale, True  # the engine's documented default
+    return dist.quantile(0.5) * time_scale, len(set(dist.values)) == 1
 
 
 # ---------------------------------------------------------------------------- controller
 def controller_main(ctl: Connection, time_scale: float, seed: int) -> None:
-    """Entry point of the controller process.  Messages: "reset" (forget closed links,
-    collect garbage; answers "ok"), ("stats", t0, t1) (answers the heartbeat gaps, its loop
-    lateness and CPU use between wall times t0 and t1), "stop"."""
+    """The controller process.  Messages: "reset" (forget closed links, collect garbage),
+    ("stats", t0, t1) (the heartbeat gaps, loop lateness and CPU use between wall times t0
+    and t1), "stop"."""
     asyncio.run(_controller(ctl, time_scale, seed))
 
 
 async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
-    from cyncsim.simulator._device_conn import EngineConnection
-    from cyncsim.simulator.cloud import CyncCloudSimulator
-    from cyncsim.simulator.fleet import raise_fd_limit
-
-    raise_fd_limit(30_000)
-    # The measuring controller must not stall on its own garbage collections (a full one
-    # over tens of thousands of connections takes tens of ms, which would show up as
-    # device timing errors): the collector is paused during rows and run between them.
-    gc.disable()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # one fd per device
+    if soft != resource.RLIM_INFINITY and soft < 30_000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(30_000, hard), hard))
+    gc.disable()  # a full collection over 10,000s of connections would stall its reads
     loop = asyncio.get_running_loop()
+    offset = time.time() - loop.time()
     gaps: list[tuple[float, float]] = []  # (wall time of the 0xD3, seconds since last packet)
     late: list[tuple[float, float]] = []  # (wall time, lateness of a bare 10 ms timer)
     cpu: list[tuple[float, float]] = []  # (wall time, CPU seconds so far)
-    offset = time.time() - loop.time()
 
     class Controller(CyncCloudSimulator):
-        def connection_ready(self, conn: EngineConnection) -> bool:
+        def connection_ready(self, conn: Any) -> bool:
             last = [loop.time()]
 
             def observe(way: str, data: bytes) -> None:
@@ -116,13 +142,18 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
             t = os.times()
             cpu.append((now + offset, t.user + t.system))
 
-    def stats(t0: float, t1: float) -> dict[str, Any]:
+    def handle(msg: Any) -> Any:
+        if msg == "reset":
+            cloud.links[:] = [link for link in cloud.links if link.open]
+            for series in (gaps, late, cpu):
+                series.clear()
+            gc.collect()
+            return "ok"
+        t0, t1 = msg[1], msg[2]
         window = [c for c in cpu if t0 <= c[0] <= t1]
-        used = (
-            (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
-            if len(window) > 1
-            else math.nan
-        )
+        used = math.nan
+        if len(window) > 1:
+            used = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
         return {
             "gaps": [g for t, g in gaps if t0 <= t <= t1],
             "late": [x for t, x in late if t0 <= t <= t1],
@@ -132,103 +163,22 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
     cloud = Controller(seed=seed, time_scale=time_scale)
     await cloud.start()
     watcher = asyncio.ensure_future(monitor())
-    stop = asyncio.Event()
-
-    def readable() -> None:
-        with contextlib.suppress(EOFError, OSError):
-            while ctl.poll():
-                msg = ctl.recv()
-                if msg == "stop":
-                    stop.set()
-                elif msg == "reset":
-                    cloud.links[:] = [link for link in cloud.links if link.open]
-                    gaps.clear()
-                    late.clear()
-                    cpu.clear()
-                    gc.collect()
-                    ctl.send("ok")
-                elif msg[0] == "stats":
-                    ctl.send(stats(msg[1], msg[2]))
-            return
-        stop.set()
-
-    loop.add_reader(ctl.fileno(), readable)
-    ctl.send(("ready", cloud.port))
-    await stop.wait()
-    loop.remove_reader(ctl.fileno())
+    ctl.send(cloud.port)
+    await serve_control(ctl, handle)
     watcher.cancel()
     await cloud.stop()
-
-
-class _Controller:
-    def __init__(self, time_scale: float) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.ctl, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=controller_main,
-            args=(child, time_scale, SEED),
-            daemon=True,
-            name="cyncsim-bench-controller",
-        )
-        self.process.start()
-        child.close()
-        _, self.port = self._ask(None, 60.0)
-
-    def _ask(self, msg: Any, timeout: float = 60.0) -> Any:
-        try:
-            if msg is not None:
-                self.ctl.send(msg)
-            if self.ctl.poll(timeout):
-                return self.ctl.recv()
-        except (EOFError, OSError) as exc:
-            raise CyncError(
-                f"bench fleet: the controller is gone ({exc!r})", reason="bench"
-            ) from None
-        raise CyncError("bench fleet: the controller did not answer", reason="bench")
-
-    def reset(self) -> None:
-        self._ask("reset")
-
-    def stats(self, start: float, end: float) -> dict[str, Any]:
-        got: dict[str, Any] = self._ask(("stats", start, end))
-        return got
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.ctl.send("stop")
-        self.process.join(30)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        self.ctl.close()
+    ctl.send(None)
 
 
 # ---------------------------------------------------------------------------- fleet rows
-def fleet_row(
-    n: int,
-    workers: int,
-    time_scale: float,
-    port: int,
-    warmup: float,
-    window: float,
-) -> dict[str, Any]:
-    """Entry point of a fleet process (one row): connect, settle, measure, stop."""
-    return asyncio.run(_fleet_row(n, workers, time_scale, port, warmup, window))
-
-
 class _HeartbeatProbe:
     """Chained in front of a fleet device's connection observer: for each 0xD3 the device
     writes, the time since the last packet it read or wrote, minus the idle time."""
 
     __slots__ = ("errors", "idle", "inner", "last", "loop")
 
-    def __init__(
-        self, inner: Any, idle: float, errors: list[float], loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self.inner = inner
-        self.idle = idle
-        self.errors = errors
-        self.loop = loop
+    def __init__(self, inner: Any, idle: float, errors: list[float], loop: Any) -> None:
+        self.inner, self.idle, self.errors, self.loop = inner, idle, errors, loop
         self.last: float | None = None  # nothing seen since the probe was put in
 
     def __call__(self, way: str, data: bytes) -> None:
@@ -240,60 +190,65 @@ class _HeartbeatProbe:
             self.inner(way, data)
 
 
-async def _fleet_row(
-    n: int,
-    workers: int,
-    time_scale: float,
-    port: int,
-    warmup: float,
-    window: float,
+def fleet_row(
+    n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
 ) -> dict[str, Any]:
-    from cyncsim.simulator._device_conn import default_model
-    from cyncsim.simulator.fleet import CyncFleet, FleetWorkers
+    """Entry point of a fleet process (one row): connect, settle, measure, stop."""
+    return asyncio.run(_fleet_row(n, workers, time_scale, port, warmup, window))
 
-    default_model()  # loaded before the baseline, as every worker loads it too
+
+def _steal() -> tuple[int, int]:
+    """(CPU time stolen by the hypervisor, all CPU time) so far, in ticks (Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return (values[7] if len(values) > 7 else 0), sum(values)
+
+
+async def _fleet_row(
+    n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
+) -> dict[str, Any]:
+    from cyncsim.simulator.fleet import FleetWorkers  # not in the top-level API
+
+    load_default_model()  # loaded before the baseline, as every worker loads it too
     gc.collect()
     rss0 = process_rss_bytes() or 0
-    idle, _ = _expected_idle(time_scale)
-    fleet: CyncFleet | FleetWorkers
-    if workers:
-        fleet = FleetWorkers(n, workers, seed=SEED, time_scale=time_scale)
-    else:
-        fleet = CyncFleet(n, seed=SEED, time_scale=time_scale)
+    idle = expected_idle(time_scale)[0]
+    fleet: Any = (
+        FleetWorkers(n, workers, seed=SEED, time_scale=time_scale)
+        if workers
+        else CyncFleet(n, seed=SEED, time_scale=time_scale)
+    )
     errors: list[float] = []
-    gc_meter = GcMeter()
+    gc_meter, stop = GcMeter(), asyncio.Event()
     start = time.perf_counter()
     try:
         await fleet.connect(HOST, port, timeout=120.0)
         connect_s = time.perf_counter() - start
         await asyncio.sleep(warmup)
-        pids = [os.getpid()]
-        if isinstance(fleet, FleetWorkers):
-            pids = [w.process.pid or 0 for w in fleet.workers]
+        pids = [w.process.pid or 0 for w in fleet.workers] if workers else [os.getpid()]
         rss = [process_rss_bytes(p) or 0 for p in pids]  # settled, before any probe
-        if isinstance(fleet, CyncFleet):
+        if not workers:
             loop = asyncio.get_running_loop()
             for dev in fleet.devices:
-                conn = dev.connection
-                if conn is not None:
+                if dev.connection is not None:
+                    conn = dev.connection
                     conn.observer = _HeartbeatProbe(conn.observer, idle, errors, loop)
-        cpu0 = [process_cpu_seconds(p) or 0.0 for p in pids]
-        steal0 = _steal()
-        stop = asyncio.Event()
+        cpu0, steal0 = [process_cpu_seconds(p) or 0.0 for p in pids], _steal()
         monitor = asyncio.ensure_future(lateness_monitor(stop))
         t0 = time.time()
         with gc_meter.active():
             await asyncio.sleep(window)
         t1 = time.time()
-        # Heartbeats after the window are left out: the probes stay in while the fleet
-        # stops, and a heartbeat due while 10,000 connections are being closed is late
-        # because of the shutdown, not because of the running fleet.
+        # only heartbeats inside the window count: one due while 10,000 connections close is
+        # late because of the shutdown, not because of the running fleet
         in_window = len(errors)
         stop.set()
         late = await monitor
-        cpu1 = [process_cpu_seconds(p) or 0.0 for p in pids]
-        steal1 = _steal()
-        stats = fleet.stats() if isinstance(fleet, CyncFleet) else await fleet.refresh_stats()
+        cpu1, steal1 = [process_cpu_seconds(p) or 0.0 for p in pids], _steal()
+        stats = await fleet.refresh_stats() if workers else fleet.stats()
     finally:
         await fleet.stop()
     return {
@@ -305,7 +260,7 @@ async def _fleet_row(
         "connected": stats.connected,
         "packets_in": stats.packets_in,
         "packets_out": stats.packets_out,
-        "device_errors": errors[:in_window] if isinstance(fleet, CyncFleet) else None,
+        "device_errors": None if workers else errors[:in_window],
         "loop_late": late,
         "steal": (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
         if steal1[1] > steal0[1]
@@ -314,78 +269,17 @@ async def _fleet_row(
     }
 
 
-def _steal() -> tuple[int, int]:
-    """(CPU time stolen by the hypervisor, all CPU time) so far, in ticks (Linux /proc/stat;
-    zeros elsewhere): the machine's share taken away from this VM."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (values[7] if len(values) > 7 else 0), sum(values)
-
-
-def _run_row(n: int, workers: int, time_scale: float, size: Size, port: int) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-        warmup, window = _timing(time_scale, size)
-        future = pool.submit(fleet_row, n, workers, time_scale, port, warmup, window)
-        return future.result(timeout=900)
-
-
-def _expected_idle(time_scale: float) -> tuple[float, bool]:
-    """The heartbeat idle time a fleet device waits (s, scaled) and whether it is one value."""
-    from cyncsim.replay.engine import ModelView
-    from cyncsim.simulator._device_conn import default_model
-
-    dist = ModelView.get(default_model(), "device").heartbeat
-    if dist is None or not dist.values:
-        return 21.0 * time_scale, True  # the engine's documented default
-    return dist.quantile(0.5) * time_scale, len(set(dist.values)) == 1
-
-
-COLUMNS = [
-    Column("name", "fleet"),
-    Column("time_scale", "scale", ".1f"),
-    Column("devices", "devices", ",d"),
-    Column("processes", "procs", ",d"),
-    Column("connected", "connected", ",d"),
-    Column("connect_per_s", "dials/s", ",.0f"),
-    Column("rss_mb", "RSS MB", ",.1f"),
-    Column("kib_per_device", "KiB/device", ",.1f"),
-    Column("heartbeats", "heartbeats", ",d"),
-    Column("hb_err_p50_ms", "hb err p50 ms", ",.2f"),
-    Column("hb_err_p99_ms", "hb err p99 ms", ",.2f"),
-    Column("hb_err_max_ms", "hb err max ms", ",.1f"),
-    Column("ctrl_err_p99_ms", "at ctrl p99 ms", ",.1f"),
-    Column("cpu", "CPU", ".1%"),
-    Column("cpu_max_process", "busiest proc", ".1%"),
-    Column("us_per_heartbeat", "CPU us/hb", ",.0f"),
-    Column("controller_cpu", "ctrl CPU", ".1%"),
-    Column("loop_late_p99_ms", "loop late p99 ms", ",.1f"),
-    Column("controller_late_p99_ms", "ctrl late p99 ms", ",.1f"),
-]
-
-
-def _errors_ms(errors: list[float], prefix: str) -> dict[str, float]:
-    ms = [e * 1e3 for e in errors]
-    return {
-        f"{prefix}_p50_ms": percentile(ms, 0.5),
-        f"{prefix}_p99_ms": percentile(ms, 0.99),
-        f"{prefix}_max_ms": max(ms, default=math.nan),
-        f"{prefix}_min_ms": min(ms, default=math.nan),
-    }
-
-
 def _row(
     name: str, n: int, workers: int, got: dict[str, Any], ctrl: dict[str, Any], idle: float
 ) -> dict[str, Any]:
     procs = max(workers, 1)
     wall = got["window"][1] - got["window"][0]
-    baseline = got["rss0"] * procs
     device = got["device_errors"]
     at_ctrl = [g - idle for g in ctrl["gaps"]]
     heartbeats = len(device) if device is not None else len(at_ctrl)
+    err: dict[str, float | None] = {**summary(device or [], prefix="hb_err_")}
+    if device is None:  # worker processes cannot be observed from inside
+        err = dict.fromkeys(err)
     return {
         "name": name,
         "devices": n,
@@ -396,10 +290,11 @@ def _row(
         "connect_per_s": n / got["connect_s"],
         "rss_mb": sum(got["rss"]) / 2**20,
         "baseline_rss_mb": got["rss0"] / 2**20,
-        "kib_per_device": (sum(got["rss"]) - baseline) / n / 1024,
+        "kib_per_device": (sum(got["rss"]) - got["rss0"] * procs) / n / 1024,
         "heartbeats": heartbeats,
-        **_errors_ms(device or [], "hb_err"),
-        **_errors_ms(at_ctrl, "ctrl_err"),
+        **err,
+        "hb_err_min_ms": min(device, default=math.nan) * 1e3 if device else None,
+        **summary(at_ctrl, prefix="ctrl_err_"),
         "cpu": sum(got["cpu_s"]) / wall,
         "cpu_max_process": max(got["cpu_s"]) / wall,
         "us_per_heartbeat": sum(got["cpu_s"]) / heartbeats * 1e6 if heartbeats else None,
@@ -410,41 +305,40 @@ def _row(
         "controller_cpu": ctrl["cpu"],
         "controller_late_p99_ms": percentile(ctrl["late"], 0.99) * 1e3,
         "controller_late_max_ms": max(ctrl["late"], default=math.nan) * 1e3,
-        "packets_in": got["packets_in"],
-        "packets_out": got["packets_out"],
-        "gc_collections": got["gc_collections"],
-        "gc_full_collections": got["gc_full_collections"],
-        "gc_longest_ms": got["gc_longest_ms"],
+        **{k: got[k] for k in ("packets_in", "packets_out", "gc_collections")},
+        **{k: got[k] for k in ("gc_full_collections", "gc_longest_ms")},
     }
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    size = QUICK if opts.quick else FULL
-    idle, constant = _expected_idle(size.time_scale)
+    size = SPEC.size(opts)
+    ts = size.time_scale
+    idle, constant = expected_idle(ts)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     worker_counts = sorted({2, min(4, cores or 1)} - {1}) if (cores or 1) > 1 else []
-    ts = size.time_scale
     plan = [(f"{n:,} devices", n, 0, ts) for n in size.devices]
     plan += [
         (f"{size.worker_devices:,}, {w} workers", size.worker_devices, w, ts) for w in worker_counts
     ]
     plan += [(f"{n:,} devices, real cadence", n, 0, 1.0) for n in size.real_cadence]
-    controllers: dict[float, _Controller] = {}
+    controllers: dict[float, Child] = {}
     rows: list[dict[str, Any]] = []
+    ctx = multiprocessing.get_context("spawn")
     try:
         for name, n, workers, scale in plan:
             if scale not in controllers:
                 log(f"fleet: starting a controller (time_scale {scale})")
-                controllers[scale] = _Controller(scale)
+                controllers[scale] = Child(controller_main, scale, SEED, name="the controller")
             controller = controllers[scale]
             log(f"fleet: {name} (time_scale {scale})")
-            controller.reset()
-            got = _run_row(n, workers, scale, size, controller.port)
-            row = _row(
-                name, n, workers, got, controller.stats(*got["window"]), _expected_idle(scale)[0]
-            )
-            row["time_scale"] = scale
-            rows.append(row)
+            controller.ask("reset")
+            row_idle = expected_idle(scale)[0]
+            warmup, window = row_idle + size.warmup_s, max(size.window_s, 2.2 * row_idle)
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                args = (n, workers, scale, controller.ready, warmup, window)
+                got = pool.submit(fleet_row, *args).result(timeout=900)
+            ctrl = controller.ask(("stats", *got["window"]))
+            rows.append({**_row(name, n, workers, got, ctrl, row_idle), "time_scale": scale})
     finally:
         for controller in controllers.values():
             controller.stop()
@@ -473,16 +367,8 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         for r in in_process
         if r["devices"] == biggest["devices"]
     ]
-    checks.append(
-        Check(
-            "devices connected (all rows)",
-            sum(r["devices"] - r["connected"] for r in rows),
-            0,
-            "<=",
-            " missing",
-            ",d",
-        )
-    )
+    missing = sum(r["devices"] - r["connected"] for r in rows)
+    checks.append(Check("devices connected (all rows)", missing, 0, "<=", " missing", ",d"))
     one = next(
         (r for r in in_process if r["devices"] == size.worker_devices and r["time_scale"] == ts),
         None,
@@ -492,66 +378,46 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
             r["connect_speedup"] = r["connect_per_s"] / one["connect_per_s"]
             r["busiest_vs_one"] = r["cpu_max_process"] / one["cpu_max_process"]
             r["ctrl_err_p99_vs_one"] = r["ctrl_err_p99_ms"] / one["ctrl_err_p99_ms"]
-    result = SuiteResult(
-        suite="fleet",
-        title=(
-            f"dial-mode fleets against one CyncCloudSimulator (its own process), time_scale "
-            f"{size.time_scale} (heartbeat every {idle:.2f} s idle)"
-            + (" and 1.0 (real cadence)" if size.real_cadence else "")
-        ),
-        columns=COLUMNS,
-        rows=rows,
-        checks=checks,
-        quick=opts.quick,
-        params={
-            "time_scale": size.time_scale,
-            "heartbeat_idle_s": idle,
-            "heartbeat_constant": constant,
-            "warmup_s": size.warmup_s,
-            "window_s": size.window_s,
-            "seed": SEED,
-            "cores": cores,
-        },
+    title = (
+        f"dial-mode fleets against one CyncCloudSimulator (its own process), time_scale "
+        f"{ts} (heartbeat every {idle:.2f} s idle)"
+        + (" and 1.0 (real cadence)" if size.real_cadence else "")
     )
-    result.notes += _notes(rows, size, idle, constant)
-    return result
+    params = {
+        "time_scale": ts,
+        "heartbeat_idle_s": idle,
+        "heartbeat_constant": constant,
+        "warmup_s": size.warmup_s,
+        "window_s": size.window_s,
+        "seed": SEED,
+        "cores": cores,
+    }
+    return SPEC.result(opts, title, rows, checks, params, _notes(rows, size, idle, constant))
 
 
 def _notes(rows: list[dict[str, Any]], size: Size, idle: float, constant: bool) -> list[str]:
+    most = max(r["devices"] for r in rows)
     notes = [
         f"heartbeats: the learned idle time before a 0xD3 is {idle / size.time_scale:.1f} s; "
         f"at time_scale {size.time_scale} a device pings every {idle:.2f} s without traffic, "
-        f"so {max(r['devices'] for r in rows):,} devices carry the heartbeat load of "
-        f"{max(r['devices'] for r in rows) / size.time_scale:,.0f} real ones; the rows marked "
-        "'real cadence' run at time_scale 1.0 (a ping every 21.5 s idle)",
-        "hb err: measured in the fleet process at each device's connection (time from the "
-        "last packet it read or wrote to its 0xD3 write, minus the learned idle time); at "
-        "ctrl: the same gap as the controller reads it, which adds two loopback hops and the "
-        "controller's own delays (its loop lateness: ctrl late); loop late: bare timers in "
-        "the fleet process during the window, the lateness every device there shares.  "
-        "Worker processes cannot be observed from inside: their rows have the controller's "
-        "view only",
-        "memory: RSS once the fleet has settled (after the connect sequences, before any "
-        "probe) minus RSS before the fleet (after imports and the model), per device; with "
-        "workers, every worker's RSS minus one such baseline each",
-        "the measuring controller runs with Python's garbage collector paused during a row "
-        "(collected between rows), so its collections do not show up as device errors",
+        f"so {most:,} devices carry the heartbeat load of {most / size.time_scale:,.0f} real "
+        "ones; rows marked 'real cadence' run at time_scale 1.0",
+        "hb err: measured in the fleet process at each device's connection (time from the last "
+        "packet it read or wrote to its 0xD3 write, minus the learned idle time); at ctrl: the "
+        "same gap as the controller reads it (two loopback hops and its own delays added); "
+        "loop late: bare timers in the fleet process during the window.  Worker processes "
+        "cannot be observed from inside: their rows have the controller's view only",
+        "memory: RSS once the fleet has settled minus RSS before the fleet (after imports and "
+        "the model), per device; with workers, every worker's RSS minus one such baseline each;"
+        " the controller runs with its garbage collector paused during a row",
+        "the learned idle time is one value, so a heartbeat has no jitter of its own: its error "
+        "is how late the device's timer and write ran"
+        if constant
+        else "the learned idle time is not one value: errors include its spread",
     ]
-    if constant:
-        notes.append(
-            "the learned idle time is one value (the real-cloud variant's aggregate rate), so a "
-            "heartbeat has no jitter of its own: its error is how late the device's timer and "
-            "write ran; only heartbeats written inside the window count (the shutdown after it "
-            "is left out)"
-        )
-    else:
-        notes.append("the learned idle time is not one value: errors include its spread")
     for r in rows:
         if r["steal"] > 0.02:
-            notes.append(
-                f"{r['name']}: the hypervisor took {r['steal']:.1%} of the machine's CPU time "
-                "during the window (steal): a shared machine"
-            )
+            notes.append(f"{r['name']}: the hypervisor took {r['steal']:.1%} of the CPU (steal)")
         if r["gc_full_collections"]:
             notes.append(
                 f"{r['name']}: {r['gc_full_collections']} full garbage collection(s) in the "
@@ -561,7 +427,6 @@ def _notes(rows: list[dict[str, Any]], size: Size, idle: float, constant: bool) 
             notes.append(
                 f"{r['name']}: dials {r['connect_speedup']:.2f}x as fast as one process; its "
                 f"busiest process uses {r['busiest_vs_one']:.2f}x the CPU share of the single "
-                f"process; heartbeat p99 at the controller {r['ctrl_err_p99_vs_one']:.2f}x "
-                "(the controller and every worker share the same cores)"
+                f"process; heartbeat p99 at the controller {r['ctrl_err_p99_vs_one']:.2f}x"
             )
     return notes

@@ -1,4 +1,5 @@
-# Plots for docs/performance.md from the JSON of `cyncsim bench all` (matplotlib, Agg).
+# Plots for docs/performance.md from the JSON of `cyncsim bench all` (matplotlib, Agg: the
+# `cyncsim[report]` extra).
 #
 # Strategy: one figure per suite where a picture says more than the table: answer-time
 # CDFs measured against learned (acks, baseline), p50/p99 per chaos row against the
@@ -13,15 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cyncsim.tools._extras import require
+
 __all__ = ["PLOTS", "plot_all"]
 
 Suite = Mapping[str, Any]
 
 
 def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", "the bench report's plots").use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

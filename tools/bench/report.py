@@ -5,10 +5,10 @@
 # rewritten from the JSON on every run: NAME is a suite (its table, its targets, its extra
 # tables, its notes, its plot) or ``summary`` (command, date, machine, targets met per
 # suite).  Text outside the blocks is never touched; a suite with no block in the document
-# gets one appended at the end under its own heading.  Tables use each suite module's
-# COLUMNS (header and number format), so the document shows what the command printed.
+# gets one appended at the end under its own heading.  Tables use each suite's SPEC columns
+# (header and number format), so the document shows what the command printed.
 #
-#   python -m tools.bench.report docs/bench.json --doc docs/performance.md --img docs/img
+#   python -m cyncsim.tools.bench.report docs/bench.json --doc docs/performance.md --img docs/img
 from __future__ import annotations
 
 import argparse
@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cyncsim.replay.errors import CyncError
 from cyncsim.tools.bench import SUITES, load_suite
-from cyncsim.tools.bench.common import Column, cell
+from cyncsim.tools.bench.common import PROFILE_COLUMNS, Column, cell
 
 __all__ = ["DEFAULT_COMMAND", "main", "markdown_table", "render_block", "update_document"]
 
@@ -49,43 +50,20 @@ def markdown_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]])
     return "\n".join(lines)
 
 
-def _auto_columns(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
-    keys: dict[str, None] = {}
-    for row in rows:
-        for k, v in row.items():
-            if not isinstance(v, list | dict):
-                keys.setdefault(k, None)
-    return [Column(k, k, ".1%" if k.endswith("share") else ",.4g") for k in keys]
-
-
-def _detail_columns(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
-    if rows and set(rows[0]) == {"file", "own_share"}:
-        return [Column("file", "file"), Column("own_share", "share", ".1%")]
-    if rows and "function" in rows[0]:
-        return [
-            Column("function", "function"),
-            Column("calls", "calls", ",d"),
-            Column("own_share", "own", ".1%"),
-            Column("cum_share", "cumulative", ".1%"),
-        ]
-    return _auto_columns(rows)
-
-
-def _suite_columns(name: str, rows: Sequence[Mapping[str, Any]]) -> list[Column]:
-    if name in SUITES:
-        columns = getattr(load_suite(name), "COLUMNS", None)
-        if columns:
-            return list(columns)
-    return _auto_columns(rows)
-
-
-def _detail_section_columns(name: str, rows: Sequence[Mapping[str, Any]]) -> list[Column]:
-    """A suite's TIMER_COLUMNS when they fit the rows, else profile or automatic columns."""
-    if name in SUITES:
-        cols = getattr(load_suite(name), "TIMER_COLUMNS", None)
-        if cols and rows and all(c.key in rows[0] for c in cols):
+def _columns(name: str, title: str | None, rows: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """The columns the suite declares (its SPEC) for its table (``title`` None) or for an
+    extra table; a profile's by its rows; else every scalar key of the rows."""
+    spec = getattr(load_suite(name), "SPEC", None) if name in SUITES else None
+    if spec is not None:
+        cols = spec.columns if title is None else spec.details.get(title)
+        if cols:
             return list(cols)
-    return _detail_columns(rows)
+    if title is not None and rows and ("function" in rows[0] or "file" in rows[0]):
+        return PROFILE_COLUMNS["functions" if "function" in rows[0] else "files"]
+    keys = dict.fromkeys(
+        k for row in rows for k, v in row.items() if not isinstance(v, list | dict)
+    )
+    return [Column(k, k, ".1%" if k.endswith("share") else ",.4g") for k in keys]
 
 
 def render_block(suite: Mapping[str, Any], image: str | None, command: str) -> str:
@@ -96,7 +74,7 @@ def render_block(suite: Mapping[str, Any], image: str | None, command: str) -> s
         f"Run: `{command}`, {suite.get('date', '?')}"
         + (" (**quick size**)" if suite.get("quick") else "")
         + ".",
-        markdown_table(_suite_columns(name, suite["rows"]), suite["rows"]),
+        markdown_table(_columns(name, None, suite["rows"]), suite["rows"]),
     ]
     checks = suite.get("checks", [])
     if checks:
@@ -116,9 +94,7 @@ def render_block(suite: Mapping[str, Any], image: str | None, command: str) -> s
         parts.append(markdown_table(cols, rows))
     for title, rows in suite.get("details", {}).items():
         if rows:
-            parts.append(
-                f"**{title}**\n\n" + markdown_table(_detail_section_columns(name, rows), rows)
-            )
+            parts.append(f"**{title}**\n\n" + markdown_table(_columns(name, title, rows), rows))
     notes = suite.get("notes", [])
     if notes:
         parts.append("\n".join(f"- {n}" for n in notes))
@@ -198,7 +174,7 @@ def update_document(text: str, blocks: Mapping[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench.report", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m cyncsim.tools.bench.report", description=__doc__)
     p.add_argument("json", type=Path, help="the JSON of `cyncsim bench all --json FILE`")
     p.add_argument("--doc", type=Path, default=Path("docs/performance.md"))
     p.add_argument("--img", type=Path, default=Path("docs/img"))
@@ -210,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from cyncsim.tools.bench.plots import plot_all
 
-    images = plot_all(bench, args.img)
+    try:
+        images = plot_all(bench, args.img)
+    except CyncError as exc:  # a missing extra: one line
+        print(f"bench report: error: {exc}", file=sys.stderr)
+        return 2
     blocks = {"summary": render_summary(bench, args.command)}
     for suite in bench["suites"]:
         image = images.get(suite["suite"])

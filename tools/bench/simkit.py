@@ -1,41 +1,48 @@
-# Shared asyncio machinery of the simulator suites (baseline, acks, chaos, group).
+# Shared asyncio machinery of the simulator suites: lanes, a raw probe, meters.
 #
-# Strategy: measure from the outside and instrument at the documented seams, never change
-# the simulator.  ``open_lane`` starts one listening CyncDeviceSimulator and a
-# ReliableTransport connected and handshaken to it; ``run_commands`` drives it with one
-# command outstanding at a time (a device works through its commands in order, so a second
-# outstanding command would measure queueing, not the device).  ``Probe`` is a raw Cync peer
-# that stamps each packet with the loop clock the moment it is read, for request -> answer
-# latencies without any transport in between.  ``TimerAudit`` wraps an engine's ``receive``
-# (instance attribute) to note when each answer was asked to leave, and is the connection's
-# ``observer`` to note when it really left: the simulator's timer fidelity.  ``LockMeter``
-# wraps asyncio's Lock and Semaphore for the duration of a run and sums the time they are
-# held.  ``loop_lateness`` is the reference: how late a bare loop timer fires.
+# Strategy: measure from the outside through the public API and its documented seams, never
+# change the simulator.  ``open_lane`` starts one listening CyncDeviceSimulator and a
+# ReliableTransport handshaken to it; ``run_commands`` drives it with one command outstanding
+# (a device works through its commands in order, so a second one in flight would measure its
+# queue).  ``Probe`` is a raw Cync peer that stamps each packet with the loop clock as it is
+# read, for request -> answer times without a transport in between.  ``TimerAudit`` wraps an
+# engine's ``receive`` (an instance attribute) to note when each answer was asked to leave,
+# and is the connection's ``observer`` to note when it did.  ``LockMeter`` wraps asyncio's
+# Lock and Semaphore during a run and sums the time they are held; ``GcMeter`` notes the
+# collector's pauses; ``loop_lateness`` is the reference: how late a bare loop timer fires.
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
+import multiprocessing
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
-from cyncsim.replay.chaos import ChaosConfig
-from cyncsim.replay.engine import Engine, Send
-from cyncsim.replay.errors import CyncError
+from cyncsim import (
+    ChaosConfig,
+    CyncDeviceSimulator,
+    CyncError,
+    DeviceModel,
+    PacketType,
+    ReliableTransport,
+    Result,
+)
 from cyncsim.replay.framer import PacketFramer
-from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_command
-from cyncsim.replay.protocol import CyncPacket, PacketType
-from cyncsim.simulator.device import CyncDeviceSimulator
-from cyncsim.simulator.transport import ReliableTransport, Result
-from cyncsim.tools.bench.latency import rate, summary_ms
+from cyncsim.replay.protocol import CyncPacket, exchange_key
+from cyncsim.tools.bench.stats import rate, summary
 
 __all__ = [
+    "NODE",
+    "Child",
     "CpuMeter",
     "GcMeter",
     "Lane",
@@ -45,14 +52,15 @@ __all__ = [
     "acks",
     "command_packet",
     "command_summary",
+    "device_view",
     "is_type",
     "lateness_monitor",
-    "light_packet",
     "loop_lateness",
     "open_lane",
     "process_cpu_seconds",
     "process_rss_bytes",
     "run_commands",
+    "serve_control",
 ]
 
 NODE = 1  # mesh node of every lane's device (its own node: commands are applied)
@@ -115,34 +123,40 @@ async def run_commands(lane: Lane, n: int, *, light: bool = False) -> list[Resul
 
 
 def command_summary(results: list[Result], retransmissions: int) -> dict[str, Any]:
-    """Latency of the acknowledged commands, success and retransmit rates."""
+    """Latency of the acknowledged commands (standard summary), success, retransmissions."""
     ok = [r.latency_s for r in results if r.success]
-    n = len(results)
     reasons = collections.Counter(r.reason for r in results if not r.success)
     return {
-        "commands": n,
+        "commands": len(results),
         "acked": len(ok),
-        "success": rate(len(ok), n),
-        **summary_ms(ok),
+        "success": rate(len(ok), len(results)),
+        **summary(ok),
         "retransmits": retransmissions,
-        "retransmit_rate": rate(retransmissions, n),
+        "retransmit_rate": rate(retransmissions, len(results)),
         "retried_commands": sum(1 for r in results if r.retry_count),
         "timeouts": reasons.get("timeout", 0),
         "failures": dict(sorted(reasons.items())),
+        "samples_ms": [x * 1e3 for x in ok],
     }
 
 
-def command_packet(device_id: bytes, number: int, *, node: int = NODE) -> bytes:
-    """Bytes of toggle number ``number`` (distinct message id and sequence byte)."""
-    msg_id = ((number % 0xFFFF) + 1).to_bytes(2, "big") + b"\0"
-    cmd = PowerCommand(number % 255 + 1, node, bool(number % 2))
-    return build_command(device_id, msg_id, cmd).encode()
+def device_view(model: DeviceModel | None = None) -> Any:
+    """The model view a device of ``model`` samples its answers from (the device is built,
+    never started): ``.split(request key).acks[0]`` is the plan of the answer, ``.heartbeat``
+    the idle time before a 0xD3."""
+    return CyncDeviceSimulator(0x51000000, model=model, seed=0, mesh_node=NODE).engine.view
 
 
-def light_packet(device_id: bytes, number: int, *, node: int = NODE) -> bytes:
-    """Bytes of brightness command number ``number`` (f8 f0)."""
+def command_packet(device_id: bytes, number: int, *, light: bool = False) -> bytes:
+    """Bytes of toggle (f8 d0) or brightness (f8 f0) command ``number`` to node 1, with a
+    distinct message id and sequence byte."""
     msg_id = ((number % 0xFFFF) + 1).to_bytes(2, "big") + b"\0"
-    cmd = LightStateCommand(number % 255 + 1, node, brightness=10 + number % 90)
+    seq = number % 255 + 1
+    cmd = (
+        LightStateCommand(seq, NODE, brightness=10 + number % 90)
+        if light
+        else PowerCommand(seq, NODE, bool(number % 2))
+    )
     return build_command(device_id, msg_id, cmd).encode()
 
 
@@ -150,23 +164,19 @@ def light_packet(device_id: bytes, number: int, *, node: int = NODE) -> bytes:
 class Probe(asyncio.Protocol):
     """A raw Cync peer: writes requests, stamps every packet read with the loop clock.
 
-    ``exchange(data, want)`` writes ``data`` and returns (seconds until the first packet for
-    which ``want`` is true, that packet).  Other packets are counted in ``unmatched``.
-    """
+    ``exchange(data, want)`` writes ``data`` and returns (seconds until the first packet
+    ``want`` accepts, that packet); other packets wait in ``backlog``."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.framer = PacketFramer(strict=False)
         self.transport: asyncio.Transport | None = None
         self._waiters: list[tuple[Callable[[CyncPacket], bool], asyncio.Future[Any]]] = []
-        self.unmatched: collections.Counter[int] = collections.Counter()
         self.backlog: collections.deque[tuple[float, CyncPacket]] = collections.deque(maxlen=4096)
-        self.closed = False
 
     @classmethod
-    async def open(cls, host: str, port: int) -> Probe:
-        loop = asyncio.get_running_loop()
-        _, probe = await loop.create_connection(cls, host, port)
+    async def open(cls, port: int) -> Probe:
+        _, probe = await asyncio.get_running_loop().create_connection(cls, "127.0.0.1", port)
         return probe
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,50 +192,41 @@ class Probe(asyncio.Protocol):
                     del self._waiters[i]
                     break
             else:
-                self.unmatched[pkt.type] += 1
                 self.backlog.append((now, pkt))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.transport = None
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(CyncError("probe connection closed", reason="closed"))
 
-    def wait_for(
-        self, want: Callable[[CyncPacket], bool], *, backlog: bool = False
-    ) -> asyncio.Future[Any]:
-        """A future of (read time, packet) for the next packet ``want`` accepts; with
-        ``backlog`` an unmatched packet already read counts too (and is taken from it)."""
+    def wait_for(self, want: Callable[[CyncPacket], bool]) -> asyncio.Future[Any]:
+        """A future of (read time, packet) for the next packet ``want`` accepts, the backlog
+        of packets read before included (and taken from it)."""
         fut: asyncio.Future[Any] = self.loop.create_future()
-        if backlog:
-            for item in self.backlog:
-                if want(item[1]):
-                    self.backlog.remove(item)
-                    fut.set_result(item)
-                    return fut
+        for item in self.backlog:
+            if want(item[1]):
+                self.backlog.remove(item)
+                fut.set_result(item)
+                return fut
         self._waiters.append((want, fut))
         return fut
 
     def send(self, data: bytes) -> None:
-        if self.transport is None or self.closed:
+        if self.transport is None:
             raise CyncError("probe is not connected", reason="closed")
         self.transport.write(data)
 
     async def exchange(
-        self,
-        data: bytes,
-        want: Callable[[CyncPacket], bool],
-        timeout: float = 30.0,  # noqa: ASYNC109
+        self, data: bytes, want: Callable[[CyncPacket], bool]
     ) -> tuple[float, CyncPacket]:
         fut = self.wait_for(want)
         start = self.loop.time()
         self.send(data)
         try:
-            at, pkt = await asyncio.wait_for(fut, timeout)
+            at, pkt = await asyncio.wait_for(fut, 30.0)
         except TimeoutError:
-            raise CyncError(
-                f"no answer to a 0x{data[0]:02x} within {timeout} s", reason="timeout"
-            ) from None
+            raise CyncError(f"no answer to a 0x{data[0]:02x} in 30 s", reason="timeout") from None
         return at - start, pkt
 
     def close(self) -> None:
@@ -238,9 +239,9 @@ def is_type(ptype: int) -> Callable[[CyncPacket], bool]:
 
 
 def acks(request: bytes) -> Callable[[CyncPacket], bool]:
-    """The 0x7B answering 0x73 ``request`` (echoes its bytes 5-11)."""
-    key = request[5:12]
-    return lambda pkt: pkt.type == PacketType.DATA_ACK and pkt.encode()[5:12] == key
+    """The 0x7B answering 0x73 ``request`` (echoes its exchange key)."""
+    key = exchange_key(request)
+    return lambda pkt: pkt.type == PacketType.DATA_ACK and exchange_key(pkt.encode()) == key
 
 
 # ---------------------------------------------------------------------------- timers
@@ -249,8 +250,7 @@ class TimerAudit:
 
     ``watch(engine)`` wraps the engine's ``receive``; ``observe`` is the connection's
     observer.  Per answer key: ``asked`` (delay asked, s) and ``late`` (written at minus
-    asked-for time, s; negative would mean early).
-    """
+    asked-for time, s; negative would mean early)."""
 
     def __init__(self) -> None:
         self._pending: dict[bytes, collections.deque[tuple[float, float, str]]] = {}
@@ -258,23 +258,20 @@ class TimerAudit:
         self.late: dict[str, list[float]] = collections.defaultdict(list)
         self.loop = asyncio.get_running_loop()
 
-    def watch(self, engine: Engine) -> None:
-        receive = engine.receive
-        pending = self._pending
+    def watch(self, engine: Any) -> None:
+        receive, pending = engine.receive, self._pending
 
         def audited(data: bytes, now: float) -> list[Any]:
-            actions = receive(data, now)
-            for a in actions:
-                if type(a) is Send:
+            actions: list[Any] = receive(data, now)
+            for a in actions:  # a Send action: data to write at loop time ``at``
+                if hasattr(a, "at") and isinstance(getattr(a, "data", None), bytes):
                     pending.setdefault(a.data, collections.deque()).append((now, a.at, a.key))
             return actions
 
         setattr(engine, "receive", audited)  # noqa: B010 (an instance attribute, on purpose)
 
     def observe(self, way: str, data: bytes) -> None:
-        if way != "out":
-            return
-        queue = self._pending.get(data)
+        queue = self._pending.get(data) if way == "out" else None
         if not queue:
             return
         now, at, key = queue.popleft()
@@ -287,12 +284,10 @@ class TimerAudit:
 async def loop_lateness(
     n: int, low: float, high: float, *, seed: int = 0, sleep: bool = False
 ) -> list[float]:
-    """Lateness (s) of ``n`` bare timers, one after another, each of a delay drawn uniformly
-    from [low, high) s: loop.call_at callbacks, or ``asyncio.sleep`` (which adds one task
-    wake-up) with ``sleep``.  Random delays matter: the selector waits in whole milliseconds,
-    rounded up, so a timer due at a fraction of a millisecond after the loop last woke is
-    late by that rounding (uniform, 0-1 ms), while whole-millisecond delays scheduled just
-    after a wake-up are not."""
+    """Lateness (s) of ``n`` bare timers one after another, each of a delay drawn uniformly
+    from [low, high): loop.call_at callbacks, or ``asyncio.sleep`` (one more task wake-up).
+    Random delays matter: epoll waits in whole milliseconds, rounded up, so a timer due at a
+    fraction of a millisecond after the loop last woke is late by that rounding."""
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
     out: list[float] = []
@@ -315,9 +310,22 @@ def _fire(fut: asyncio.Future[float], when: float) -> None:
         fut.set_result(asyncio.get_running_loop().time() - when)
 
 
-# ---------------------------------------------------------------------------- locks, CPU
+async def lateness_monitor(
+    stop: asyncio.Event, low: float = 0.005, high: float = 0.02
+) -> list[float]:
+    """Bare loop timers (random ``low``-``high`` s) one after another until ``stop``: how late
+    the loop runs its callbacks while something else is measured."""
+    out: list[float] = []
+    seed = 0
+    while not stop.is_set():
+        seed += 1
+        out += await loop_lateness(5, low, high, seed=seed)
+    return out
+
+
+# ---------------------------------------------------------------------------- meters
 class LockMeter:
-    """Counts acquisitions of asyncio.Lock and asyncio.Semaphore and the time they are held,
+    """Acquisitions of asyncio.Lock and asyncio.Semaphore and the time they are held,
     process-wide, while ``active()`` is entered (the classes' methods are wrapped)."""
 
     def __init__(self) -> None:
@@ -333,12 +341,10 @@ class LockMeter:
         for cls in (asyncio.Lock, asyncio.Semaphore):
             acquire, release = cls.acquire, cls.release
 
-            async def timed_acquire(
-                lock: Any, _acquire: Any = acquire, _name: str = cls.__name__
-            ) -> bool:
-                got: bool = await _acquire(lock)
+            async def timed_acquire(lock: Any, _acq: Any = acquire, _n: str = cls.__name__) -> bool:
+                got: bool = await _acq(lock)
                 meter.acquisitions += 1
-                meter.by_class[_name] += 1
+                meter.by_class[_n] += 1
                 since[id(lock)].append(time.perf_counter())
                 return got
 
@@ -359,8 +365,7 @@ class LockMeter:
 
 
 class GcMeter:
-    """Pauses of the cyclic garbage collector while ``active()`` is entered (gc.callbacks):
-    how many, the longest, the total, per generation."""
+    """Pauses of the cyclic garbage collector while ``active()`` is entered (gc.callbacks)."""
 
     def __init__(self) -> None:
         self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
@@ -382,50 +387,12 @@ class GcMeter:
             gc.callbacks.remove(callback)
 
     def summary(self) -> dict[str, float | int]:
-        longest = max((p for _, p in self.pauses), default=0.0)
         return {
             "gc_collections": len(self.pauses),
             "gc_full_collections": sum(1 for g, _ in self.pauses if g == 2),
-            "gc_longest_ms": longest * 1e3,
+            "gc_longest_ms": max((p for _, p in self.pauses), default=0.0) * 1e3,
             "gc_total_ms": sum(p for _, p in self.pauses) * 1e3,
         }
-
-
-async def lateness_monitor(
-    stop: asyncio.Event, low: float = 0.005, high: float = 0.02
-) -> list[float]:
-    """Bare loop timers (``low``-``high`` s, random) one after another until ``stop``: how
-    late the loop runs its callbacks while something else is measured."""
-    out: list[float] = []
-    seed = 0
-    while not stop.is_set():
-        seed += 1
-        out += await loop_lateness(5, low, high, seed=seed)
-    return out
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def process_rss_bytes(pid: int | None = None) -> int | None:
-    """Resident set size of process ``pid`` (default: this one), None if unknown."""
-    path = f"/proc/{pid if pid is not None else 'self'}/status"
-    try:
-        with open(path, encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class CpuMeter:
@@ -433,10 +400,8 @@ class CpuMeter:
 
     def __init__(self) -> None:
         t = os.times()
-        self._cpu0 = t.user + t.system
-        self._wall0 = time.perf_counter()
-        self.cpu_s = 0.0
-        self.wall_s = 0.0
+        self._cpu0, self._wall0 = t.user + t.system, time.perf_counter()
+        self.cpu_s = self.wall_s = 0.0
 
     def stop(self) -> CpuMeter:
         t = os.times()
@@ -448,3 +413,87 @@ class CpuMeter:
     def utilisation(self) -> float:
         """CPU seconds per wall second (1.0 = one core busy)."""
         return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_bytes(pid: int | None = None) -> int | None:
+    """Resident set size of process ``pid`` (default: this one), None if unknown."""
+    try:
+        with open(f"/proc/{pid if pid is not None else 'self'}/status", encoding="ascii") as f:
+            kib = next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")), None)
+    except OSError:
+        return None
+    return kib * 1024 if kib is not None else None
+
+
+# ---------------------------------------------------------------------------- processes
+class Child:
+    """A spawned process (a fresh interpreter: no inherited heap) and its control pipe.
+
+    ``target(ctl, *args)`` runs in the child: it sends one "ready" value, then answers every
+    message (``serve_control``) until "stop", after which it sends one last value."""
+
+    def __init__(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.ctl, child = ctx.Pipe()
+        self.process = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = self.ask(None)
+
+    def ask(self, msg: Any, timeout: float = 60.0) -> Any:
+        """Send ``msg`` (None: send nothing) and wait for the answer."""
+        try:
+            if msg is not None:
+                self.ctl.send(msg)
+            if self.ctl.poll(timeout):
+                return self.ctl.recv()
+        except (EOFError, OSError) as exc:
+            raise CyncError(f"bench: {self.name} is gone ({exc!r})", reason="bench") from None
+        raise CyncError(f"bench: {self.name} did not answer in {timeout:g} s", reason="bench")
+
+    def stop(self) -> Any:
+        """Tell the child to stop; its last value (None if it sent none)."""
+        last = None
+        with contextlib.suppress(OSError, EOFError, CyncError):
+            last = self.ask("stop", 30.0)
+        self.process.join(10.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5.0)
+        self.ctl.close()
+        return last
+
+
+async def serve_control(ctl: Connection, handle: Callable[[Any], Any]) -> None:
+    """In a Child: answer each message with ``handle(message)`` until "stop" (or the parent
+    is gone)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def readable() -> None:
+        try:
+            while ctl.poll():
+                msg = ctl.recv()
+                if msg == "stop":
+                    stop.set()
+                    return
+                ctl.send(handle(msg))
+        except (EOFError, OSError):
+            stop.set()
+
+    loop.add_reader(ctl.fileno(), readable)
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(ctl.fileno())

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.capture import read_capture
 from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
 from cyncsim.replay.errors import CyncError
@@ -35,9 +36,9 @@ from cyncsim.tools.bench.common import (
 )
 from cyncsim.tools.bench.import_suite import dpkt_parse, pcap_slice, struct_floor, text_row
 from cyncsim.tools.cli import main
-from tests.conftest import captures_dir
 
 SEGMENT_ROWS = ["reader", "dpkt", "floor", "scapy"]
+pytestmark = pytest.mark.bench
 
 
 def _close(a: float, b: float) -> bool:
@@ -76,7 +77,7 @@ def test_bench_import_quick_writes_well_formed_json(tmp_path: Path) -> None:
         assert c["passed"] is (c["value"] >= c["target"])
     assert obj["passed"] is all(c["passed"] for c in obj["checks"])
     text = rows["text"]
-    files = sorted(captures_dir().glob("*.txt")) if captures_dir().is_dir() else []
+    files = sorted(shared_captures_dir().glob("*.txt")) if shared_captures_dir().is_dir() else []
     if files:
         assert text["status"] == "ok"
         assert text["items"] == sum(read_capture(p).packet_count for p in files)
@@ -97,10 +98,25 @@ def test_unknown_suite_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_every_registered_suite_loads() -> None:
-    assert "import" in SUITES
+def test_every_registered_suite_loads_and_describes_itself() -> None:
+    assert {"import", "baseline", "acks", "chaos", "group", "overhead", "fleet", "startup"} <= set(
+        SUITES
+    )
     for name in SUITES:
-        assert callable(load_suite(name).run)
+        module = load_suite(name)
+        assert callable(module.run)
+        spec = module.SPEC  # type: ignore[attr-defined]
+        assert spec.name == name and spec.columns
+        assert spec.full is not None and spec.quick is not None
+
+
+def test_a_missing_extra_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "dpkt", None)  # import dpkt now raises ImportError
+    assert main(["bench", "import", "--quick"], out=io.StringIO()) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'cyncsim[bench]'" in err
 
 
 def test_floor_slice_and_dpkt_count_the_generated_records(tmp_path: Path) -> None:

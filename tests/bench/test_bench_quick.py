@@ -1,8 +1,8 @@
 # `cyncsim bench all --quick --json FILE` at its real reduced sizes, run once: it completes,
 # the JSON holds every suite and is strict, and every derived number (rates, ratios,
 # percentiles, pass/fail) follows from the measured samples.  No timing asserts: the machines
-# are shared.  The tests share one run (about 1.5 min) in one xdist group; `make test` runs this
-# module on its own before the other tests, so the suites have the machine to themselves.
+# are shared.  The tests share one run (about 2 min) in one xdist group; `make test` runs the
+# bench tests on their own before the others, so the suites have the machine to themselves.
 from __future__ import annotations
 
 import io
@@ -23,14 +23,12 @@ from cyncsim.tools.bench import chaos_suite as chaos
 from cyncsim.tools.bench import fleet_suite as fleet
 from cyncsim.tools.bench import group_suite as group
 from cyncsim.tools.bench import overhead_suite as overhead
-from cyncsim.tools.bench.latency import (
-    ks_statistic,
-    percentile,
-)
+from cyncsim.tools.bench import startup_suite as startup
 from cyncsim.tools.bench.report import main as report_main
+from cyncsim.tools.bench.stats import ks, percentile
 from cyncsim.tools.cli import main
 
-SIM_SUITES = ["baseline", "acks", "chaos", "group", "overhead", "fleet"]
+SIM_SUITES = ["baseline", "acks", "chaos", "group", "overhead", "fleet", "startup"]
 pytestmark = [pytest.mark.slow, pytest.mark.bench, pytest.mark.xdist_group("bench_quick")]
 
 
@@ -73,7 +71,7 @@ def _suite(run: tuple[dict[str, Any], str], name: str) -> dict[str, Any]:
 
 
 def _ordered(row: dict[str, Any], prefix: str = "") -> None:
-    vals = [row[f"{prefix}{k}_ms"] for k in ("p50", "p95", "p99", "max")]
+    vals = [row[f"{prefix}{k}_ms"] for k in ("p50", "p90", "p95", "p99", "max")]
     assert all(v is not None for v in vals), row
     assert vals == sorted(vals), row
 
@@ -94,9 +92,9 @@ def test_baseline_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     assert list(rows) == ["toggle", "light", "no delay"]
     for name in ("toggle", "light"):
         r = rows[name]
-        assert r["commands"] == baseline.QUICK.learned and r["time_scale"] == 1.0
+        assert r["commands"] == baseline.SPEC.quick.learned and r["time_scale"] == 1.0
         assert len(r["samples_ms"]) == r["acked"]
-        assert r["success"] == r["acked"] / baseline.QUICK.learned
+        assert r["success"] == r["acked"] / baseline.SPEC.quick.learned
         assert r["learned_kind"] == "service" and r["learned_values"] == len(r["learned_ms"])
         assert math.isclose(r["p99_ms"], percentile(r["samples_ms"], 0.99))
         assert math.isclose(r["vs_learned_p99"], r["p99_ms"] / r["learned_p99_ms"])
@@ -104,7 +102,7 @@ def test_baseline_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         _ordered(r, "learned_")
     nd = rows["no delay"]
     assert nd["repeats"] == 3 == len(nd["per_s_samples"]) and nd["time_scale"] == 0.0
-    assert nd["commands"] == baseline.QUICK.no_delay * nd["repeats"]
+    assert nd["commands"] == baseline.SPEC.quick.no_delay * nd["repeats"]
     assert nd["per_s"] == statistics.median(nd["per_s_samples"])
     checks = {c["name"]: c for c in suite["checks"]}
     assert checks["toggle p99"]["value"] == rows["toggle"]["p99_ms"]
@@ -117,11 +115,11 @@ def test_acks_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         (loop, k.name) for loop in acks.LOOPS for k in acks.KINDS
     ]
     for r in suite["rows"]:
-        assert r["n"] == acks.QUICK.requests == len(r["samples_ms"])
+        assert r["n"] == acks.SPEC.quick.requests == len(r["samples_ms"])
         assert math.isclose(r["p50_ms"], percentile(r["samples_ms"], 0.5))
         learned = Distribution.from_samples(v / 1e3 for v in r["learned_ms"])
-        ks = ks_statistic([x / 1e3 for x in r["samples_ms"]], learned)
-        assert math.isclose(r["ks"], ks, abs_tol=1e-9)
+        again = ks([x / 1e3 for x in r["samples_ms"]], learned)
+        assert math.isclose(r["ks"], again, abs_tol=1e-9)
         assert r["ks_ok"] is (r["ks"] <= acks.TARGET_KS)
         assert r["p99_ok"] is (abs(r["p99_err_ms"]) <= r["p99_tol_ms"])
         assert r["late_min_us"] is not None and r["min_margin_us"] is not None
@@ -132,7 +130,7 @@ def test_acks_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         assert (loop, "simulator answers") in names
         assert (loop, "loop.call_at, during the run") in names
     answers = [t for t in timers if t["name"] == "simulator answers"]
-    assert all(t["n"] == acks.QUICK.requests * len(acks.KINDS) for t in answers)
+    assert all(t["n"] == acks.SPEC.quick.requests * len(acks.KINDS) for t in answers)
 
 
 def test_chaos_rows(quick_run: tuple[dict[str, Any], str]) -> None:
@@ -142,8 +140,8 @@ def test_chaos_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     timeout = suite["params"]["ack_timeout_rule_s"]
     assert math.isclose(timeout, chaos.TIMEOUT_RULE * suite["params"]["learned_p99_ms"] / 1e3)
     for spec, r in zip(chaos.ROWS, suite["rows"], strict=True):
-        assert r["commands"] == chaos.QUICK.lanes * chaos.QUICK.per_lane
-        assert r["lanes"] == chaos.QUICK.lanes
+        assert r["commands"] == chaos.SPEC.quick.lanes * chaos.SPEC.quick.per_lane
+        assert r["lanes"] == chaos.SPEC.quick.lanes
         assert r["ack_timeout_s"] == (chaos.DEFAULT_TIMEOUT if spec.default_timeout else timeout)
         assert r["max_retries"] == spec.max_retries
         assert r["retransmit_rate"] == r["retransmits"] / r["commands"]
@@ -166,8 +164,8 @@ def test_group_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     suite = _suite(quick_run, "group")
     rows = {r["name"]: r for r in suite["rows"]}
     assert list(rows) == ["learned latency", "no delay"]
-    assert rows["learned latency"]["rounds"] == group.QUICK.rounds
-    assert rows["no delay"]["rounds"] == group.QUICK.no_delay_rounds
+    assert rows["learned latency"]["rounds"] == group.SPEC.quick.rounds
+    assert rows["no delay"]["rounds"] == group.SPEC.quick.no_delay_rounds
     for r in rows.values():
         assert r["commands"] == r["rounds"] * group.DEVICES
         assert len(r["round_samples_ms"]) == r["rounds"]
@@ -187,10 +185,10 @@ def test_overhead_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     assert params["request_bytes"] == 36 and params["answer_bytes"] == 78
     rows = {(r["name"], r["connections"]): r for r in suite["rows"]}
     for kind in overhead.SERVERS:
-        one, many = rows[(kind, 1)], rows[(kind, overhead.QUICK.connections)]
+        one, many = rows[(kind, 1)], rows[(kind, overhead.SPEC.quick.connections)]
         assert one["p50_us"] > 0 and many["per_s"] > 0
         assert math.isclose(one["p50_vs_buffered"], one["p50_us"] / rows[("buffered", 1)]["p50_us"])
-        floor = rows[("floor", overhead.QUICK.connections)]
+        floor = rows[("floor", overhead.SPEC.quick.connections)]
         assert math.isclose(many["rate_vs_floor"], many["per_s"] / floor["per_s"])
     assert rows[("engine only", 0)]["p50_us"] > 0
     checks = {c["name"]: c for c in suite["checks"]}
@@ -202,7 +200,7 @@ def test_overhead_rows(quick_run: tuple[dict[str, Any], str]) -> None:
 
 def test_fleet_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     suite = _suite(quick_run, "fleet")
-    size = fleet.QUICK
+    size = fleet.SPEC.quick
     rows = suite["rows"]
     one_process = [r for r in rows if not r["workers"]]
     assert [r["devices"] for r in one_process] == list(size.devices)
@@ -222,7 +220,7 @@ def test_fleet_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         else:
             assert r["processes"] == 1
     assert suite["params"]["time_scale"] == size.time_scale
-    idle = fleet._expected_idle(size.time_scale)[0]
+    idle = fleet.expected_idle(size.time_scale)[0]
     assert math.isclose(suite["params"]["heartbeat_idle_s"], idle)
 
 
@@ -258,6 +256,23 @@ def test_report_and_plots_from_the_run(
     # a second run rewrites the blocks in place: nothing is appended twice
     assert report_main([str(src), "--doc", str(doc), "--img", str(img)]) == 0
     assert doc.read_text() == text
+
+
+def test_startup_rows(quick_run: tuple[dict[str, Any], str]) -> None:
+    suite = _suite(quick_run, "startup")
+    rows = {r["name"]: r for r in suite["rows"]}
+    assert list(rows) == ["python -c pass", "cyncsim --help", "cyncsim inspect"]
+    base = rows["python -c pass"]["median_s"]
+    for r in rows.values():
+        assert len(r["samples_s"]) == startup.SPEC.quick == 5
+        assert r["median_s"] == statistics.median(r["samples_s"]) and r["median_s"] > 0
+        assert math.isclose(r["vs_baseline"], r["median_s"] / base)
+        assert r["min_s"] <= r["median_s"] <= r["max_s"]
+    checks = {c["name"]: c for c in suite["checks"]}
+    assert set(checks) == {"cyncsim --help median", "cyncsim inspect median"}
+    for name in ("cyncsim --help", "cyncsim inspect"):
+        assert checks[f"{name} median"]["value"] == rows[name]["median_s"]
+        assert checks[f"{name} median"]["target"] == startup.TARGET_S == 0.3
 
 
 # ---------------------------------------------------------------------------- the real quick run

@@ -1,30 +1,23 @@
-# The simulator bench suites (baseline, acks, chaos, group, overhead, fleet), the report
-# generator and the plots: every suite runs at a tiny size through `cyncsim bench all
-# --quick --json` (sizes patched), its JSON is strict and well formed, and every derived
-# number (rates, ratios, percentiles, pass/fail) follows from the measured samples.  No
-# timing asserts: the machines are shared.  One slow test runs the real `bench all --quick`.
+# The bench's helpers: percentiles, the KS distance (scipy), the chaos rows' configs, the
+# asyncio meters, the report's tables and blocks.  No timing asserts: the machines are shared.
 from __future__ import annotations
 
 import asyncio
 import math
 import random
 
+import numpy as np
 import pytest
+import scipy.stats
 
+from cyncsim import load_default_model
 from cyncsim.replay.model import Distribution, StratifiedUniform
-from cyncsim.simulator._base import default_model
 from cyncsim.tools.bench import chaos_suite as chaos
-from cyncsim.tools.bench.latency import (
-    cdf_interp,
-    cloud_variant_model,
-    ks_median,
-    ks_statistic,
-    ks_two_sample,
-    percentile,
-    summary_ms,
-)
 from cyncsim.tools.bench.report import markdown_table, update_document
-from cyncsim.tools.bench.simkit import LockMeter, TimerAudit, loop_lateness
+from cyncsim.tools.bench.simkit import LockMeter, TimerAudit, device_view, loop_lateness
+from cyncsim.tools.bench.stats import GRID, cloud_variant_model, ks, ks_random, percentile, summary
+
+pytestmark = pytest.mark.bench
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -33,53 +26,55 @@ def test_percentiles_match_the_learned_distribution_rule() -> None:
     dist = Distribution.from_samples(vals)
     for q in (0.0, 0.25, 0.5, 0.99, 1.0):
         assert math.isclose(percentile(vals, q), dist.quantile(q))
-    s = summary_ms(vals)
+    s = summary(vals)
     assert math.isclose(s["p50_ms"], 250.0) and math.isclose(s["max_ms"], 400.0)
-    assert math.isnan(percentile([], 0.5)) and math.isnan(summary_ms([])["p99_ms"])
+    assert math.isclose(s["p90_ms"], dist.quantile(0.9) * 1e3)
+    assert math.isclose(summary(vals, "us", "x_")["x_p99_us"], dist.quantile(0.99) * 1e6)
+    assert math.isnan(percentile([], 0.5)) and math.isnan(summary([])["p99_ms"])
 
 
-def test_ks_statistic_is_small_for_the_sampled_distribution_and_sees_a_shift() -> None:
+def test_ks_is_the_distance_to_the_sampled_piecewise_linear_cdf() -> None:
     dist = Distribution.from_samples([0.01, 0.02, 0.05, 0.1, 0.4])
+    tol = 1 / GRID  # the grid's empirical CDF is within 0.5 / GRID of the sampled CDF
     rng = StratifiedUniform(random.Random(5), strata=100)
     draws = [dist.sample(rng) for _ in range(1000)]
-    assert ks_statistic(draws, dist) < 0.01  # stratified draws follow the CDF closely
-    shifted = [x + 0.005 for x in draws]
-    assert ks_statistic(shifted, dist) > 0.1
-    # exact at the quantiles: n samples at (i + 0.5) / n give KS = 0.5 / n
-    exact = [dist.quantile((i + 0.5) / 200) for i in range(200)]
-    assert math.isclose(ks_statistic(exact, dist), 0.5 / 200, rel_tol=1e-6)
-    # a point mass (repeated values) is a jump of the CDF: both sides are compared
+    # the same figure as scipy's one-sample test against that CDF, written out here
+    xs, ps = list(dist.values), np.linspace(0.0, 1.0, len(dist.values))
+    exact = scipy.stats.kstest(draws, lambda x: np.interp(x, xs, ps)).statistic
+    assert abs(ks(draws, dist) - exact) <= tol
+    assert ks(draws, dist) < 0.01  # stratified draws follow the CDF closely
+    assert ks([x + 0.005 for x in draws], dist) > 0.1  # a shift is seen
+    at_quantiles = [dist.quantile((i + 0.5) / 200) for i in range(200)]
+    assert abs(ks(at_quantiles, dist) - 0.5 / 200) <= tol
+    assert abs(ks([x * 2 for x in draws], dist, scale=2.0) - ks(draws, dist)) <= tol
+    # a point mass (repeated values) is a jump of the CDF: F(0) = 2/3, F(0.5) = 5/6
     tied = Distribution.from_samples([0.0, 0.0, 0.0, 1.0])
-    assert math.isclose(cdf_interp(tied, 0.0), 2 / 3)
-    assert math.isclose(ks_statistic([0.5] * 10, tied), 2 / 3 + 0.5 / 3)
-    # the median KS of n random draws (exact values from scipy.stats.kstwo.ppf(0.5, n))
-    assert math.isclose(ks_median(300), 0.04723531840255249, rel_tol=0.01)
-    assert math.isclose(ks_median(20), 0.17734150203326088, rel_tol=0.015)
-    assert ks_two_sample([1.0, 2.0], [1.0, 2.0]) == 0.0
-    assert ks_two_sample([1.0], [2.0]) == 1.0
+    assert abs(ks([0.5] * 10, tied) - (2 / 3 + 0.5 / 3)) <= tol
+    assert math.isnan(ks([], dist))
+    # the median KS of n random draws is scipy's Kolmogorov distribution
+    assert ks_random(300) == scipy.stats.kstwo.ppf(0.5, 300)
+    assert math.isclose(ks_random(20), 0.17734150203326088, rel_tol=1e-6)
 
 
 def test_cloud_variant_model_answers_toggles_with_the_cloud_0x7b() -> None:
-    from cyncsim.replay.engine import ModelView
-
-    model = cloud_variant_model(default_model())
+    model = cloud_variant_model(load_default_model())
     assert {e.variant for e in model.exchanges} == {"cloud"}
-    plan = ModelView.get(model, "device").split("0x73:f8:d0").acks[0]
+    plan = device_view(model).split("0x73:f8:d0").acks[0]
     cloud_ack = next(
         r
-        for e in default_model().exchanges
+        for e in load_default_model().exchanges
         if e.role == "device" and e.variant == "cloud"
         for r in e.responses
         if r.key == "0x7b"
     )
     assert plan.delay == cloud_ack.latency
     with pytest.raises(ValueError, match="no exchanges of variant"):
-        cloud_variant_model(default_model(), "nowhere")
+        cloud_variant_model(load_default_model(), "nowhere")
 
 
 def test_drop_patterns_spare_the_handshake_and_follow_the_rate() -> None:
     pattern = chaos.drop_pattern(0.2, 20_000, seed=3)
-    assert 1 not in pattern and pattern == tuple(sorted(set(pattern)))
+    assert 1 not in pattern and pattern == sorted(set(pattern))
     assert 0.18 < len(pattern) / 20_000 < 0.22
     assert chaos.drop_pattern(0.2, 20_000, seed=3) == pattern
     cfg = chaos.chaos_config(chaos.ROWS[2], lane=0, commands=10)

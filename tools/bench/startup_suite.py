@@ -1,0 +1,112 @@
+# `cyncsim bench startup`: how long the command takes to start, as a user runs it.
+#
+# Strategy: whole commands in fresh processes (subprocess, output discarded), so imports,
+# interpreter start and the command's own work all count: `cyncsim --help` and `cyncsim
+# inspect FILE` on a small capture (the shared folder's capture_20251106_081101.txt, else a
+# tiny generated pcap), beside `python -c pass`, the interpreter's own start, measured in the
+# same interleaved rounds.  The command is the `cyncsim` console script next to
+# sys.executable, else `python -m cyncsim.tools.cli`.  Reported: the median of each, and its
+# ratio to the baseline.  Target: each command's median under 0.3 s.
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cyncsim import CyncError
+from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
+from cyncsim.tools.bench.common import (
+    BenchOptions,
+    Check,
+    Column,
+    Log,
+    SuiteResult,
+    SuiteSpec,
+    measure_rounds,
+)
+
+__all__ = ["SMALL_CAPTURE", "SPEC", "TARGET_S", "cyncsim_command", "run"]
+
+TARGET_S = 0.3
+SMALL_CAPTURE = "capture_20251106_081101.txt"
+SPEC = SuiteSpec(
+    "startup",
+    full=5,  # runs of each command
+    quick=5,
+    columns=[
+        Column("name", "command"),
+        Column("argv", "runs"),
+        Column("median_s", "median s", ".3f"),
+        Column("min_s", "min s", ".3f"),
+        Column("max_s", "max s", ".3f"),
+        Column("vs_baseline", "vs python -c pass", ".2f"),
+        Column("over_baseline_s", "over baseline s", ".3f"),
+    ],
+)
+
+
+def cyncsim_command() -> list[str]:
+    """The `cyncsim` console script next to this interpreter, else the CLI module."""
+    script = Path(sys.executable).with_name("cyncsim")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "cyncsim.tools.cli"]
+
+
+def _small_capture(opts: BenchOptions) -> Path:
+    shared = opts.captures / SMALL_CAPTURE if opts.captures is not None else None
+    if shared is not None and shared.is_file():
+        return shared
+    path = opts.workdir / "startup-small.pcap"
+    generate_benchmark_pcap(path, 200, 2, seed=0)
+    return path
+
+
+def _case(argv: list[str]) -> tuple[Any, Any]:
+    def verify(code: int) -> None:
+        if code != 0:
+            raise CyncError(f"bench startup: {' '.join(argv)} exited {code}", reason="bench")
+
+    return (
+        lambda: subprocess.call(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        verify,
+    )
+
+
+def run(opts: BenchOptions, log: Log) -> SuiteResult:
+    runs = SPEC.size(opts)
+    capture = _small_capture(opts)
+    cli = cyncsim_command()
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "cyncsim --help": [*cli, "--help"],
+        "cyncsim inspect": [*cli, "inspect", str(capture)],
+    }
+    for argv in commands.values():  # once untimed: the files are in the page cache
+        _case(argv)[0]()
+    log(f"startup: {', '.join(commands)}, {runs} runs each, interleaved")
+    timings = measure_rounds({n: _case(a) for n, a in commands.items()}, runs, log)
+    base = timings["python -c pass"].median
+    rows: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "argv": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv)),
+            "median_s": t.median,
+            "min_s": min(t.samples),
+            "max_s": max(t.samples),
+            "samples_s": list(t.samples),
+            "vs_baseline": t.median / base,
+            "over_baseline_s": t.median - base,
+        }
+        for (name, argv), t in zip(commands.items(), timings.values(), strict=True)
+    ]
+    checks = [
+        Check(f"{r['name']} median", r["median_s"], TARGET_S, "<=", " s", ".3f") for r in rows[1:]
+    ]
+    title = f"whole commands in fresh processes, median of {runs} runs, against python -c pass"
+    params = {"runs": runs, "command": cli, "capture": str(capture), "python": sys.executable}
+    notes = [
+        f"python -c pass, the interpreter's own start, takes {base:.3f} s here: the commands' "
+        "ratios to it show what cyncsim adds (imports and work), independent of the machine",
+        f"inspect reads {capture.name} ({capture.stat().st_size:,} bytes)",
+    ]
+    return SPEC.result(opts, title, rows, checks, params, notes)

@@ -1,0 +1,109 @@
+# Statistics of the simulator suites: percentiles, the standard latency summary, the learned
+# distributions as the simulator samples them, and their KS distance (scipy only).
+#
+# Strategy: percentiles interpolate linearly between order statistics (numpy's default), the
+# rule replay.model.Distribution uses, so a measured p99 and a learned p99 are computed
+# alike.  The simulator draws a delay through a Distribution's piecewise-linear inverse CDF,
+# so whether it reproduces the learned timing is the KS distance between the measured samples
+# and that CDF: scipy.stats.ks_2samp against a dense grid of the distribution's quantiles
+# (GRID points at (i + 0.5) / GRID, whose empirical CDF is within 0.5 / GRID of the sampled
+# CDF, point masses included).  scipy is imported on first use, then frozen out of the
+# garbage collector's way (gc.freeze), so later suites' collections do not walk its modules.
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cyncsim import DeviceModel
+from cyncsim.replay.model import Distribution
+from cyncsim.replay.model.dist import sorted_quantile
+
+__all__ = [
+    "GRID",
+    "cloud_variant_model",
+    "ks",
+    "ks_random",
+    "learned_summary",
+    "percentile",
+    "rate",
+    "summary",
+]
+
+GRID = 20_000
+_KEYS = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
+_SCIPY: list[Any] = []
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Quantile ``q`` (0-1) of ``values`` by linear interpolation; NaN when empty."""
+    return sorted_quantile(sorted(values), min(max(q, 0.0), 1.0)) if values else math.nan
+
+
+def summary(samples: Iterable[float], unit: str = "ms", prefix: str = "") -> dict[str, float]:
+    """p50/p90/p95/p99/max/mean of ``samples`` (seconds) in ms or us (NaN when empty)."""
+    scale = {"ms": 1e3, "us": 1e6, "s": 1.0}[unit]
+    vals = sorted(samples)
+    figures = {k: sorted_quantile(vals, q) if vals else math.nan for k, q in _KEYS}
+    figures["max"] = vals[-1] if vals else math.nan
+    figures["mean"] = sum(vals) / len(vals) if vals else math.nan
+    return {f"{prefix}{k}_{unit}": v * scale for k, v in figures.items()}
+
+
+def learned_summary(dist: Distribution, scale: float = 1.0) -> dict[str, float]:
+    """The same figures (ms) for a learned distribution times ``scale``, keys learned_*."""
+    out = {f"learned_{k}_ms": dist.quantile(q) * scale * 1e3 for k, q in _KEYS}
+    out["learned_max_ms"] = dist.values[-1] * scale * 1e3
+    out["learned_mean_ms"] = sum(dist.values) / len(dist.values) * scale * 1e3
+    return out
+
+
+def _scipy_stats() -> Any:
+    if not _SCIPY:
+        import scipy.stats
+
+        gc.freeze()  # its thousands of objects are never garbage: keep collections short
+        _SCIPY.append(scipy.stats)
+    return _SCIPY[0]
+
+
+def ks(samples: Sequence[float], dist: Distribution, scale: float = 1.0) -> float:
+    """sup |F_measured - F_learned|, F_learned the piecewise-linear CDF the simulator samples
+    (``dist`` times ``scale``); NaN without samples."""
+    if not dist.values:
+        raise ValueError("empty distribution")
+    if not samples:
+        return math.nan
+    import numpy as np
+
+    vals = np.asarray(dist.values, dtype=float) * scale
+    pos = (np.arange(GRID) + 0.5) / GRID * (len(vals) - 1)
+    grid = np.interp(pos, np.arange(len(vals)), vals)
+    return float(_scipy_stats().ks_2samp(samples, grid, method="asymp").statistic)
+
+
+def ks_random(n: int) -> float:
+    """The median KS statistic of ``n`` independent draws from the distribution itself."""
+    return float(_scipy_stats().kstwo.ppf(0.5, n)) if n >= 1 else math.nan
+
+
+def cloud_variant_model(model: DeviceModel, variant: str = "cloud") -> DeviceModel:
+    """``model`` restricted to one setup variant (exchanges and behaviour of that variant):
+    a device of it answers every 0x73 with the 0x7B learned there (real devices answering
+    the real cloud), not with the local strip bridge's queued f8 d0 timing."""
+    exchanges = [e for e in model.exchanges if e.variant == variant]
+    if not exchanges:
+        raise ValueError(f"the model has no exchanges of variant {variant!r}")
+    return DeviceModel(
+        sources=list(model.sources),
+        exchanges=exchanges,
+        behaviour={v: b for v, b in model.behaviour.items() if v == variant},
+        devices=list(model.devices),
+        findings=dict(model.findings),
+    )
+
+
+def rate(part: int, whole: int) -> float:
+    """``part / whole``, NaN for an empty whole."""
+    return part / whole if whole else math.nan
