@@ -4,12 +4,13 @@
 # Strategy: PacketFramer finds the packets (and skips, as noise, bytes that cannot start one);
 # this class only hands on each packet's own bytes, sliced from what was read at the offset the
 # framer reports (the framer keeps a suffix of the stream, so the bytes it holds back are
-# mirrored here as ``pending``), and bounds what is held back: when the held-back bytes start
-# with a header that claims more than ``limit`` bytes, that header is reported once through
+# mirrored here as ``pending``), and enforces ``limit``: a header that claims more, whether
+# its packet came whole or the header waits for the rest, is reported once through
 # ``on_oversize`` and its first byte is skipped as noise; framing resumes one byte later with a
-# fresh framer, exactly as it does after any other stray byte.  So what one connection holds
-# never exceeds ``limit`` bytes, however the peer lies, and a stray header costs no packets
-# after it.  Pure: no asyncio; private to simulator/.
+# fresh framer, exactly as it does after any other stray byte.  The outcome does not depend on
+# how the stream was cut into reads, what one connection holds back never exceeds ``limit``
+# bytes however the peer lies, and a lying header costs no packet after it.
+# Pure: no asyncio; private to simulator/.
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -57,26 +58,38 @@ class PacketStream:
                 found = framer.feed_with_offsets(data)
             except PacketDecodeError:  # strict framers only; kept for safety: drop the packet
                 found = framer.feed_with_offsets(b"")
+            cut = -1  # where in ``stream`` a header claims more than the limit
             for offset, _ in found:
                 start = offset - base
                 end = start + HEADER_LEN + HEADER.unpack_from(stream, start)[2]
+                if end - start > self.limit:  # it came whole, but is too long all the same
+                    cut = start
+                    break
                 out.append(stream if start == 0 and end == len(stream) else stream[start:end])
-            if framer.findings:
-                self.skipped += sum(f.length for f in framer.findings)
-                framer.findings.clear()
-            held = framer.buffered
-            self._pending = stream[len(stream) - held :] if held else b""
-            if held < HEADER_LEN:
-                return out
-            ptype, _, length = HEADER.unpack_from(self._pending)
-            if HEADER_LEN + length <= self.limit:
-                return out
-            # A header claiming more than we accept: not a packet start.  Skip its first byte
+            if cut < 0:
+                held = framer.buffered
+                self._pending = stream[len(stream) - held :] if held else b""
+                self._count_skipped(framer, base + len(stream))
+                if held < HEADER_LEN:
+                    return out
+                cut = len(stream) - held  # a header waits for its packet: is it too long?
+                if HEADER_LEN + HEADER.unpack_from(stream, cut)[2] <= self.limit:
+                    return out
+            else:
+                self._count_skipped(framer, base + cut)
+            # A header claiming more than we accept is not a packet start: skip its first byte
             # and frame the rest again, as after any other stray byte.
+            ptype, _, length = HEADER.unpack_from(stream, cut)
             self.oversize += 1
             self.skipped += 1
             if self.on_oversize is not None:
-                self.on_oversize(framer.offset, ptype, HEADER_LEN + length)
-            data = self._pending[1:]
+                self.on_oversize(base + cut, ptype, HEADER_LEN + length)
+            data = stream[cut + 1 :]
             self._pending = b""
-            self._framer = PacketFramer(offset=framer.offset + 1)
+            self._framer = PacketFramer(offset=base + cut + 1)
+
+    def _count_skipped(self, framer: PacketFramer, before: int) -> None:
+        """Count the noise the framer reported, up to stream offset ``before``."""
+        if framer.findings:
+            self.skipped += sum(f.length for f in framer.findings if f.offset < before)
+            framer.findings.clear()

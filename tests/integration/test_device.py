@@ -21,7 +21,7 @@ from cyncsim.replay.capture import read_capture
 from cyncsim.replay.describe import request_key
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import LightStateCommand, build_command, decode_status_report
-from cyncsim.replay.protocol import decode_packet
+from cyncsim.replay.protocol import FramedPacket, decode_packet
 from cyncsim.simulator.device import CyncDeviceSimulator, DeviceState
 from cyncsim.simulator.ports import find_free_port
 from cyncsim.simulator.transport import ReliableTransport
@@ -127,6 +127,38 @@ def status_of(data: bytes) -> tuple[int, bool, int, int]:
     return st.node_id, st.on, st.brightness, st.color_temp
 
 
+MARKER_BRIGHTNESS = 77
+
+
+def marker(n: int, node: int = 206, dev: bytes = DEV) -> bytes:
+    """A harmless light-state command with a message id and sequence of its own."""
+    cmd = LightStateCommand(0xE0 + n, node, brightness=MARKER_BRIGHTNESS)
+    return build_command(dev, bytes((0x7F, n, 0)), cmd).encode()
+
+
+async def answered(ctl: RawController, command: bytes, node: int = 206) -> None:
+    """Send ``command`` (a marker for ``node``) and wait for its f9 result and status report.
+
+    A device sends its 0x73 results and its 0x83 reports each in order (they take counters),
+    so once the marker's are back, every result and report due before them has arrived:
+    no sleeping to see whether something else comes.
+    """
+    pkt = decode_packet(command)
+    assert isinstance(pkt, FramedPacket) and pkt.frame is not None
+    seq = pkt.frame.seq
+    await ctl.send(command)
+
+    def done() -> bool:
+        results = [decode_packet(p) for p in ctl.of("0x73:f9:f0")]
+        reports = [status_of(p) for p in ctl.of("0x83:fa:db")]
+        return any(
+            isinstance(r, FramedPacket) and r.frame is not None and r.frame.seq == seq
+            for r in results
+        ) and any(st[0] == node and st[2] == MARKER_BRIGHTNESS for st in reports)
+
+    await ctl.wait(done)
+
+
 def socket_fds() -> int:
     """Open socket file descriptors of this process."""
     n = 0
@@ -190,9 +222,9 @@ async def test_duplicate_acked_twice_applied_once() -> None:
         await ctl.send(POWER_ON, POWER_ON)
         await ctl.wait_count("0x7b", 2)
         await ctl.wait_count("0x83:fa:db", 1)
-        await asyncio.sleep(0.2)  # time for a second result, were there one
-        assert len(ctl.of("0x73:f9:d0")) == 1 and len(ctl.of("0x83:fa:db")) == 1
-        assert sim.state.toggle_count == 1 and sim.stats["duplicates"] == 1
+        await answered(ctl, marker(1))  # a second result or report would have come before
+        assert len(ctl.of("0x73:f9:d0")) == 1 and len(ctl.of("0x83:fa:db")) == 2  # + marker's
+        assert sim.state.toggle_count == 2 and sim.stats["duplicates"] == 1  # 1 + the marker
         await ctl.close()
 
 
@@ -212,8 +244,9 @@ async def test_group_command_reaches_members_only() -> None:
         await b.wait_count("0x73:f9:d0", 1)
         assert member.state.on is False and outsider.state.on is True
         assert b.of("0x7b") == [H("7b 00 00 00 07") + other_id + b"\0\0\0"]
-        await asyncio.sleep(0.2)
-        assert b.of("0x83:fa:db") == []  # nothing changed on the outsider: no status
+        await answered(b, marker(2, node=207, dev=other_id), node=207)
+        (report,) = b.of("0x83:fa:db")  # nothing changed on the outsider: no status but
+        assert status_of(report)[:3] == (207, True, 77)  # the marker's
         await a.close()
         await b.close()
 
@@ -242,9 +275,10 @@ async def test_unknown_opcode_and_foreign_id_still_acked() -> None:
         await ctl.send(effect, foreign)
         acks = await ctl.wait_count("0x7b", 2)
         assert acks == [ACK_7B[:9] + b"\x00\x11\x00", H("7b 00 00 00 07 45 88 0f 3a 00 10 00")]
-        await asyncio.sleep(0.2)
-        assert [k for k in map(_key, (p for _, p in ctl.packets)) if k.startswith("0x73")] == []
-        assert sim.state.toggle_count == 0
+        await answered(ctl, marker(3))
+        keys = [_key(p) for _, p in ctl.packets]
+        assert [k for k in keys if k.startswith("0x73")] == ["0x73:f9:f0"]  # the marker's only
+        assert sim.state.toggle_count == 1  # the marker
         assert sim.stats["unknown"] == 1 and sim.stats["foreign"] == 1
         await ctl.close()
 

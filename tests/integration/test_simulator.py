@@ -16,17 +16,16 @@ from cyncsim.replay.payloads import StatusReport as Status
 from cyncsim.replay.protocol import FramedPacket, InnerFrame, PacketType
 from cyncsim.simulator.device import CyncDeviceSimulator
 from cyncsim.simulator.transport import ConnState, ReliableTransport
+from tests.fakes import eventually
 
 FleetFactory = Callable[..., Awaitable[list[CyncDeviceSimulator]]]
 
 
-async def _until(check: Callable[[], bool], within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while not check():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+async def _marker(transport: ReliableTransport, node: int) -> None:
+    """A harmless command, answered: the device handles commands in order, so whatever an
+    earlier command did (or would wrongly do) is done once this one's result is back."""
+    r = await transport.send_light_state(node, brightness=77, wait_result=True)
+    assert r.success and r.result is not None
 
 
 async def test_handshake(
@@ -49,7 +48,7 @@ async def test_toggle_changes_state(
     assert cync_device.state.on is True
     off = await cync_transport.send_toggle_command(node, False)
     assert off.success
-    await _until(lambda: cync_device.state.on is False)
+    await eventually(lambda: cync_device.state.on is False)
     assert cync_device.state.toggle_count == before + 2
 
 
@@ -145,11 +144,11 @@ async def test_commands_during_reconnection(
     node = cync_device.engine.mesh_node
     try:
         await cync_device.stop()
-        await _until(lambda: transport.state is not ConnState.CONNECTED)
+        await eventually(lambda: transport.state is not ConnState.CONNECTED)
         during = await transport.send_toggle_command(node, True)
         assert not during.success and during.reason in ("reconnecting", "not_connected")
         await cync_device.start()  # the partition heals: same port
-        await _until(lambda: transport.state is ConnState.CONNECTED, within=10)
+        await eventually(lambda: transport.state is ConnState.CONNECTED, within=10)
         after = await transport.send_toggle_command(node, True)
         assert after.success and cync_device.state.on
     finally:
@@ -167,8 +166,9 @@ async def test_checksum_mismatch_is_acked_but_not_applied(
     count = cync_device.state.toggle_count
     r = await cync_transport.send_reliable(cmd)
     assert r.success and r.reason == "acked"  # devices ack every 0x73 ...
-    await asyncio.sleep(0.2)
-    assert cync_device.state.toggle_count == count and not cync_device.state.on  # ... not applied
+    await _marker(cync_transport, node)
+    assert cync_device.state.toggle_count == count + 1  # the marker only: the bad one ...
+    assert not cync_device.state.on  # ... was not applied
 
 
 async def test_timeout_after_max_retries(
@@ -204,7 +204,7 @@ async def test_group_command_reaches_members_only(
             await t.handshake()
             r = await t.send_toggle_command(ReliableTransport.group(5), True)
             assert r.success
-    await _until(lambda: all(d.state.on for d in devices))
+    await eventually(lambda: all(d.state.on for d in devices))
     assert not outsider.state.on and outsider.state.toggle_count == 0
 
 
@@ -238,8 +238,8 @@ async def test_duplicate_command_applied_once(
     # The same message id and sequence again (a retransmission): acked, not applied again.
     again = build_command(cync_device.device_id, b"\x02\x00\x00", PowerCommand(0x40, node, True))
     assert await cync_transport.send_raw(again)
-    await asyncio.sleep(0.3)
-    assert cync_device.state.toggle_count == count + 1
+    await _marker(cync_transport, node)
+    assert cync_device.state.toggle_count == count + 2  # the command once, and the marker
     assert cync_device.engine.stats["duplicates"] == 1
 
 
