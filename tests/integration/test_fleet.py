@@ -18,7 +18,7 @@ from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.engine import ModelView
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.payloads import PowerCommand, decode_status_report
-from cyncsim.replay.protocol import decode_packet
+from cyncsim.replay.protocol import decode_packet, exchange_key
 from cyncsim.simulator._base import default_model
 from cyncsim.simulator.cloud import CyncCloudSimulator
 from cyncsim.simulator.fleet import (
@@ -35,6 +35,26 @@ from tests.integration.test_device import socket_fds
 
 SCALE = 0.02
 AUTH_SHAPE = re.compile(rb"1e07d[0-9a-f]{11}")
+
+
+async def relays_settled(fleet: CyncFleet, cloud: CyncCloudSimulator,
+                         sent: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
+    """Wait until every (bridge id, command) in ``sent`` is acked and every relay is delivered.
+
+    A bridge passes a command on over the mesh when it reads it, before its 0x7B leaves, so
+    once the cloud has each ack, every relay the commands cause is scheduled; then the meshes'
+    pending relays run out.  Nothing can still be on its way after that: no sleep needed.
+    """
+
+    def acked(device_id: bytes, command: bytes) -> bool:
+        link = cloud.link_for(device_id)
+        key = exchange_key(command)
+        return link is not None and any(
+            p.type == 0x7B and exchange_key(p.encode()) == key for _, s, p in link.packets
+        )
+
+    await cloud.wait_for(lambda: all(acked(d, c) for d, c in sent))
+    await cloud.wait_for(lambda: not any(m.pending for m in fleet.meshes.values()))
 
 
 def _heartbeat_bounds() -> tuple[float, float]:
@@ -193,7 +213,7 @@ async def test_dialling_fleet_of_50_against_the_cloud_simulator() -> None:
             a, b = fleet.devices[0], fleet.devices[1]
             assert a.member.mesh == b.member.mesh
             want = not b.state.on
-            cloud.send_command(PowerCommand(0, b.member.mesh_node, want), a.device_id)
+            sent = cloud.send_command(PowerCommand(0, b.member.mesh_node, want), a.device_id)
             await fleet.devices[1].wait_for(lambda: b.state.on is want)
 
             def reported() -> bool:
@@ -207,7 +227,7 @@ async def test_dialling_fleet_of_50_against_the_cloud_simulator() -> None:
                 )
 
             await cloud.wait_for(reported)
-            await asyncio.sleep(0.1)
+            await relays_settled(fleet, cloud, [(a.device_id, sent)])
             assert b.state.toggle_count == 1 and a.state.toggle_count == 0
             stats = fleet.stats()
             assert stats.connected == 50 and stats.connections == 50
@@ -230,10 +250,12 @@ async def test_relay_delivers_each_command_once_per_node() -> None:
             for dev in (a, b, c):
                 await dev.wait_handshaken()
             command = PowerCommand(5, c.member.mesh_node, True)
-            for bridge in (a, b, c):  # a controller sending to every bridge, same sequence
-                cloud.send_command(command, bridge.device_id)
+            sent = [  # a controller sending to every bridge, same sequence
+                (bridge.device_id, cloud.send_command(command, bridge.device_id))
+                for bridge in (a, b, c)
+            ]
             await c.wait_for(lambda: c.state.on)
-            await asyncio.sleep(0.2)
+            await relays_settled(fleet, cloud, sent)
             assert c.state.toggle_count == 1
             assert a.state.toggle_count == b.state.toggle_count == 0
         finally:
