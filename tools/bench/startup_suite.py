@@ -89,7 +89,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     rows: list[dict[str, Any]] = [
         {
             "name": name,
-            "argv": " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv)),
+            "argv": " ".join(Path(a).name if i == 0 or "/" in a else a for i, a in enumerate(argv)),
             "median_s": t.median,
             "min_s": min(t.samples),
             "max_s": max(t.samples),
