@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -26,14 +24,12 @@ from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import Command
 from cyncsim.replay.protocol import CyncPacket, decode_packet
-from cyncsim.replay.seeds import SeedTree
+from cyncsim.replay.seeds import SeedTree, draw_root
 from cyncsim.simulator._base import SimulatorBase, default_model
 from cyncsim.simulator._connection import EngineConnection
 from cyncsim.simulator.record import Recorder
 
 __all__ = ["CloudLink", "CyncCloudSimulator"]
-
-logger = logging.getLogger("cyncsim.cloud")
 
 
 @dataclass(eq=False)
@@ -81,8 +77,7 @@ class CyncCloudSimulator(SimulatorBase):
         record: str | Path | Recorder | None = None,
     ) -> None:
         if seed is None:
-            seed = secrets.randbits(63)
-            logger.info("cloud simulator: no seed given, drew %d (pass it to reproduce)", seed)
+            seed = draw_root("cloud simulator")
         super().__init__(
             host=host,
             port=port,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -34,7 +33,7 @@ from cyncsim.replay.chaos import ChaosConfig, Direction
 from cyncsim.replay.engine import DeviceEngine, DeviceState, Relay, Send
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceIdentity, DeviceModel
-from cyncsim.replay.seeds import SeedTree
+from cyncsim.replay.seeds import SeedTree, draw_root
 from cyncsim.simulator._base import SimulatorBase, default_model
 from cyncsim.simulator._connection import EngineConnection
 from cyncsim.simulator.ports import check_loopback
@@ -129,8 +128,7 @@ class CyncDeviceSimulator(SimulatorBase):
     ) -> None:
         dev = _as_device_id(device_id)
         if seed is None:
-            seed = secrets.randbits(63)
-            logger.info("device %s: no seed given, drew %d (pass it to reproduce)", dev.hex(), seed)
+            seed = draw_root(f"device {dev.hex()}")
         super().__init__(
             host=host,
             port=port,

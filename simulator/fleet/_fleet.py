@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from cyncsim.replay.capture.model import Sender
 from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.seeds import draw_root
 from cyncsim.simulator._base import default_model
 from cyncsim.simulator.device import device_ssl_context
 from cyncsim.simulator.fleet._device import RELAY_DELAY_S, FleetDevice, Mesh
@@ -146,8 +146,7 @@ class CyncFleet:
         if not relay_delay_s >= 0:
             raise ValueError(f"relay_delay_s={relay_delay_s} must be >= 0")
         if seed is None:
-            seed = secrets.randbits(63)
-            logger.info("fleet: no seed given, drew %d (pass it to reproduce)", seed)
+            seed = draw_root("fleet")
         self.seed = seed
         self.model = model if model is not None else default_model()
         if members is None:
