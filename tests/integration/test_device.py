@@ -21,7 +21,7 @@ from cyncsim.replay.capture import read_capture
 from cyncsim.replay.describe import request_key
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import LightStateCommand, build_command, decode_status_report
-from cyncsim.replay.protocol import FramedPacket, decode_packet
+from cyncsim.replay.protocol import FramedPacket, decode_packet, exchange_key
 from cyncsim.simulator.device import CyncDeviceSimulator, DeviceState
 from cyncsim.simulator.ports import find_free_port
 from cyncsim.simulator.transport import ReliableTransport
@@ -259,7 +259,7 @@ async def test_burst_of_20_commands_queues_up() -> None:
         sent_at = await ctl.send(*burst)
         await ctl.wait(lambda: len([p for _, p in ctl.packets if p[:1] == b"\x7b"]) >= 20, 10)
         acks = [(t, p) for t, p in ctl.packets if p[:1] == b"\x7b"]
-        assert [p[9:12] for _, p in acks] == [c[9:12] for c in burst]  # in order
+        assert [exchange_key(p) for _, p in acks] == [exchange_key(c) for c in burst]  # in order
         delays = [t - sent_at for t, _ in acks]
         assert statistics.median(delays[-5:]) > 2 * statistics.median(delays[:5])
         await ctl.close()
