@@ -61,7 +61,7 @@ TEST_ENV := CYNCSIM_CAPTURES=$(CAPTURES) CYNCSIM_INTEROP_VENV=$(abspath $(INTERO
 COV := --cov=cyncsim.replay --cov=cyncsim.simulator
 
 unit: link $(INTEROP_STATUS)
-	$(TEST_ENV) $(BIN)/pytest -q -m bench $(COV) --cov-report= tests/unit/test_bench_quick.py
+	$(TEST_ENV) $(BIN)/pytest -q -m bench $(COV) --cov-report= tests/bench
 	$(TEST_ENV) $(BIN)/pytest -q -n 2 -m "not bench" $(COV) --cov-append \
 	  --cov-report=term:skip-covered --cov-fail-under=90
 
