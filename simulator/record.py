@@ -9,8 +9,15 @@
 # MITM proxy's format, ``ISO-time DEV→CLOUD [conn:N] (n bytes)`` + hex line + blank line,
 # which replay.capture.read_capture reads back as exact per-connection flows.  ``close()``
 # flushes everything; a Recorder re-opened after close appends.
+#
+# Loss bound: the first write after a flush arms a timer on the running event loop, and the
+# file is flushed (pcapng: one more section; both: the OS gets the bytes) FLUSH_AFTER_S later,
+# so quiet traffic is on disk within about a second, and a SIGKILL loses at most the last
+# FLUSH_AFTER_S seconds of traffic (plus however late the loop runs the timer), never more
+# than FLUSH_FRAMES frames. Used without a running loop, every write goes straight through.
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from pathlib import Path
@@ -20,10 +27,11 @@ from cyncsim.replay.capture.model import CLOUD, DEVICE, Sender
 from cyncsim.replay.capture.pcapwrite import Frame, TcpConversation, write_pcapng
 from cyncsim.replay.errors import CaptureError
 
-__all__ = ["FLUSH_FRAMES", "ConnectionRecord", "Recorder"]
+__all__ = ["FLUSH_AFTER_S", "FLUSH_FRAMES", "ConnectionRecord", "Recorder"]
 
 logger = logging.getLogger("cyncsim.record")
 FLUSH_FRAMES = 512
+FLUSH_AFTER_S = 1.0  # the most a recording lags the wire when traffic is quiet
 Way = Literal["in", "out"]
 
 
@@ -97,6 +105,7 @@ class Recorder:
         self._sections = 0
         self._opened_before = False
         self._next_conn = 0
+        self._timer: asyncio.TimerHandle | None = None
         self.packets_written = 0
 
     @property
@@ -140,6 +149,8 @@ class Recorder:
         self._frames.extend(frames)
         if len(self._frames) >= FLUSH_FRAMES:
             self.flush()
+        else:
+            self._flush_soon()
 
     def text(self, ts: float, sender: Sender, conn: int, data: bytes) -> None:
         if self._fh is None:
@@ -149,9 +160,24 @@ class Recorder:
         line = f"{stamp} {arrow} [conn:{conn}] ({len(data)} bytes)\n{data.hex(' ')}\n\n"
         self._fh.write(line.encode("utf-8"))
         self.packets_written += 1
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush within FLUSH_AFTER_S: arm the timer (or, with no event loop, flush now)."""
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._timer = loop.call_later(FLUSH_AFTER_S, self.flush)
 
     def flush(self) -> None:
         """Write buffered frames (pcapng: as one more section) and flush the file."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         fh = self._fh
         if fh is None:
             return
