@@ -2,15 +2,17 @@
 #
 # ``read_capture`` loads a file, sniffs its format from the first bytes and hands it to the
 # matching reader; every reader returns a CaptureResult of flows and findings, with every
-# payload byte accounted for (``accounting_errors`` checks that).
+# payload byte accounted for (``accounting_errors`` checks that).  Live streams (stdin, a
+# FIFO) are read by capture.stream.CaptureStream with the same record walkers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
 
+from cyncsim.replay.capture._format import HEAD_BYTES, detect_format, refuse, refuse_model
 from cyncsim.replay.capture.model import (
     CLOUD,
+    DEFAULT_CLOUD_PORTS,
     DEVICE,
     CaptureResult,
     Finding,
@@ -19,7 +21,7 @@ from cyncsim.replay.capture.model import (
     FlowPacket,
     Sender,
 )
-from cyncsim.replay.capture.text import looks_like_text, read_text
+from cyncsim.replay.capture.text import read_text
 from cyncsim.replay.errors import CaptureError
 
 __all__ = [
@@ -39,33 +41,10 @@ __all__ = [
     "read_captures",
 ]
 
-DEFAULT_CLOUD_PORTS = (23779, 23778)
 # Flow findings for bytes that were never fed to a FlowBuilder (see capture/tcp.py).
 _NOT_FED = frozenset({"gap", "overlap_conflict", "before_start", "out_of_window"})
-_PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1",
-    b"\xa1\xb2\xc3\xd4",
-    b"\x4d\x3c\xb2\xa1",
-    b"\xa1\xb2\x3c\x4d",
-}
-_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-_MSGPACK_HINT = b"cyncsim-model"
 
 Progress = Callable[[int, int], None]
-HEAD_BYTES = 256  # enough to tell every format apart
-
-
-def detect_format(head: bytes) -> str:
-    """``pcap``, ``pcapng``, ``text``, ``model`` or ``unknown`` from a file's first bytes."""
-    if head[:4] in _PCAP_MAGICS:
-        return "pcap"
-    if head[:4] == _PCAPNG_MAGIC:
-        return "pcapng"
-    if _MSGPACK_HINT in head[:64]:
-        return "model"
-    if looks_like_text(head):
-        return "text"
-    return "unknown"
 
 
 def load_bytes(path: str | Path, limit: int = -1) -> bytes:
@@ -111,25 +90,12 @@ def _read_known(p: str) -> tuple[str, bytes]:
             head = fh.read(HEAD_BYTES)
             fmt = detect_format(head)
             if fmt == "unknown":
-                _refuse(p, head)
+                refuse(p, head)
             if fmt == "model":
-                raise CaptureError(
-                    p, "is a cyncsim model file, not a capture", reason="not_a_capture"
-                )
+                refuse_model(p)
             return fmt, head + fh.read()
     except OSError as exc:
         raise _os_error(p, exc) from None
-
-
-def _refuse(p: str, head: bytes) -> NoReturn:
-    if not head:
-        raise CaptureError(p, "file is empty", reason="unknown_format")
-    raise CaptureError(
-        p,
-        f"unknown format (first bytes {head[:8].hex(' ')}): expected pcap, pcapng or a MITM "
-        "text log",
-        reason="unknown_format",
-    )
 
 
 def read_captures(

@@ -5,6 +5,10 @@
 # FlowBuilder, which frames them into packets and keeps the byte accounting, so every
 # payload byte ends up in a packet or in a Finding.
 #
+# Packets go to ``Flow.packets`` when a whole file is read, or to a sink (a list the stream
+# reader empties after each batch) when a live stream is, so a stream keeps no packet it has
+# handed out; ``Summary`` keeps the summary block's counters without the packets.
+#
 # Speed: FlowBuilder.feed runs once per TCP segment or text record, so its common case (a
 # direction that already has a framer) takes no detour, and FlowPackets are built with direct
 # slot stores instead of the frozen dataclass __init__ (which goes through object.__setattr__
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -24,6 +28,7 @@ from cyncsim.replay.protocol import CyncPacket, HelloPacket
 
 __all__ = [
     "CLOUD",
+    "DEFAULT_CLOUD_PORTS",
     "DEVICE",
     "TIME_RANGE",
     "CaptureResult",
@@ -31,7 +36,9 @@ __all__ = [
     "Flow",
     "FlowBuilder",
     "FlowPacket",
+    "PacketSink",
     "Sender",
+    "Summary",
     "gc_paused",
     "time_problem",
 ]
@@ -52,6 +59,7 @@ def time_problem(ts: float) -> str | None:
 Sender = Literal["device", "cloud"]
 DEVICE: Sender = "device"
 CLOUD: Sender = "cloud"
+DEFAULT_CLOUD_PORTS = (23779, 23778)  # TCP ports of the cloud side in pcap/pcapng captures
 
 # Finding reasons a reader may report (the set is open; these are the ones used here):
 #   tls               a flow that carries TLS records, not plaintext Cync
@@ -143,26 +151,95 @@ class CaptureResult:
         return sum(len(f.packets) for f in self.flows)
 
     def summary(self) -> dict[str, object]:
-        types: Counter[str] = Counter()
-        flagged = 0
+        tally = Summary(self.sources)
         for flow in self.flows:
-            for fp in flow.packets:
-                types[f"0x{fp.packet.type:02x}"] += 1
-                if fp.packet.defect is not None:
-                    flagged += 1
-        reasons = Counter(f.reason for f in self.findings)
-        kinds = Counter(f.kind for f in self.flows)
+            tally.add_flow(flow)
+            tally.add_packets(fp.packet for fp in flow.packets)
+        for f in self.findings:
+            tally.add_finding(f)
+        return tally.as_dict()
+
+
+class Summary:
+    """The counters of the summary block, kept without the packets they count.
+
+    ``CaptureResult.summary`` fills one from a whole result; a stream reader adds packets,
+    findings and finished flows as they go by, so its memory does not grow with the stream.
+    """
+
+    __slots__ = (
+        "bytes",
+        "finding_reasons",
+        "flagged",
+        "flow_kinds",
+        "flows",
+        "packet_types",
+        "packets",
+        "sources",
+    )
+
+    def __init__(self, sources: Iterable[str] = ()) -> None:
+        self.sources = list(sources)
+        self.packets = 0
+        self.flagged = 0
+        self.packet_types: Counter[int] = Counter()
+        self.flows = 0
+        self.flow_kinds: Counter[str] = Counter()
+        self.bytes = 0
+        self.finding_reasons: Counter[str] = Counter()
+
+    def add_packets(self, packets: Iterable[CyncPacket]) -> None:
+        types = self.packet_types
+        n = flagged = 0
+        for pkt in packets:
+            n += 1
+            types[pkt.type] += 1
+            if pkt.defect is not None:
+                flagged += 1
+        self.packets += n
+        self.flagged += flagged
+
+    def add_flow(self, flow: Flow) -> None:
+        """A flow as it stands (its kind and payload bytes); its packets are added apart."""
+        self.flows += 1
+        self.flow_kinds[flow.kind] += 1
+        self.bytes += sum(flow.bytes_seen.values())
+
+    def add_finding(self, finding: Finding) -> None:
+        self.finding_reasons[finding.reason] += 1
+
+    def merge(self, other: Summary) -> None:
+        self.sources.extend(other.sources)
+        self.packets += other.packets
+        self.flagged += other.flagged
+        self.packet_types.update(other.packet_types)
+        self.flows += other.flows
+        self.flow_kinds.update(other.flow_kinds)
+        self.bytes += other.bytes
+        self.finding_reasons.update(other.finding_reasons)
+
+    def copy(self) -> Summary:
+        new = Summary()
+        new.merge(self)
+        return new
+
+    def as_dict(self) -> dict[str, object]:
+        types = {f"0x{t:02x}": n for t, n in sorted(self.packet_types.items())}
         return {
             "sources": list(self.sources),
-            "packets": self.packet_count,
-            "flows": len(self.flows),
-            "flow_kinds": dict(sorted(kinds.items())),
-            "flagged_packets": flagged,
-            "findings": len(self.findings),
-            "finding_reasons": dict(sorted(reasons.items())),
-            "packet_types": dict(sorted(types.items())),
-            "bytes": sum(sum(f.bytes_seen.values()) for f in self.flows),
+            "packets": self.packets,
+            "flows": self.flows,
+            "flow_kinds": dict(sorted(self.flow_kinds.items())),
+            "flagged_packets": self.flagged,
+            "findings": sum(self.finding_reasons.values()),
+            "finding_reasons": dict(sorted(self.finding_reasons.items())),
+            "packet_types": types,
+            "bytes": self.bytes,
         }
+
+
+# Where a stream reader's FlowBuilders put their packets, in the order they were framed.
+PacketSink = list[tuple[Flow, FlowPacket]]
 
 
 class FlowBuilder:
@@ -170,14 +247,22 @@ class FlowBuilder:
 
     Feed payload bytes in stream order with ``feed(sender, ts, data)``; report holes with
     ``gap(sender, ts, offset, length)``; call ``close()`` at the end.  A direction whose first bytes
-    are a TLS record marks the flow as TLS and its bytes become one ``tls`` finding.
+    are a TLS record marks the flow as TLS and its bytes become one ``tls`` finding.  Packets
+    are appended to ``flow.packets``, or to ``sink`` as (flow, packet) when one is given;
+    ``emitted`` counts them either way.
     """
 
-    def __init__(self, flow: Flow, findings: list[Finding]) -> None:
+    def __init__(self, flow: Flow, findings: list[Finding], sink: PacketSink | None = None) -> None:
         self.flow = flow
+        self.emitted = 0
         self._findings = findings
+        self._put: Callable[[FlowPacket], None]
+        if sink is None:
+            self._put = flow.packets.append
+        else:
+            put = sink.append
+            self._put = lambda fp: put((flow, fp))
         self._framers: dict[Sender, PacketFramer] = {}
-        self._reported: dict[Sender, int] = {}
         self._tls: dict[Sender, list[int]] = {}  # sender -> [offset, length, first ts]
         self._tags: tuple[str, ...] = ()
 
@@ -198,7 +283,6 @@ class FlowBuilder:
                 self.flow.kind = "tls"
                 return
             framer = self._framers[sender] = PacketFramer()
-            self._reported[sender] = 0
         # (A direction with a framer is never TLS: ``gap`` does not give a TLS one a framer.)
         offset = framer.offset
         pkt = framer.feed_whole(data)  # one whole packet per segment is the common case
@@ -207,7 +291,7 @@ class FlowBuilder:
             return
         for offset, pkt in framer.feed_with_offsets(data):
             self._emit_one(sender, ts, offset, pkt, tags)
-        if len(framer.findings) != self._reported[sender]:
+        if framer.findings:
             self._drain(sender, framer, ts)
 
     def feed_record(
@@ -225,7 +309,7 @@ class FlowBuilder:
         flow.bytes_seen[sender] = seen + len(data)
         if _looks_like_tls(data):
             self._add(sender, seen, len(data), "tls", "TLS record, not plaintext Cync", ts)
-            flow.kind = "tls" if not flow.packets else flow.kind
+            flow.kind = "tls" if not self.emitted else flow.kind
             return
         framer = PacketFramer(offset=seen)
         self._emit(sender, ts, framer.feed_with_offsets(data), tags)
@@ -252,10 +336,11 @@ class FlowBuilder:
         _fp_packet(fp, pkt)
         _fp_offset(fp, off)
         _fp_tags(fp, tags)
-        flow = self.flow
-        flow.packets.append(fp)
+        self._put(fp)
+        self.emitted += 1
         if pkt.defect is not None:
             self._add(sender, off, len(pkt), f"defect:{pkt.defect}", pkt.encode()[:16].hex(), ts)
+        flow = self.flow
         if flow.device_id is None and sender == "device" and isinstance(pkt, HelloPacket):
             flow.device_id = pkt.device_id
 
@@ -270,7 +355,6 @@ class FlowBuilder:
             framer.flush()
             self._drain(sender, framer, ts)
         self._framers[sender] = PacketFramer(offset=offset + length)
-        self._reported[sender] = 0
 
     def close(self, ts: float | None = None) -> Flow:
         for sender, framer in self._framers.items():
@@ -279,16 +363,16 @@ class FlowBuilder:
         for sender, (off, length, us) in self._tls.items():
             self._add(sender, off, length, "tls", "TLS records, not plaintext Cync", us / 1e6)
         flow = self.flow
-        if flow.kind == "cync" and not flow.packets:
+        if flow.kind == "cync" and not self.emitted:
             seen = sum(flow.bytes_seen.values())
             flow.kind = "empty" if seen == 0 else "not_cync"
         return flow
 
     def _drain(self, sender: Sender, framer: PacketFramer, ts: float | None) -> None:
-        start = self._reported[sender]
-        for f in framer.findings[start:]:
+        # Reported findings leave the framer's list, which would otherwise grow with a stream.
+        for f in framer.findings:
             self._add(sender, f.offset, f.length, f.reason, f.head.hex(), ts)
-        self._reported[sender] = len(framer.findings)
+        framer.findings.clear()
 
     def _add(
         self, sender: Sender, offset: int, length: int, reason: str, detail: str, ts: float | None

@@ -11,14 +11,29 @@
 # length, via FlowBuilder.gap) when the connection ends or when the held data exceeds a bound.
 # Which side is the device is decided per connection (cloud port, else first 0x23 hello,
 # else the SYN sender); until that is known, deliveries are held (bounded) and replayed.
+#
+# A whole file keeps every connection until ``finish``, which returns the flows in order.  A
+# live stream (``stream=True``) cannot: ``sweep`` finishes a connection once it has been
+# quiet for ``linger`` seconds of capture time after its FIN or RST, or for ``idle`` seconds
+# without an end (devices talk at least every ~21 s, PROTOCOL.md 10.2), and hands its flow
+# out through ``closed``, so the state kept is that of the connections still open.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from cyncsim.replay.capture.model import CLOUD, DEVICE, Finding, Flow, FlowBuilder, Sender
+from cyncsim.replay.capture._tcpconn import PORTS, Conn, Dir, addr
+from cyncsim.replay.capture.model import (
+    CLOUD,
+    DEFAULT_CLOUD_PORTS,
+    DEVICE,
+    Finding,
+    Flow,
+    FlowBuilder,
+    PacketSink,
+    Sender,
+)
 
 __all__ = [
     "ACK",
@@ -36,7 +51,6 @@ _MASK = 0xFFFFFFFF
 _WRAP = 1 << 32
 _HALF = 1 << 31
 _HELLO = b"\x23\x00\x00\x00\x1a"  # start of a 0x23 hello: marks the device side
-_PORTS = struct.Struct(">HH")
 
 # Per-flow findings whose bytes were never fed to the FlowBuilder, so byte accounting
 # (packet lengths + finding lengths == bytes_seen) must leave them out.
@@ -49,93 +63,16 @@ def tuple_key(src: str, sport: int, dst: str, dport: int) -> bytes:
     b = ipaddress.ip_address(dst).packed
     if len(a) != len(b):
         raise ValueError(f"mixed address families: {src} and {dst}")
-    return a + b + _PORTS.pack(sport, dport)
-
-
-def _split_key(key: bytes) -> tuple[str, int, str, int]:
-    alen = (len(key) - 4) // 2
-    src = str(ipaddress.ip_address(key[:alen]))
-    dst = str(ipaddress.ip_address(key[alen : 2 * alen]))
-    sport, dport = _PORTS.unpack_from(key, 2 * alen)
-    return src, sport, dst, dport
-
-
-def _addr(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-class _Dir:
-    """One direction of a connection: sequence state, held bytes, delivered history."""
-
-    __slots__ = (
-        "ack",
-        "addr",
-        "builder",
-        "conn",
-        "fin_off",
-        "hist",
-        "next",
-        "off",
-        "peer",
-        "pend_bytes",
-        "pend_data",
-        "pend_start",
-        "port",
-        "rst_off",
-        "sender",
-        "syn",
-        "tail",
-    )
-
-    def __init__(self, conn: _Conn, addr: str, port: int) -> None:
-        self.conn = conn
-        self.addr = addr
-        self.port = port
-        self.peer: _Dir = self
-        self.sender: Sender | None = None
-        self.builder: FlowBuilder | None = None
-        self.next: int | None = None  # 32-bit sequence number of the next in-order byte
-        self.off = 0  # stream offset of that byte
-        self.syn: int | None = None  # sequence number of this side's SYN
-        self.ack: int | None = None  # last acknowledgement number this side sent
-        self.fin_off: int | None = None
-        self.rst_off: int | None = None
-        self.pend_start: list[int] = []  # out-of-order bytes: sorted, non-overlapping
-        self.pend_data: list[bytes] = []
-        self.pend_bytes = 0
-        self.hist = bytearray()  # the last delivered bytes, ending at ``off``
-        self.tail = b""  # last 4 delivered bytes, to find a hello split over segments
-
-
-# A held event: (direction, ts, data, offset, length, reason, detail); data is None for a
-# gap (reason "") or a finding (reason set).
-_Event = tuple[_Dir, float, bytes | None, int, int, str, str]
-
-
-class _Conn:
-    __slots__ = ("a", "b", "client", "done", "events", "flow", "held", "keys", "n", "notes")
-
-    def __init__(self, key: bytes, rkey: bytes, n: int) -> None:
-        src, sport, dst, dport = _split_key(key)
-        self.keys = (key, rkey)
-        self.n = n
-        self.a = _Dir(self, src, sport)
-        self.b = _Dir(self, dst, dport)
-        self.a.peer = self.b
-        self.b.peer = self.a
-        self.client: _Dir | None = None  # the side that sent the SYN
-        self.done = False
-        self.flow: FlowBuilder | None = None
-        self.events: list[_Event] = []  # held until the device side is known
-        self.held = 0
-        self.notes = 0
+    return a + b + PORTS.pack(sport, dport)
 
 
 class TcpReassembler:
     """Reassembles TCP segments into per-connection Cync flows.
 
     Call ``segment`` for every TCP segment in capture order, then ``finish`` once; it
-    returns the flows that carried payload, in order of their first segment.
+    returns the flows that carried payload, in order of their first segment.  With
+    ``stream=True``, packets go to ``sink`` (see FlowBuilder), call ``sweep`` now and then,
+    and finished flows are appended to ``closed`` instead (the caller empties it).
     """
 
     def __init__(
@@ -143,11 +80,15 @@ class TcpReassembler:
         source: str,
         findings: list[Finding],
         *,
-        cloud_ports: Iterable[int] = (23779, 23778),
+        cloud_ports: Iterable[int] = DEFAULT_CLOUD_PORTS,
         max_pending: int = 1 << 20,
         history: int = 1 << 16,
         max_hold: int = 1 << 16,
         max_ahead: int = 1 << 26,
+        stream: bool = False,
+        sink: PacketSink | None = None,
+        linger: float = 60.0,
+        idle: float = 900.0,
     ) -> None:
         self.source = source
         self.findings = findings
@@ -157,11 +98,18 @@ class TcpReassembler:
         self.max_hold = max_hold  # bytes held while the device side is unknown
         self.max_ahead = max_ahead  # a segment further ahead than this is out of window
         self._hist2 = 2 * history
-        self._dirs: dict[bytes, _Dir] = {}
-        self._conns: list[_Conn] = []
+        self.stream = stream
+        self.sink = sink
+        self.linger = linger  # a stream keeps an ended connection this long (capture time)
+        self.idle = idle  # and one that is neither ended nor active this long
+        self.closed: list[Flow] = []  # stream: flows finished since the caller last looked
+        self._next_sweep = 0.0
+        self._dirs: dict[bytes, Dir] = {}
+        self._conns: dict[Conn, None] = {}  # open ones (all of them for a whole file)
         self._count: dict[bytes, int] = {}
         self._last_ts = 0.0
-        self.empty_flows: list[str] = []
+        self._empty = 0  # connections without payload: how many, and the first few ids
+        self._empty_ids: list[str] = []
 
     # -- hot path -----------------------------------------------------------------------
 
@@ -218,7 +166,7 @@ class TcpReassembler:
     def _slow(
         self,
         key: bytes,
-        d: _Dir | None,
+        d: Dir | None,
         ts: float,
         seq: int,
         ack: int,
@@ -262,13 +210,13 @@ class TcpReassembler:
         if flags & RST:
             d.rst_off = d.off + self._rel(d, seq)
 
-    def _open(self, key: bytes) -> _Dir:
+    def _open(self, key: bytes) -> Dir:
         alen = (len(key) - 4) // 2
         rkey = key[alen : 2 * alen] + key[:alen] + key[-2:] + key[-4:-2]
         canon = min(key, rkey)
         n = self._count[canon] = self._count.get(canon, 0) + 1
-        conn = _Conn(key, rkey, n)
-        self._conns.append(conn)
+        conn = Conn(key, rkey, n)
+        self._conns[conn] = None
         self._dirs[key] = conn.a
         self._dirs[rkey] = conn.b
         a_cloud = conn.a.port in self.cloud_ports
@@ -278,12 +226,12 @@ class TcpReassembler:
         return conn.a
 
     @staticmethod
-    def _rel(d: _Dir, seq: int) -> int:
+    def _rel(d: Dir, seq: int) -> int:
         """Signed distance from ``d.next`` to ``seq`` (modulo 2**32)."""
         rel = (seq - d.next) & _MASK  # type: ignore[operator]
         return rel - _WRAP if rel >= _HALF else rel
 
-    def _data(self, d: _Dir, ts: float, seq: int, payload: bytes) -> None:
+    def _data(self, d: Dir, ts: float, seq: int, payload: bytes) -> None:
         if d.next is None:  # first bytes of a direction whose start we never saw
             d.next = seq
         start = d.off + self._rel(d, seq)
@@ -310,7 +258,7 @@ class TcpReassembler:
         self._insert(d, ts, start, payload)
         self._advance(d, ts)
 
-    def _check_old(self, d: _Dir, ts: float, start: int, data: bytes) -> None:
+    def _check_old(self, d: Dir, ts: float, start: int, data: bytes) -> None:
         """Retransmitted bytes ``start ..`` that were delivered already: first seen wins."""
         hist_start = d.off - len(d.hist)
         lo = max(start, hist_start)
@@ -324,7 +272,7 @@ class TcpReassembler:
             data[lo - start :],
         )
 
-    def _compare(self, d: _Dir, ts: float, off: int, kept: bytes, new: bytes) -> None:
+    def _compare(self, d: Dir, ts: float, off: int, kept: bytes, new: bytes) -> None:
         if kept == new:
             return
         first = next(i for i in range(len(kept)) if kept[i] != new[i])
@@ -339,7 +287,7 @@ class TcpReassembler:
             f"{kept[first : first + 8].hex()}, dropped {new[first : first + 8].hex()})",
         )
 
-    def _insert(self, d: _Dir, ts: float, start: int, payload: bytes) -> None:
+    def _insert(self, d: Dir, ts: float, start: int, payload: bytes) -> None:
         starts, datas = d.pend_start, d.pend_data
         end = start + len(payload)
         cur = start
@@ -366,7 +314,7 @@ class TcpReassembler:
             datas.insert(i, pd)
             d.pend_bytes += len(pd)
 
-    def _advance(self, d: _Dir, ts: float, final: bool = False) -> None:
+    def _advance(self, d: Dir, ts: float, final: bool = False) -> None:
         """Deliver held bytes that became contiguous; turn holes into gaps when over bound."""
         starts, datas = d.pend_start, d.pend_data
         while starts:
@@ -383,7 +331,7 @@ class TcpReassembler:
             d.pend_bytes -= len(chunk)
             self._deliver(d, ts, chunk)
 
-    def _gap(self, d: _Dir, ts: float, length: int) -> None:
+    def _gap(self, d: Dir, ts: float, length: int) -> None:
         conn = d.conn
         if conn.flow is not None:
             conn.flow.gap(d.sender, ts, d.off, length)  # type: ignore[arg-type]
@@ -395,7 +343,7 @@ class TcpReassembler:
         d.hist.clear()
         d.tail = b""
 
-    def _truncated(self, d: _Dir, ts: float, missing: int) -> None:
+    def _truncated(self, d: Dir, ts: float, missing: int) -> None:
         # The segment's tail was cut by the snap length: those bytes are a hole right now
         # (up to any later bytes already held).
         if d.pend_start:
@@ -404,7 +352,7 @@ class TcpReassembler:
             self._gap(d, ts, missing)
             self._advance(d, ts)
 
-    def _deliver(self, d: _Dir, ts: float, data: bytes) -> None:
+    def _deliver(self, d: Dir, ts: float, data: bytes) -> None:
         n = len(data)
         d.next = (d.next + n) & _MASK  # type: ignore[operator]
         d.off += n
@@ -425,7 +373,7 @@ class TcpReassembler:
         else:
             d.tail = (d.tail + data)[-4:]
 
-    def _note(self, d: _Dir, ts: float, off: int, length: int, reason: str, detail: str) -> None:
+    def _note(self, d: Dir, ts: float, off: int, length: int, reason: str, detail: str) -> None:
         conn = d.conn
         conn.notes += 1
         if conn.flow is None:
@@ -438,7 +386,7 @@ class TcpReassembler:
 
     # -- device side, end of connection -------------------------------------------------
 
-    def _resolve(self, conn: _Conn, device: _Dir | None) -> None:
+    def _resolve(self, conn: Conn, device: Dir | None) -> None:
         """Fix which side is the device, create the Flow and replay held events."""
         if device is None:
             if conn.client is not None:
@@ -447,14 +395,14 @@ class TcpReassembler:
                 device = conn.a if conn.a.port >= conn.b.port else conn.b
         cloud = device.peer
         device.sender, cloud.sender = DEVICE, CLOUD
-        dev_addr, cloud_addr = _addr(device.addr, device.port), _addr(cloud.addr, cloud.port)
+        dev_addr, cloud_addr = addr(device.addr, device.port), addr(cloud.addr, cloud.port)
         flow = Flow(
             f"{dev_addr}>{cloud_addr}#{conn.n}",
             self.source,
             exact=True,
             endpoints=(dev_addr, cloud_addr),
         )
-        builder = conn.flow = FlowBuilder(flow, self.findings)
+        builder = conn.flow = FlowBuilder(flow, self.findings, self.sink)
         device.builder = cloud.builder = builder
         events, conn.events, conn.held = conn.events, [], 0
         for d, ts, data, off, length, reason, detail in events:
@@ -468,7 +416,7 @@ class TcpReassembler:
                     Finding(self.source, flow.id, sender, off, length, reason, detail, ts)
                 )
 
-    def _finalize(self, conn: _Conn) -> None:
+    def _finalize(self, conn: Conn) -> None:
         """End of a connection: remaining holes become gaps, then the flow is closed."""
         ts = self._last_ts
         for d in (conn.a, conn.b):
@@ -494,8 +442,44 @@ class TcpReassembler:
             if held is not None and held.conn is conn:
                 del self._dirs[key]
         if not any(flow.bytes_seen.values()) and not conn.notes:
-            self.empty_flows.append(flow.id)
+            conn.empty = True
+            self._empty += 1
+            if len(self._empty_ids) < 5:
+                self._empty_ids.append(flow.id)
         conn.done = True
+        if self.stream:
+            del self._conns[conn]
+            if not conn.empty:
+                self.closed.append(flow)
+
+    def sweep(self) -> None:
+        """Stream: finish the connections that ended or went idle (at most every 10 s).
+
+        Times are capture times (the last segment's), so the outcome does not depend on how
+        fast the capture is read; a segment that arrives for a connection already finished
+        starts a new flow.
+        """
+        now = self._last_ts
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 10.0
+        for conn in list(self._conns):
+            a, b = conn.a, conn.b
+            fin_a, fin_b, rst_a, rst_b = a.fin_off, b.fin_off, a.rst_off, b.rst_off
+            sig: tuple[int | None, ...] = (a.off, b.off, a.ack, b.ack, a.pend_bytes, b.pend_bytes)
+            sig += (fin_a, fin_b, rst_a, rst_b)
+            if sig != conn.sig:
+                conn.sig, conn.quiet = sig, now
+                continue
+            ended = (
+                rst_a is not None or rst_b is not None or (fin_a is not None and fin_b is not None)
+            )
+            if now - conn.quiet >= (self.linger if ended else self.idle):
+                self._finalize(conn)
+
+    def open_flows(self) -> list[Flow]:
+        """The flows of the connections not finished yet (those with a known device side)."""
+        return [c.flow.flow for c in self._conns if c.flow is not None and not c.done]
 
     def finish(self) -> list[Flow]:
         """Close every connection; return the flows with payload, in order of first segment.
@@ -503,16 +487,13 @@ class TcpReassembler:
         Connections without a payload byte (handshake only, scans) are left out and counted
         in one ``no_payload`` finding.
         """
-        for conn in self._conns:
+        for conn in list(self._conns):
             if not conn.done:
                 self._finalize(conn)
-        empty = set(self.empty_flows)
-        flows = [
-            c.flow.flow for c in self._conns if c.flow is not None and c.flow.flow.id not in empty
-        ]
-        if self.empty_flows:
-            ids = ", ".join(self.empty_flows[:5])
-            more = f" (+{len(self.empty_flows) - 5} more)" if len(self.empty_flows) > 5 else ""
+        flows = [c.flow.flow for c in self._conns if c.flow is not None and not c.empty]
+        if self._empty:
+            ids = ", ".join(self._empty_ids)
+            more = f" (+{self._empty - 5} more)" if self._empty > 5 else ""
             self.findings.append(
                 Finding(
                     self.source,
@@ -521,9 +502,9 @@ class TcpReassembler:
                     0,
                     0,
                     "no_payload",
-                    f"{len(self.empty_flows)} TCP connections carried no payload: {ids}{more}",
+                    f"{self._empty} TCP connections carried no payload: {ids}{more}",
                 )
             )
-        self._conns = []
+        self._conns = {}
         self._dirs = {}
         return flows
