@@ -1,4 +1,4 @@
-# `cyncsim import CAPTURE... -o MODEL [--json]`: learn a device model from cyncsim.captures.
+# `cyncsim import CAPTURE... -o MODEL [--json]`: learn a device model from captures.
 from __future__ import annotations
 
 import argparse
