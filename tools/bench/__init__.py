@@ -55,6 +55,10 @@ SUITES: dict[str, tuple[str, str]] = {
         "cyncsim.tools.bench.startup_suite",
         "cyncsim --help and cyncsim inspect in fresh processes, against python -c pass",
     ),
+    "fuzz": (
+        "cyncsim.tools.bench.fuzz_suite",
+        "random and mutated packets to the decoders, framer and device engine: untyped errors",
+    ),
 }
 
 
