@@ -40,7 +40,7 @@ def _conversation_frames(ts: float) -> list[Frame]:
     return [*conv.handshake(ts), *conv.send(ts + 0.01, "client", HELLO)]
 
 
-def _first_packet_block(data: bytes) -> int:
+def _first_packet_block(data: bytes | bytearray) -> int:
     """Offset of the first enhanced packet block (type 6), walking the blocks."""
     pos = 0
     while True:
