@@ -100,7 +100,9 @@ def test_wheel_in_a_fresh_venv_inside_a_project_with_generic_packages(tmp_path: 
     (project / "tests").mkdir()
     (project / "tests" / "test_light.py").write_text(USER_TEST)
     (project / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\npythonpath = ["."]\nasyncio_default_fixture_loop_scope = "function"\n'
+        "[tool.pytest.ini_options]\n"
+        'pythonpath = ["."]\n'
+        'asyncio_default_fixture_loop_scope = "function"\n'
     )
 
     ran = _run([str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider"], project)
