@@ -151,13 +151,17 @@ class CaptureResult:
         return sum(len(f.packets) for f in self.flows)
 
     def summary(self) -> dict[str, object]:
+        return self.tally().as_dict()
+
+    def tally(self) -> Summary:
+        """The summary's counters, to merge with others (see Summary)."""
         tally = Summary(self.sources)
         for flow in self.flows:
             tally.add_flow(flow)
             tally.add_packets(fp.packet for fp in flow.packets)
         for f in self.findings:
             tally.add_finding(f)
-        return tally.as_dict()
+        return tally
 
 
 class Summary:
