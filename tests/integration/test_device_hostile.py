@@ -1,11 +1,15 @@
 # A listening device against a hostile controller: what arrives in one read is never a reason
-# to reset the connection (issue 16, defect 1).
+# to reset the connection (issue 16, defect 1), and a request flood is held to bounded queues
+# (issue 16, defect 2).
 #
 # Each case writes its bytes, then a harmless marker command with a message id of its own;
 # devices answer in order, so once the marker's 0x7B is back everything before it has been
 # handled (no sleep-then-assert).  The connection must still be open then, nothing may be
 # logged at ERROR (asyncio logs a protocol callback's exception there), and a packet longer
-# than a device accepts is reported in exactly one log line.
+# than a device accepts is reported in exactly one log line.  The flood cases write 0xA3
+# requests (each answered by a 1,024-byte 0xAB) as fast as the socket takes them and check,
+# after every write, the device's scheduled answers and its write buffer against the bounds
+# stated below; then a fresh connection must be answered.  Marker ``hostile``.
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +21,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from cyncsim.replay.framer import PacketFramer
-from cyncsim.replay.payloads import PowerCommand, build_command
+from cyncsim.replay.payloads import PowerCommand, build_command, build_control
 from cyncsim.replay.protocol import exchange_key
 from cyncsim.simulator.device import CyncDeviceSimulator
+
+pytestmark = pytest.mark.hostile
 
 DEV = bytes.fromhex("6457e7f2")
 HELLO_ACK = bytes.fromhex("28 00 00 00 02 00 00")
@@ -92,17 +98,27 @@ class Peer:
         await self.task
 
 
+async def handshaken_peer(sim: CyncDeviceSimulator, *, read: bool = True) -> Peer:
+    """A new connection to ``sim``, handshaken (0x23 seen, 0x28 sent)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+    p = Peer(reader, writer)
+    await p.wait_until(lambda: any(q[0] == 0x23 for q in p.packets))
+    writer.write(HELLO_ACK)
+    await sim.wait_for(lambda: sim.handshaken and sim.connection is not None)
+    return p
+
+
 @pytest.fixture
-async def peer() -> AsyncIterator[Peer]:
-    sim = CyncDeviceSimulator(DEV, mesh_node=NODE, seed=16, time_scale=0.02)
-    async with sim:
-        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
-        p = Peer(reader, writer)
-        await p.wait_until(lambda: any(q[0] == 0x23 for q in p.packets))
-        writer.write(HELLO_ACK)
-        await sim.wait_handshaken()
-        yield p
-        await p.close()
+async def sim() -> AsyncIterator[CyncDeviceSimulator]:
+    async with CyncDeviceSimulator(DEV, mesh_node=NODE, seed=16, time_scale=0.02) as s:
+        yield s
+
+
+@pytest.fixture
+async def peer(sim: CyncDeviceSimulator) -> AsyncIterator[Peer]:
+    p = await handshaken_peer(sim)
+    yield p
+    await p.close()
 
 
 def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -157,3 +173,83 @@ async def test_hello_type_then_garbage_skipped(
     await peer.marker(3)
     assert peer.acks() == [msg_id(command(3))]
     assert not peer.eof.is_set() and _errors(caplog) == []
+
+
+# ---------------------------------------------------------------------------- flood (defect 2)
+def control(n: int) -> bytes:
+    """A 12-byte 0xA3 for our device with token ``n``; the device answers a 1,024-byte 0xAB."""
+    return build_control(DEV, (n & 0xFFFF).to_bytes(2, "big")).encode()
+
+
+FLOOD = b"".join(control(i) for i in range(5000))  # 60,000 bytes, 5,000 requests per write
+# Bounds stated by these tests (the device's own limits are below them; see _connection.py):
+MAX_SCHEDULED = 300  # answers and timers a connection holds scheduled but not written
+MAX_WRITE_BUFFER = 256 * 1024  # bytes held in the device's transport, not yet taken by TCP
+MAX_HELD_INPUT = 512 * 1024  # bytes read from the socket but not yet handed to the engine
+PEER_BACKLOG = 1 << 20  # the flooding peer writes while its own buffer is below this
+
+
+async def flood(sim: CyncDeviceSimulator, p: Peer, seconds: float) -> int:
+    """Write 0xA3 floods for ``seconds`` (at most 2,000 writes), checking the device's
+    queues after each; returns the requests written."""
+    loop = asyncio.get_running_loop()
+    conn = sim.connection
+    assert conn is not None and conn.transport is not None
+    transport = conn.transport
+    end, written = loop.time() + seconds, 0
+    for _ in range(2000):
+        if loop.time() >= end or p.writer.is_closing() or transport.is_closing():
+            break
+        if p.writer.transport.get_write_buffer_size() < PEER_BACKLOG:
+            p.writer.write(FLOOD)
+            written += 5000
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(p.writer.drain(), 0.01)
+        assert conn.pending <= MAX_SCHEDULED, f"{conn.pending} answers scheduled"
+        assert transport.get_write_buffer_size() <= MAX_WRITE_BUFFER, "device write buffer"
+        assert conn.held <= MAX_HELD_INPUT, f"{conn.held} bytes read and held"
+    return written
+
+
+async def fresh_connection_answered(sim: CyncDeviceSimulator, n: int) -> None:
+    p = await handshaken_peer(sim)
+    try:
+        await p.marker(n)
+    finally:
+        await p.close()
+
+
+async def test_flood_with_a_reading_peer_is_held_by_backpressure(
+    sim: CyncDeviceSimulator, peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    written = await flood(sim, peer, 3.0)
+    # The device stopped reading: the flood backed up into the peer (its TCP window filled).
+    assert peer.writer.transport.get_write_buffer_size() > 0, f"all {written} requests read"
+    answers = sum(1 for q in peer.packets if q[0] == 0xAB)
+    assert 0 < answers < written
+    assert not peer.eof.is_set() and _errors(caplog) == []
+    await fresh_connection_answered(sim, 4)
+
+
+async def test_flood_with_a_peer_that_does_not_read_is_bounded_then_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cyncsim")
+    # No delays: every 0xAB goes out at once, so the buffers toward the peer fill first.
+    async with CyncDeviceSimulator(DEV, mesh_node=NODE, seed=16, time_scale=0) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        writer.write(HELLO_ACK)  # answers the 0x23 without reading it
+        await sim.wait_for(lambda: sim.handshaken)
+        conn = sim.connection
+        assert conn is not None
+        p = Peer.__new__(Peer)  # a peer that never reads: no reader task
+        p.reader, p.writer, p.packets = reader, writer, []
+        await flood(sim, p, 6.0)
+        # As real devices did when a server stopped reading them (PROTOCOL.md 10.4), the
+        # device gave up on the connection once its write buffer stayed full.
+        await asyncio.wait_for(conn.closed.wait(), 10)
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("cyncsim")]
+        assert any("not reading" in line for line in lines), lines
+        assert _errors(caplog) == []
+        writer.transport.abort()
+        await fresh_connection_answered(sim, 5)
