@@ -21,6 +21,7 @@ from cyncsim.tools.bench import acks_suite as acks
 from cyncsim.tools.bench import baseline_suite as baseline
 from cyncsim.tools.bench import chaos_suite as chaos
 from cyncsim.tools.bench import fleet_suite as fleet
+from cyncsim.tools.bench import fuzz_suite as fuzz
 from cyncsim.tools.bench import group_suite as group
 from cyncsim.tools.bench import overhead_suite as overhead
 from cyncsim.tools.bench import startup_suite as startup
@@ -28,7 +29,7 @@ from cyncsim.tools.bench.report import main as report_main
 from cyncsim.tools.bench.stats import ks, percentile
 from cyncsim.tools.cli import main
 
-SIM_SUITES = ["baseline", "acks", "chaos", "group", "overhead", "fleet", "startup"]
+SIM_SUITES = ["baseline", "acks", "chaos", "group", "overhead", "fleet", "startup", "fuzz"]
 pytestmark = [pytest.mark.slow, pytest.mark.bench, pytest.mark.xdist_group("bench_quick")]
 
 
@@ -273,6 +274,27 @@ def test_startup_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     for name in ("cyncsim --help", "cyncsim inspect"):
         assert checks[f"{name} median"]["value"] == rows[name]["median_s"]
         assert checks[f"{name} median"]["target"] == startup.TARGET_S == 0.3
+
+
+def test_fuzz_rows(quick_run: tuple[dict[str, Any], str]) -> None:
+    suite = _suite(quick_run, "fuzz")
+    n = fuzz.SPEC.quick
+    rows = {r["name"]: r for r in suite["rows"]}
+    assert list(rows) == [*fuzz.TARGETS, "all targets"]
+    for r in rows.values():
+        assert r["inputs"] == n == suite["params"]["inputs"] and r["seconds"] > 0
+        assert math.isclose(r["per_s"], r["inputs"] / r["seconds"])
+        assert 0 <= r["typed"] + r["untyped"] <= n * (1 if r["name"] != "all targets" else 5)
+    total = rows.pop("all targets")
+    for key in ("typed", "untyped", "seconds"):
+        assert math.isclose(total[key], sum(r[key] for r in rows.values()))
+    assert rows["decode_packet strict"]["typed"] > 0  # mutated packets are refused, typed
+    assert sum(suite["params"]["mutations"].values()) == n
+    listed = suite["details"].get(fuzz.FIRST, [])
+    assert len(listed) == sum(min(r["untyped"], fuzz.LISTED) for r in rows.values())
+    (check,) = suite["checks"]
+    assert check["value"] == total["untyped"] and check["target"] == 0
+    assert total["untyped"] == 0, listed
 
 
 # ---------------------------------------------------------------------------- the real quick run

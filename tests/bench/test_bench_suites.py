@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cyncsim import load_default_model
+from cyncsim import CyncError, load_default_model
 from cyncsim.replay.model import Distribution, StratifiedUniform
 from cyncsim.tools.bench import chaos_suite as chaos
+from cyncsim.tools.bench import fuzz_suite as fuzz
 from cyncsim.tools.bench.report import markdown_table, update_document
 from cyncsim.tools.bench.simkit import LockMeter, TimerAudit, device_view, loop_lateness
 from cyncsim.tools.bench.stats import GRID, cloud_variant_model, ks, ks_random, percentile, summary
@@ -128,3 +129,27 @@ def test_markdown_table_and_document_blocks() -> None:
     new = update_document(doc, {"one": "new\n", "two": "added\n"})
     assert new.startswith("intro\n<!-- bench:one -->\nnew\n<!-- /bench:one -->\nend")
     assert new.endswith("## two\n\n<!-- bench:two -->\nadded\n<!-- /bench:two -->\n")
+
+
+def test_fuzz_is_seeded_and_counts_untyped_exceptions_with_their_input() -> None:
+    seeds = fuzz.seed_packets(None)
+    assert len(seeds) > 10 and all(s[1:3] == b"\0\0" for s in seeds)
+    a, b = random.Random(1), random.Random(1)
+    assert [fuzz.mutate(a, seeds) for _ in range(200)] == [
+        fuzz.mutate(b, seeds) for _ in range(200)
+    ]
+
+    def broken(rng: random.Random, data: bytes) -> None:
+        if len(data) % 2:
+            raise KeyError("odd")
+        if not data:
+            raise CyncError("empty")  # typed: counted, not listed
+
+    targets = {"broken": lambda: broken, **{k: fuzz.TARGETS[k] for k in list(fuzz.TARGETS)[:1]}}
+    tallies, first, kinds = fuzz.fuzz(300, seeds, targets, lambda _: None)
+    assert sum(kinds.values()) == 300
+    odd = tallies["broken"].untyped
+    assert odd > 0 and tallies["decode_packet strict"].untyped == 0
+    assert len(first) == min(odd, fuzz.LISTED)
+    assert all(f["target"] == "broken" and "KeyError" in f["exception"] for f in first)
+    assert all(len(bytes.fromhex(f["input"])) % 2 == 1 for f in first)

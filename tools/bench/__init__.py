@@ -1,10 +1,7 @@
 # The `cyncsim bench` suites, one module each, registered in SUITES below.
 #
-# A suite module declares its ``SPEC`` (a common.SuiteSpec: sizes, columns) and provides
-# ``run(opts: BenchOptions, log: Log) -> SuiteResult``; to add one, write
-# tools/bench/<name>_suite.py and add a line to SUITES.  `cyncsim bench all` runs them in the
-# order of this table.  Modules are imported only when their suite runs, so one suite's heavy
-# imports never slow down another.
+# A suite module declares its ``SPEC`` (a common.SuiteSpec) and ``run(opts, log)``; modules
+# are imported only when their suite runs.  `cyncsim bench all` runs them in this order.
 from __future__ import annotations
 
 import importlib

@@ -1,17 +1,11 @@
 # The scaffold every `cyncsim bench` suite stands on: its description, timing, checks, tables,
 # profile and JSON.
 #
-# Strategy: a suite module declares one ``SuiteSpec`` (name, sizes for --quick and full runs,
-# table columns, extra tables' columns) and a ``run(opts, log) -> SuiteResult``; everything
-# else is here, so suites hold only what they measure.  The machines are shared and noisy, so
-# a suite measures everything it compares in one process and one run, takes the median over
-# ``repeats`` runs, and reports speeds next to ratios against a baseline of the same run.  Each
-# timed run starts after a full garbage collection and drops the previous result first.
-# ``suite_json`` gives the documented JSON form (tools/bench/report.py reads it):
-#
-#   {"suite": NAME, "machine": {...}, "date": ISO-8601, "quick": bool, "title": str,
-#    "params": {...}, "rows": [{"name": ..., METRIC: value, ...}], "checks": [{"name",
-#    "value", "target", "op", "unit", "passed"}], "passed": bool | null, "notes": [...],
+# Strategy: a suite declares a ``SuiteSpec`` (sizes, columns) and ``run(opts, log)``; it
+# times what it compares in one run, in interleaved rounds, medians reported.  The JSON form
+# (tools/bench/report.py reads it):
+#   {"suite", "machine", "date", "quick", "title", "params", "rows": [{"name", ...}],
+#    "checks": [{"name", "value", "target", "op", "unit", "passed"}], "passed", "notes",
 #    "details": {TITLE: [row, ...]}}
 from __future__ import annotations
 

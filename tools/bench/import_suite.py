@@ -1,15 +1,9 @@
 # `cyncsim bench import`: how fast captures are read, next to what others do with the file.
 #
-# Strategy: one generated pcap (replay.capture.pcapwrite.generate_benchmark_pcap: interleaved
-# Cync connections with realistic exchanges) is read, in the same run, by
-#   reader  read_capture(): file load, pcap walk, TCP reassembly, framing, decoding, flows
-#   dpkt    dpkt.pcap.Reader, then dpkt.ethernet.Ethernet(frame).data.data.data per frame
-#   floor   a struct loop over the pcap record headers and nothing else
-#   scapy   rdpcap() on a slice holding the first segments (scapy is ~100x slower)
-# in interleaved rounds, and the MITM text reader reads the shared text captures.  Each speed
-# is the median over the repeats, with its ratio to dpkt and to the floor.  Every measurement
-# checks its result outside the clock, so a fast wrong answer fails the run.  dpkt and scapy
-# come with the `cyncsim[bench]` extra.
+# Strategy: one generated pcap is read in interleaved rounds by read_capture (reader), dpkt
+# down to the TCP payload, a struct walk over the record headers (floor) and scapy's rdpcap
+# (on a slice); each result is checked outside the clock.  The text reader reads the shared
+# MITM logs.  dpkt and scapy come with the `cyncsim[bench]` extra.
 from __future__ import annotations
 
 import logging

@@ -1,13 +1,6 @@
-# Plots for docs/performance.md from the JSON of `cyncsim bench all` (matplotlib, Agg: the
-# `cyncsim[report]` extra).
-#
-# Strategy: one figure per suite where a picture says more than the table: answer-time
-# CDFs measured against learned (acks, baseline), p50/p99 per chaos row against the
-# targets, the round-trip comparison (overhead), memory and heartbeat error against fleet
-# size (fleet).  Each plot reads only the suite's JSON object (rows carry their raw samples
-# as ``samples_ms`` and the learned values as ``learned_ms``); a suite missing from the
-# file is skipped.  The learned curve is drawn as the simulator samples it: linear between
-# the stored values.
+# Plots for docs/performance.md from the JSON of `cyncsim bench all` (the `cyncsim[report]`
+# extra): answer-time CDFs against learned (acks, baseline), chaos p50/p99 against targets,
+# round trips (overhead), memory and heartbeat error (fleet).  Each reads only its suite's JSON.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence

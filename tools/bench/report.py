@@ -1,13 +1,8 @@
 # docs/performance.md from one `cyncsim bench all --json FILE` run: tables, checks, notes, plots.
 #
-# Strategy: the document is hand-written prose (method, interpretation) around generated
-# blocks.  A block sits between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` and is
-# rewritten from the JSON on every run: NAME is a suite (its table, its targets, its extra
-# tables, its notes, its plot) or ``summary`` (command, date, machine, targets met per
-# suite).  Text outside the blocks is never touched; a suite with no block in the document
-# gets one appended at the end under its own heading.  Tables use each suite's SPEC columns
-# (header and number format), so the document shows what the command printed.
-#
+# Strategy: generated blocks between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (a
+# suite, or ``summary``) are rewritten from the JSON with each suite's SPEC columns; the prose
+# around them is kept; a missing block is appended.
 #   python -m cyncsim.tools.bench.report docs/bench.json --doc docs/performance.md --img docs/img
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
-# Shared asyncio machinery of the simulator suites: lanes, a raw probe, meters.
+# Shared asyncio machinery of the simulator suites: lanes, a raw probe, meters, processes.
 #
-# Strategy: measure from the outside through the public API and its documented seams, never
-# change the simulator.  ``open_lane`` starts one listening CyncDeviceSimulator and a
-# ReliableTransport handshaken to it; ``run_commands`` drives it with one command outstanding
-# (a device works through its commands in order, so a second one in flight would measure its
-# queue).  ``Probe`` is a raw Cync peer that stamps each packet with the loop clock as it is
-# read, for request -> answer times without a transport in between.  ``TimerAudit`` wraps an
-# engine's ``receive`` (an instance attribute) to note when each answer was asked to leave,
-# and is the connection's ``observer`` to note when it did.  ``LockMeter`` wraps asyncio's
-# Lock and Semaphore during a run and sums the time they are held; ``GcMeter`` notes the
-# collector's pauses; ``loop_lateness`` is the reference: how late a bare loop timer fires.
+# Strategy: measure from the outside through the public API and its documented seams
+# (a connection's ``observer``, an engine's ``receive``), never change the simulator.  A lane
+# is a device and a ReliableTransport with one command outstanding; Probe a raw peer stamping
+# each packet with the loop clock; Child a spawned process answering a control pipe.
 from __future__ import annotations
 
 import asyncio

@@ -1,14 +1,9 @@
-# Statistics of the simulator suites: percentiles, the standard latency summary, the learned
-# distributions as the simulator samples them, and their KS distance (scipy only).
+# Statistics of the simulator suites: percentiles, the standard latency summary, and the KS
+# distance to a learned distribution (scipy).
 #
-# Strategy: percentiles interpolate linearly between order statistics (numpy's default), the
-# rule replay.model.Distribution uses, so a measured p99 and a learned p99 are computed
-# alike.  The simulator draws a delay through a Distribution's piecewise-linear inverse CDF,
-# so whether it reproduces the learned timing is the KS distance between the measured samples
-# and that CDF: scipy.stats.ks_2samp against a dense grid of the distribution's quantiles
-# (GRID points at (i + 0.5) / GRID, whose empirical CDF is within 0.5 / GRID of the sampled
-# CDF, point masses included).  scipy is imported on first use, then frozen out of the
-# garbage collector's way (gc.freeze), so later suites' collections do not walk its modules.
+# Strategy: percentiles interpolate as replay.model.Distribution does, so measured and learned
+# figures compare alike; KS is scipy's ks_2samp against a dense grid of the piecewise-linear
+# quantiles the simulator samples.  scipy is imported on first use, then gc.freeze()d.
 from __future__ import annotations
 
 import gc
