@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from cyncsim.replay.capture import CaptureResult, read_capture
 from cyncsim.replay.conformance import (
-    KINDS,
-    ConformanceFinding,
     DiffReport,
     TimingRow,
     Tolerance,
     diff,
     load_reference,
 )
+from cyncsim.replay.conformance.render import render_findings
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._capture_args import add_capture_options, cloud_ports
 from cyncsim.tools._extras import require
 from cyncsim.tools._output import check_writable
 from cyncsim.tools.progress import progress_callback
 
-__all__ = ["format_hex", "print_report", "register", "run"]
-
-HEX_WINDOW = 48  # bytes of a packet shown around its first differing byte
+__all__ = ["print_report", "register", "run"]
 
 
 def _tolerance(text: str) -> Tolerance:
@@ -115,32 +110,6 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 # ---------------------------------------------------------------------- text output
-def format_hex(hex_text: str, offsets: tuple[int, ...], *, window: int = HEX_WINDOW) -> str:
-    """Bytes as hex with the differing ones in [brackets], cut to a window around them."""
-    if not hex_text:
-        return "-"
-    data = hex_text.split()
-    marked = set(offsets)
-    start = 0
-    if len(data) > window:
-        first = min(marked) if marked else 0
-        start = max(0, min(first - window // 4, len(data) - window))
-    end = min(len(data), start + window)
-    parts = [f"[{b}]" if i in marked else b for i, b in enumerate(data[start:end], start)]
-    text = " ".join(parts)
-    if start:
-        text = f"(byte {start}) .. " + text
-    if end < len(data):
-        text += f" .. ({len(data)} bytes)"
-    return text
-
-
-def _ts(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
 def _q(row: TimingRow, side: dict[str, float]) -> str:
     if not side:
         return "-"
@@ -204,25 +173,4 @@ def _print_coverage(report: DiffReport, out: TextIO) -> None:
 
 
 def _print_findings(report: DiffReport, out: TextIO, max_findings: int) -> None:
-    by_kind: dict[str, list[ConformanceFinding]] = defaultdict(list)
-    for f in report.findings:
-        by_kind[f.kind].append(f)
-    if not by_kind:
-        out.write("findings: none\n")
-        return
-    out.write("findings\n")
-    for kind, items in by_kind.items():
-        sev = items[0].severity
-        meaning = KINDS.get(kind, ("", ""))[1]
-        out.write(f"{kind} ({len(items)}, {sev}): {meaning}\n")
-        for f in items[:max_findings]:
-            where = f"{f.flow} packet {f.index}" if f.index is not None else f.flow
-            out.write(f"  {where} at {_ts(f.ts)}: {f.message}\n")
-            if f.expected or f.actual:
-                out.write(f"    expected:  {f.expected}\n    actual:    {f.actual}\n")
-            if f.packet_hex:
-                out.write(f"    packet:    {format_hex(f.packet_hex, f.offsets)}\n")
-            if f.example_hex:
-                out.write(f"    reference: {format_hex(f.example_hex, f.offsets)}\n")
-        if len(items) > max_findings:
-            out.write(f"  ... {len(items) - max_findings} more (all in --json)\n")
+    out.write(render_findings(report, max_findings=max_findings))

@@ -23,10 +23,10 @@ from cyncsim.replay.conformance import (
     ks_test,
     slack_distance,
 )
+from cyncsim.replay.conformance.render import format_hex
 from cyncsim.replay.model import Distribution
 from cyncsim.replay.protocol import decode_packet
 from cyncsim.tools._diff_report import render_html
-from cyncsim.tools.diff_cmd import format_hex
 from tests.conftest import capture_path
 
 LOCAL = "capture_20251107_152132.txt"
