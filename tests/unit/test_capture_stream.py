@@ -36,7 +36,7 @@ from cyncsim.replay.capture.pcapwrite import (
 from cyncsim.replay.capture.stream import CaptureStream
 from cyncsim.replay.capture.text import read_text
 from cyncsim.replay.errors import CaptureError
-from tests.conftest import capture_path
+from tests.support import capture_path
 
 HELLO = bytes.fromhex(
     "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"
