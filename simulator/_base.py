@@ -24,7 +24,7 @@ from cyncsim.replay.chaos import ChaosConfig, ChaosPolicy, FaultEvent
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.seeds import SeedTree
-from cyncsim.simulator._connection import EngineConnection, close_all
+from cyncsim.simulator._connection import EngineConnection
 from cyncsim.simulator.ports import PortError, check_loopback, default_port
 from cyncsim.simulator.record import ConnectionRecord, Recorder
 
@@ -137,7 +137,7 @@ class SimulatorBase:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        await close_all(self._live)
+        await _close_all(self._live)
         if server is not None:
             await server.wait_closed()
         await self._stop_tasks()
@@ -192,3 +192,22 @@ class SimulatorBase:
                     f"{self.name}: condition not met within {timeout} s", reason="timeout"
                 )
             await asyncio.sleep(0.002)
+
+
+async def _close_all(conns: set[EngineConnection], grace: float = 1.0) -> None:
+    """Close connections (FIN), abort what is still open after ``grace`` s, wait for all."""
+    live = list(conns)
+    for conn in live:
+        conn.close()
+    waits = [asyncio.ensure_future(c.closed.wait()) for c in live]
+    if not waits:
+        return
+    _, pending = await asyncio.wait(waits, timeout=grace)
+    if pending:
+        for conn in live:
+            if not conn.closed.is_set() and conn.transport is not None:
+                conn.transport.abort()
+        await asyncio.wait(pending, timeout=grace)
+    for w in waits:
+        w.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)

@@ -10,6 +10,21 @@
 # serves the engine's own deadline; a timer that wakes before its time re-arms instead of
 # acting early.  Writes go to the transport, through a ChaosWriter when chaos is on, and
 # through the recorder when recording.
+#
+# Backpressure (issue 16): every queue a peer can fill is bounded, as on a real device.  What
+# is read is handed to the engine packet by packet (framed CHUNK bytes at a time) only while
+# the connection is not congested: fewer than MAX_SCHEDULED answers scheduled (heap plus chaos
+# writer) and the transport's write buffer below its high-water mark (pause_writing /
+# resume_writing, WRITE_HIGH / WRITE_LOW).  While congested, what was read stays held (at most
+# one read plus one chunk) and reading is paused, so a flood backs up into the peer's TCP
+# window instead of into memory; the engine's timers and the chaos writer's writes drain the
+# schedule and hand the held bytes on.  A peer that does not read at all: the writes stop at
+# the bounded buffer, and when it has stayed full for WRITE_STALL_S the connection is closed
+# abruptly (RST, one log line), as real devices disconnected (and dialled again: a dialling
+# device does so after its learned back-off) when a server stopped reading them (PROTOCOL.md
+# 10.4, a source claim: 359 reconnects in 3.5 min, so a device gives up within about a
+# second).  A connection closed with bytes still unsent is aborted after CLOSE_GRACE_S, so a
+# non-reading peer cannot keep its socket (and its buffers) open after we closed it.
 # Shared by the device and the cloud simulators; private to simulator/.
 from __future__ import annotations
 
@@ -24,17 +39,23 @@ from typing import Protocol
 
 from cyncsim.replay.chaos import ChaosPolicy, Direction
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
-from cyncsim.simulator._stream import MAX_PACKET, PacketStream
+from cyncsim.simulator._stream import MAX_PACKET, PacketQueue, PacketStream
 from cyncsim.simulator.chaos import ChaosWriter, abort_connection
 from cyncsim.simulator.record import ConnectionRecord
 
-__all__ = ["ConnectionOwner", "EngineConnection", "close_all"]
+__all__ = ["ConnectionOwner", "EngineConnection"]
 
 logger = logging.getLogger("cyncsim.sim")
 INF = math.inf
 _SEND, _DELIVER, _CLOSE = 0, 1, 2
 _Item = tuple[float, int, int, bytes]  # (due, order, kind, data)
 _OVERSIZE_LINES = 8  # per connection; later oversize headers are counted, not logged
+MAX_SCHEDULED = 256  # answers (and delayed deliveries) held before reading stops
+WRITE_HIGH = 64 * 1024  # transport write buffer: stop taking requests above this ...
+WRITE_LOW = 16 * 1024  # ... and take them again below this
+WRITE_STALL_S = 1.0  # a write buffer full this long: the peer is not reading, close (RST)
+CLOSE_GRACE_S = 1.0  # a closed connection whose last bytes the peer does not take: abort
+CHUNK = 1024  # bytes framed at a time (the longest packet a device takes in)
 
 
 class ConnectionOwner(Protocol):
@@ -54,17 +75,27 @@ class ConnectionOwner(Protocol):
 
 
 class _RecordingSink:
-    """A transport stand-in that records every write before making it."""
+    """A transport stand-in that records every write before making it; ``written`` (if set)
+    runs after each write (the chaos writer's writes drain a congested connection)."""
 
-    __slots__ = ("record", "transport")
+    __slots__ = ("record", "transport", "written")
 
-    def __init__(self, transport: asyncio.WriteTransport, record: ConnectionRecord) -> None:
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        record: ConnectionRecord | None,
+        written: Callable[[], None] | None = None,
+    ) -> None:
         self.transport = transport
         self.record = record
+        self.written = written
 
     def write(self, data: bytes) -> None:
-        self.record.data("out", bytes(data), time.time())
+        if self.record is not None:
+            self.record.data("out", bytes(data), time.time())
         self.transport.write(data)
+        if self.written is not None:
+            self.written()
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
@@ -97,11 +128,21 @@ class EngineConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._out: ChaosWriter | _RecordingSink | asyncio.Transport | None = None
         self._stream = PacketStream(max_packet, self._oversize)
+        self._inbox = PacketQueue(self._stream, CHUNK)  # read, not handed to the engine yet
         self._heap: list[_Item] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = INF
         self._stall: asyncio.TimerHandle | None = None
+        self._stalled = False  # chaos: reading stopped until the stall ends
+        self._backlogged = False  # something read is held: reading stays paused
+        self._reading_paused = False
+        self._writing_paused = False  # the transport's write buffer is above WRITE_HIGH
+        self._draining = False
+        self._drain_soon: asyncio.Handle | None = None
+        self._write_stall: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self.write_stall_s: float | None = WRITE_STALL_S  # None: never close a non-reader
         self.refused = False  # closed at once: a chaos partition refuses connections
         self.dialled = False  # we made this connection (dial mode), not accepted it
         self.active = False  # the engine is attached (the owner accepted the connection)
@@ -120,12 +161,27 @@ class EngineConnection(asyncio.Protocol):
         out = self._out
         return len(self._heap) + (out.pending if isinstance(out, ChaosWriter) else 0)
 
+    @property
+    def held(self) -> int:
+        """Bytes read but not handed to the engine yet (bounded: see the module comment)."""
+        return self._inbox.held
+
+    @property
+    def congested(self) -> bool:
+        """True while nothing more is handed to the engine: too many answers scheduled, or
+        the peer is not taking what is written."""
+        if self._writing_paused or len(self._heap) >= MAX_SCHEDULED:
+            return True
+        out = self._out  # its pending count is a scan, but it is at most MAX_SCHEDULED long
+        return isinstance(out, ChaosWriter) and len(self._heap) + out.pending >= MAX_SCHEDULED
+
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")[:2]
         self.local = transport.get_extra_info("sockname")[:2]
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self.owner.connection_opened(self)
         now = self.loop.time()
         if self.policy is not None and not self.policy.accepts_connection(now):
@@ -142,7 +198,8 @@ class EngineConnection(asyncio.Protocol):
                 if self.inbound is Direction.FROM_DEVICE
                 else Direction.FROM_DEVICE
             )
-            self._out = ChaosWriter(sink, self.policy, out, on_reset=self._reset)
+            chaos_sink = _RecordingSink(transport, self.record, self._chaos_wrote)
+            self._out = ChaosWriter(chaos_sink, self.policy, out, on_reset=self._reset)
             until = self.policy.stall_until(now)
             stall = self.policy.config.stall
             if until is not None:
@@ -163,11 +220,76 @@ class EngineConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.record is not None:
             self.record.data("in", data, time.time())
-        now = self.loop.time()
-        for packet in self._stream.feed(data):
+        self._inbox.put(data)
+        self._drain()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.write_stall_s is not None and self._write_stall is None:
+            self._write_stall = self.loop.call_later(self.write_stall_s, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+        if self._backlogged:
+            self._drain()
+
+    # ------------------------------------------------------------------ flow control
+    def _drain(self) -> None:
+        """Hand what was read to the engine, packet by packet, while not congested; hold the
+        rest (reading paused) until the schedule drains or the peer takes our writes."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            now, inbox = self.loop.time(), self._inbox
+            while self.active and not self.congested:
+                packet = inbox.get()
+                if packet is None:
+                    break
+                self._incoming(packet, now)
             if not self.active:
-                break
-            self._incoming(packet, now)
+                inbox.clear()  # replaced or closing: nothing more reaches the engine
+            self._backlogged = bool(inbox)
+        finally:
+            self._draining = False
+        self._set_reading()
+
+    def _chaos_wrote(self) -> None:
+        """The chaos writer wrote: a connection congested by its queue may go on."""
+        if self._backlogged and self._drain_soon is None:
+            self._drain_soon = self.loop.call_soon(self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._drain_soon = None
+        self._drain()
+
+    def _set_reading(self) -> None:
+        """Reading is paused while a chaos stall is on or something read is held."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        paused = self._stalled or self._backlogged
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _write_stalled(self) -> None:
+        self._write_stall = None
+        transport = self.transport
+        if transport is None or not self._writing_paused:
+            return
+        logger.warning(
+            "%s: %s:%d is not reading: %d bytes waited %.1f s to be sent; closing the "
+            "connection (RST), as real devices did when a server stopped reading them",
+            self.owner.name, *self.peer, transport.get_write_buffer_size(), self.write_stall_s,
+        )  # fmt: skip
+        self.close(abort=True)
 
     def _oversize(self, offset: int, ptype: int, length: int) -> None:
         n = self._stream.oversize
@@ -185,6 +307,11 @@ class EngineConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._teardown()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        self._inbox.clear()
+        self._backlogged = False
         was_active, self.active = self.active, False
         if self.record is not None:
             self.record.closed(time.time(), reset=exc is not None)
@@ -215,7 +342,8 @@ class EngineConnection(asyncio.Protocol):
     def _pause(self, until: float) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        self.transport.pause_reading()
+        self._stalled = True
+        self._set_reading()
         if self._stall is not None:
             self._stall.cancel()
         self._stall = self.loop.call_at(until, self._stall_check)
@@ -228,7 +356,8 @@ class EngineConnection(asyncio.Protocol):
         if until is not None:
             self._pause(until)
         else:
-            self.transport.resume_reading()
+            self._stalled = False
+            self._set_reading()
 
     # ------------------------------------------------------------------ actions out
     def apply(self, actions: list[Action]) -> None:
@@ -319,6 +448,8 @@ class EngineConnection(asyncio.Protocol):
         self._run_due(now)
         if self.active and self.engine.next_deadline() <= now:
             self._apply(self.engine.poll(now), now)
+        if self._backlogged:
+            self._drain()
         self._arm()
 
     # ------------------------------------------------------------------ closing
@@ -329,40 +460,33 @@ class EngineConnection(asyncio.Protocol):
             abort_connection(self.transport)
 
     def close(self, *, abort: bool = False) -> None:
-        """Close the connection (FIN, or RST with ``abort``); pending writes are dropped."""
+        """Close the connection (FIN, or RST with ``abort``); pending writes are dropped.
+        What the transport holds already is sent, unless the peer does not take it within
+        CLOSE_GRACE_S: then the connection is aborted."""
         transport = self.transport
         self._teardown()
-        if transport is not None and not transport.is_closing():
-            if abort:
-                abort_connection(transport)
-            else:
-                transport.close()
+        if transport is None:
+            return
+        if abort:
+            abort_connection(transport)
+            return
+        if not transport.is_closing():
+            transport.close()
+        if transport.get_write_buffer_size() and self._linger is None and not self.closed.is_set():
+            self._linger = self.loop.call_later(CLOSE_GRACE_S, self._abort_lingering)
+
+    def _abort_lingering(self) -> None:
+        self._linger = None
+        if self.transport is not None and not self.closed.is_set():
+            logger.debug("%s: %s:%d took nothing after close: aborted", self.owner.name, *self.peer)
+            abort_connection(self.transport)
 
     def _teardown(self) -> None:
-        for handle in (self._timer, self._stall):
+        for handle in (self._timer, self._stall, self._write_stall, self._drain_soon):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._stall = None
+        self._timer = self._stall = self._write_stall = self._drain_soon = None
         self._timer_at = INF
         self._heap.clear()
         if isinstance(self._out, ChaosWriter):
             self._out.close()
-
-
-async def close_all(conns: set[EngineConnection], grace: float = 1.0) -> None:
-    """Close connections (FIN), abort what is still open after ``grace`` s, wait for all."""
-    live = list(conns)
-    for conn in live:
-        conn.close()
-    waits = [asyncio.ensure_future(c.closed.wait()) for c in live]
-    if not waits:
-        return
-    _, pending = await asyncio.wait(waits, timeout=grace)
-    if pending:
-        for conn in live:
-            if not conn.closed.is_set() and conn.transport is not None:
-                conn.transport.abort()
-        await asyncio.wait(pending, timeout=grace)
-    for w in waits:
-        w.cancel()
-    await asyncio.gather(*waits, return_exceptions=True)

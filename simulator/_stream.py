@@ -9,17 +9,20 @@
 # ``on_oversize`` and its first byte is skipped as noise; framing resumes one byte later with a
 # fresh framer, exactly as it does after any other stray byte.  The outcome does not depend on
 # how the stream was cut into reads, what one connection holds back never exceeds ``limit``
-# bytes however the peer lies, and a lying header costs no packet after it.
+# bytes however the peer lies, and a lying header costs no packet after it.  PacketQueue holds
+# what a connection read while it cannot take more packets (backpressure) and frames it a
+# chunk at a time, so what is held stays bytes, not a read's worth of packets.
 # Pure: no asyncio; private to simulator/.
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.protocol import HEADER, HEADER_LEN
 
-__all__ = ["MAX_PACKET", "PacketStream"]
+__all__ = ["MAX_PACKET", "PacketQueue", "PacketStream"]
 
 MAX_PACKET = HEADER_LEN + 0xFFFF  # the longest packet the outer header can describe
 
@@ -93,3 +96,59 @@ class PacketStream:
         if framer.findings:
             self.skipped += sum(f.length for f in framer.findings if f.offset < before)
             framer.findings.clear()
+
+
+class PacketQueue:
+    """What a connection read and has not handed on yet, given out one packet at a time.
+
+    ``put`` keeps a read as it is; ``get`` frames it ``chunk`` bytes at a time through
+    ``stream`` and returns the next whole packet, or None once everything put is framed (a
+    partial packet then waits in ``stream`` for the next read).  A reader that stops calling
+    ``get`` therefore holds at most what it put plus one chunk's packets, never a whole read
+    cut into thousands of packets.
+    """
+
+    __slots__ = ("_at", "_data", "_packets", "chunk", "stream")
+
+    def __init__(self, stream: PacketStream, chunk: int = 1024) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk} must be at least 1")
+        self.stream = stream
+        self.chunk = chunk
+        self._data = b""  # put, not framed yet: self._data[self._at:]
+        self._at = 0
+        self._packets: deque[bytes] = deque()  # framed, not given out yet
+
+    def __bool__(self) -> bool:
+        """True while something put has not been given out (framed or not)."""
+        return bool(self._packets) or self._at < len(self._data)
+
+    @property
+    def held(self) -> int:
+        """Bytes put and not given out, including a partial packet waiting in ``stream``."""
+        unframed = len(self._data) - self._at
+        return unframed + self.stream.buffered + sum(map(len, self._packets))
+
+    def put(self, data: bytes) -> None:
+        if self._at < len(self._data):
+            self._data = self._data[self._at :] + data
+        else:
+            self._data = data
+        self._at = 0
+
+    def get(self) -> bytes | None:
+        packets = self._packets
+        while not packets:
+            data, at = self._data, self._at
+            if at >= len(data):
+                self._data, self._at = b"", 0
+                return None
+            chunk = data[at : at + self.chunk]  # the whole of a short read: no copy
+            self._at = at + len(chunk)
+            packets.extend(self.stream.feed(chunk))
+        return packets.popleft()
+
+    def clear(self) -> None:
+        """Drop what was put and not given out (the stream keeps its own partial packet)."""
+        self._data, self._at = b"", 0
+        self._packets.clear()
