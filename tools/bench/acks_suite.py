@@ -206,8 +206,7 @@ async def _connection(kind: Kind, n: int, seed: int) -> _Measured:
 
 
 async def _kind(kind: Kind, index: int, size: Size) -> _Measured:
-    """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at
-    once; the answer key's audit entries only (a device's hello answer is not counted)."""
+    """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at once."""
     counts = [size.per_connection] * (size.requests // size.per_connection)
     counts += [size.requests % size.per_connection] if size.requests % size.per_connection else []
     parts = await asyncio.gather(

@@ -104,8 +104,7 @@ Case = tuple[Callable[[], Any], Callable[[Any], None] | None]  # (run, verify or
 def measure_rounds(
     cases: Mapping[str, Case], repeats: int, log: Log | None = None
 ) -> dict[str, Timing]:
-    """Time several things in interleaved rounds (a, b, c, a, b, c, ...): a burst of load
-    from a neighbour then hits every measurement of a round alike, so ratios stay fair."""
+    """Time several things in interleaved rounds (a, b, a, b, ...): load hits them alike."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, not {repeats}")
     samples: dict[str, list[float]] = {name: [] for name in cases}
@@ -194,8 +193,7 @@ class SuiteResult:
 
 @dataclass(frozen=True, slots=True)
 class SuiteSpec(Generic[S]):
-    """What a suite is: its name, its sizes (full and --quick), its table's columns and the
-    columns of its extra tables by title (the report prints the JSON with them)."""
+    """A suite: name, sizes (full, --quick), table columns, extra tables' columns by title."""
 
     name: str
     full: S
@@ -261,8 +259,7 @@ def _proc_line(path: str, key: str) -> str | None:
 
 
 def cell(value: Any, spec: str) -> str:
-    """One table cell: ``-`` for a missing or non-finite value, PASS/FAIL for a bool, a
-    number in ``spec``."""
+    """One cell: ``-`` if missing or non-finite, PASS/FAIL for a bool, numbers in ``spec``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
@@ -354,8 +351,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 # ---------------------------------------------------------------------------- profile
 def profile_by_file(fn: Callable[[], object], top: int = 12) -> dict[str, Any]:
-    """Run ``fn`` once under cProfile: own time per source file and the top functions.
-    cProfile slows Python code down several times, so only the shares mean something."""
+    """Run ``fn`` once under cProfile: own-time shares per file and top functions."""
     prof = cProfile.Profile()
     prof.enable()
     try:

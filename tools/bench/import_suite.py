@@ -132,8 +132,7 @@ def _row(name: str, what: str, items: int, unit: str, timing: Timing) -> dict[st
 
 
 def text_row(captures: Path | None, repeats: int) -> dict[str, Any]:
-    """The MITM text reader on the shared text captures: packets per second.  A missing
-    folder or one without text captures gives a row marked ``skipped`` with the reason."""
+    """The MITM text reader on the shared text captures."""
     row: dict[str, Any] = {"name": "text", "what": "read_capture on the MITM text logs"}
     if captures is None or not captures.is_dir():
         return {**row, "status": "skipped", "reason": f"no captures folder ({captures})"}

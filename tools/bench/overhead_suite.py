@@ -162,8 +162,7 @@ async def _serve(ctl: Connection, kind: str, count: int, request: int, answer: b
 def serve_main(
     ctl: Connection, kind: str, count: int, request: int, answer: bytes, profile: bool
 ) -> None:
-    """Entry point of a server process: serve until "stop"; with ``profile`` the server runs
-    under cProfile and its summary is the last value sent."""
+    """A server process: serve until "stop"; with ``profile``, send its cProfile summary."""
 
     def serve() -> None:
         asyncio.run(_serve(ctl, kind, count, request, answer))
@@ -196,8 +195,7 @@ def _matches(buf: bytes | bytearray, request: bytes) -> bool:
 
 
 def answer_set(port: int) -> tuple[bytes, bytes]:
-    """One toggle to the device at ``port``: (request bytes, the whole answer written back),
-    checked to be 0x7B + f9 result + 0x83 status."""
+    """One toggle to the device at ``port``: (request, its checked 0x7B + f9 + 0x83 answer)."""
     request = command_packet(device_id(0), 0)
     framer, data, kinds = PacketFramer(), b"", list[int]()
     with _connect(port, hello=True) as sock:
@@ -216,8 +214,7 @@ def answer_set(port: int) -> tuple[bytes, bytes]:
 
 
 def one_connection(port: int, hello: bool, n: int, answer: int) -> list[int]:
-    """``n`` round trips on one connection, one at a time: nanoseconds each (the answers of
-    a device are checked)."""
+    """``n`` round trips on one connection, one at a time: nanoseconds each."""
     requests = [command_packet(device_id(0), i) for i in range(min(n, 4096))]
     buf = bytearray(answer)
     view = memoryview(buf)
@@ -243,8 +240,7 @@ def one_connection(port: int, hello: bool, n: int, answer: int) -> list[int]:
 def many_connections(
     ports: list[int], hello: bool, seconds: float, warmup: float, answer: int
 ) -> tuple[int, float]:
-    """One request outstanding on each connection for ``seconds`` (after ``warmup``):
-    (round trips completed, seconds measured)."""
+    """One request outstanding per connection for ``seconds``: (round trips, seconds)."""
     sel = selectors.DefaultSelector()
     socks: list[socket.socket] = []
     try:

@@ -156,10 +156,8 @@ def command_packet(device_id: bytes, number: int, *, light: bool = False) -> byt
 
 # ---------------------------------------------------------------------------- raw probe
 class Probe(asyncio.Protocol):
-    """A raw Cync peer: writes requests, stamps every packet read with the loop clock.
-
-    ``exchange(data, want)`` writes ``data`` and returns (seconds until the first packet
-    ``want`` accepts, that packet); other packets wait in ``backlog``."""
+    """A raw Cync peer stamping each packet read with the loop clock; ``exchange(data, want)``
+    returns (seconds to the first packet ``want`` accepts, that packet)."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -240,11 +238,7 @@ def acks(request: bytes) -> Callable[[CyncPacket], bool]:
 
 # ---------------------------------------------------------------------------- timers
 class TimerAudit:
-    """When each engine answer was asked to leave, and when it really did.
-
-    ``watch(engine)`` wraps the engine's ``receive``; ``observe`` is the connection's
-    observer.  Per answer key: ``asked`` (delay asked, s) and ``late`` (written at minus
-    asked-for time, s; negative would mean early)."""
+    """When each engine answer was asked to leave, and when it really did."""
 
     def __init__(self) -> None:
         self._pending: dict[bytes, collections.deque[tuple[float, float, str]]] = {}
@@ -307,8 +301,7 @@ def _fire(fut: asyncio.Future[float], when: float) -> None:
 async def lateness_monitor(
     stop: asyncio.Event, low: float = 0.005, high: float = 0.02
 ) -> list[float]:
-    """Bare loop timers (random ``low``-``high`` s) one after another until ``stop``: how late
-    the loop runs its callbacks while something else is measured."""
+    """Bare loop timers (random ``low``-``high`` s) one after another until ``stop``."""
     out: list[float] = []
     seed = 0
     while not stop.is_set():
@@ -470,8 +463,7 @@ class Child:
 
 
 async def serve_control(ctl: Connection, handle: Callable[[Any], Any]) -> None:
-    """In a Child: answer each message with ``handle(message)`` until "stop" (or the parent
-    is gone)."""
+    """In a Child: answer each message with ``handle(message)`` until "stop"."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

@@ -84,9 +84,7 @@ def ks_random(n: int) -> float:
 
 
 def cloud_variant_model(model: DeviceModel, variant: str = "cloud") -> DeviceModel:
-    """``model`` restricted to one setup variant (exchanges and behaviour of that variant):
-    a device of it answers every 0x73 with the 0x7B learned there (real devices answering
-    the real cloud), not with the local strip bridge's queued f8 d0 timing."""
+    """``model`` restricted to one setup variant (exchanges and behaviour of that variant)."""
     exchanges = [e for e in model.exchanges if e.variant == variant]
     if not exchanges:
         raise ValueError(f"the model has no exchanges of variant {variant!r}")
