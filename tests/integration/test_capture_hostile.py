@@ -12,7 +12,6 @@ packets and framer findings that decoding the text records directly gives.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from bisect import bisect_left
@@ -26,6 +25,7 @@ import pytest
 from cyncsim.replay.capture.model import CaptureResult
 from cyncsim.replay.capture.pcap import read_pcap
 from cyncsim.replay.framer import PacketFramer
+from tests.support import capture_path
 
 CAPTURE = "capture_20251107_152132.txt"
 HELLO = b"\x23\x00\x00\x00\x1a"
@@ -35,11 +35,6 @@ ONE_BYTE_BUDGET = 1200  # payload bytes sent as 1-byte segments
 _RECORD = re.compile(
     r"^(\S+) (DEV→CLOUD|CLOUD→DEV) \[([^\]]*)\] \((\d+) bytes\)\n([0-9a-f ]*)\n", re.M
 )
-
-
-def captures_dir() -> Path:
-    env = os.environ.get("CYNCSIM_CAPTURES")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "captures"
 
 
 @dataclass
@@ -299,10 +294,7 @@ def write_with_scapy(segs: list[Seg], pcap: Path, pcapng: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hostile_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Conn], Path, Path]:
-    path = captures_dir() / CAPTURE
-    if not path.is_file():
-        pytest.skip(f"capture {CAPTURE} not found in {path.parent} (set CYNCSIM_CAPTURES)")
-    conns = parse_text_capture(path)
+    conns = parse_text_capture(capture_path(CAPTURE))
     stats: Counter[str] = Counter()
     segs = build_segments(conns, 20251107, stats)
     # the capture really is hostile: every kind of abuse occurs many times

@@ -2,31 +2,26 @@
 # commands of PROTOCOL.md section 12 and checked byte for byte against the rules of section 8;
 # state changes, duplicates, groups, a queued burst, odd packets, --record, and clean stops.
 #
-# RawController (also used by test_dial.py and test_device_chaos.py) is a bare controller
-# that records every packet with its arrival time; ReliableTransport is used where a full
-# controller is handier.  Waits are bounded; no assertion is about wall-clock speed.
+# RawController (tests.support) is a bare controller that records every packet with its
+# arrival time; ReliableTransport is used where a full controller is handier.  Waits are
+# bounded; that nothing else came is shown by a marker command's answers (devices answer in
+# order), never by sleeping; no assertion is about wall-clock speed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cyncsim.replay.capture import read_capture
-from cyncsim.replay.describe import request_key
-from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import LightStateCommand, build_command, decode_status_report
-from cyncsim.replay.protocol import FramedPacket, decode_packet, exchange_key
+from cyncsim.replay.protocol import exchange_key
 from cyncsim.simulator.device import CyncDeviceSimulator, DeviceState
 from cyncsim.simulator.ports import find_free_port
 from cyncsim.simulator.transport import ReliableTransport
-from tests.fakes import assert_no_other_tasks
-from tests.unit.test_engine import (
+from tests.support import (
     ACK_7B,
     AUTH,
     CT_58,
@@ -40,132 +35,17 @@ from tests.unit.test_engine import (
     RESULT_CT,
     RESULT_OFF,
     RESULT_ON,
+    RawController,
+    answered,
+    assert_no_other_tasks,
+    eventually,
+    marker,
+    request_of,
+    socket_fds,
+    status_of,
 )
 
 H = bytes.fromhex
-
-
-class RawController:
-    """A bare controller end: records (arrival time, packet bytes) of all it receives."""
-
-    def __init__(self, responder: Callable[[bytes], bytes | None] | None = None) -> None:
-        self.responder = responder  # answers written at once for each packet received
-        self.packets: list[tuple[float, bytes]] = []
-        self.sent: list[bytes] = []
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.eof = asyncio.Event()
-
-    async def connect(self, port: int, host: str = "127.0.0.1") -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        self.attach(reader, writer)
-
-    def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.reader is not None
-        framer = PacketFramer()
-        loop = asyncio.get_running_loop()
-        try:
-            while data := await self.reader.read(65536):
-                now = loop.time()
-                for p in framer.feed(data):
-                    raw = p.encode()
-                    self.packets.append((now, raw))
-                    answer = self.responder(raw) if self.responder is not None else None
-                    if answer and self.writer is not None and not self.writer.is_closing():
-                        self.sent.append(answer)
-                        self.writer.write(answer)
-        except OSError:
-            pass
-        finally:
-            self.eof.set()
-
-    async def send(self, *packets: bytes) -> float:
-        assert self.writer is not None
-        self.sent.extend(packets)
-        self.writer.write(b"".join(packets))
-        await self.writer.drain()
-        return asyncio.get_running_loop().time()
-
-    def of(self, key: str) -> list[bytes]:
-        return [p for _, p in self.packets if _key(p) == key]
-
-    def timed(self, key: str) -> list[tuple[float, bytes]]:
-        return [(t, p) for t, p in self.packets if _key(p) == key]
-
-    async def wait(self, pred: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not pred():
-            assert loop.time() < end, f"controller: condition not met in {timeout} s"
-            await asyncio.sleep(0.002)
-
-    async def wait_count(self, key: str, n: int, timeout: float = 5.0) -> list[bytes]:  # noqa: ASYNC109
-        await self.wait(lambda: len(self.of(key)) >= n, timeout)
-        return self.of(key)
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-        if self._task is not None:
-            await self._task
-
-
-def _key(data: bytes) -> str:
-    return request_key(decode_packet(data, strict=False))
-
-
-def status_of(data: bytes) -> tuple[int, bool, int, int]:
-    st = decode_status_report(decode_packet(data))
-    assert st is not None
-    return st.node_id, st.on, st.brightness, st.color_temp
-
-
-MARKER_BRIGHTNESS = 77
-
-
-def marker(n: int, node: int = 206, dev: bytes = DEV) -> bytes:
-    """A harmless light-state command with a message id and sequence of its own."""
-    cmd = LightStateCommand(0xE0 + n, node, brightness=MARKER_BRIGHTNESS)
-    return build_command(dev, bytes((0x7F, n, 0)), cmd).encode()
-
-
-async def answered(ctl: RawController, command: bytes, node: int = 206) -> None:
-    """Send ``command`` (a marker for ``node``) and wait for its f9 result and status report.
-
-    A device sends its 0x73 results and its 0x83 reports each in order (they take counters),
-    so once the marker's are back, every result and report due before them has arrived:
-    no sleeping to see whether something else comes.
-    """
-    pkt = decode_packet(command)
-    assert isinstance(pkt, FramedPacket) and pkt.frame is not None
-    seq = pkt.frame.seq
-    await ctl.send(command)
-
-    def done() -> bool:
-        results = [decode_packet(p) for p in ctl.of("0x73:f9:f0")]
-        reports = [status_of(p) for p in ctl.of("0x83:fa:db")]
-        return any(
-            isinstance(r, FramedPacket) and r.frame is not None and r.frame.seq == seq
-            for r in results
-        ) and any(st[0] == node and st[2] == MARKER_BRIGHTNESS for st in reports)
-
-    await ctl.wait(done)
-
-
-def socket_fds() -> int:
-    """Open socket file descriptors of this process."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    return n
 
 
 def make_device(**kw: object) -> CyncDeviceSimulator:
@@ -210,7 +90,9 @@ async def test_real_commands_answered_byte_for_byte() -> None:
         await ctl.wait_count("0x83:fa:db", 4)
         assert status_of(ctl.of("0x83:fa:db")[-1]) == (206, True, 100, 58)
         assert ctl.of("0x7b") == [ACK_7B] * 4  # 7B echoes bytes 5-11 of each command
-        order = [_key(p) for _, p in ctl.packets if _key(p) in ("0x7b", "0x73:f9:d0")][:2]
+        order = [request_of(p) for _, p in ctl.packets if request_of(p) in ("0x7b", "0x73:f9:d0")][
+            :2
+        ]
         assert order == ["0x7b", "0x73:f9:d0"]  # the ack comes before the result
         assert sim.state.toggle_count == 4
         await ctl.close()
@@ -257,7 +139,7 @@ async def test_burst_of_20_commands_queues_up() -> None:
         burst = [build_command(DEV, bytes((0, i + 1, 0)), LightStateCommand(i + 1, 206, i)).encode()
                  for i in range(20)]  # fmt: skip
         sent_at = await ctl.send(*burst)
-        await ctl.wait(lambda: len([p for _, p in ctl.packets if p[:1] == b"\x7b"]) >= 20, 10)
+        await eventually(lambda: len([p for _, p in ctl.packets if p[:1] == b"\x7b"]) >= 20, 10)
         acks = [(t, p) for t, p in ctl.packets if p[:1] == b"\x7b"]
         assert [exchange_key(p) for _, p in acks] == [exchange_key(c) for c in burst]  # in order
         delays = [t - sent_at for t, _ in acks]
@@ -276,7 +158,7 @@ async def test_unknown_opcode_and_foreign_id_still_acked() -> None:
         acks = await ctl.wait_count("0x7b", 2)
         assert acks == [ACK_7B[:9] + b"\x00\x11\x00", H("7b 00 00 00 07 45 88 0f 3a 00 10 00")]
         await answered(ctl, marker(3))
-        keys = [_key(p) for _, p in ctl.packets]
+        keys = [request_of(p) for _, p in ctl.packets]
         assert [k for k in keys if k.startswith("0x73")] == ["0x73:f9:f0"]  # the marker's only
         assert sim.state.toggle_count == 1  # the marker
         assert sim.stats["unknown"] == 1 and sim.stats["foreign"] == 1

@@ -17,11 +17,22 @@ from cyncsim.replay.chaos import (
     StallSpec,
 )
 from cyncsim.replay.payloads import LightStateCommand, build_command
+from cyncsim.replay.protocol import exchange_key
 from cyncsim.simulator.device import CyncDeviceSimulator
-from tests.fakes import assert_no_other_tasks
-from tests.integration.test_device import RawController, socket_fds
-from tests.integration.test_dial import MiniController
-from tests.unit.test_engine import ACK_7B, DEV, HELLO_ACK, POWER_OFF, POWER_ON
+from tests.support import (
+    ACK_7B,
+    DEV,
+    HELLO_ACK,
+    POWER_OFF,
+    POWER_ON,
+    MiniController,
+    RawController,
+    answered,
+    assert_no_other_tasks,
+    eventually,
+    marker,
+    socket_fds,
+)
 
 H = bytes.fromhex
 
@@ -53,8 +64,8 @@ async def test_drop_pattern_drops_exactly_those_packets() -> None:
         c2, c3, c4 = commands(3)
         await ctl.send(c2, c3, c4)
         acks = await ctl.wait_count("0x7b", 2)
-        await asyncio.sleep(0.1)
-        assert [a[9:12] for a in ctl.of("0x7b")] == [c2[9:12], c4[9:12]]
+        await answered(ctl, m := marker(1))  # packet 5: an ack for c3 would have come first
+        assert [exchange_key(a) for a in ctl.of("0x7b")] == [exchange_key(c) for c in (c2, c4, m)]
         drops = [(e.packet_no, e.direction) for e in sim.fault_log if e.kind == "drop"]
         assert drops == [(3, Direction.TO_DEVICE)] and len(acks) == 2
         await ctl.close()
@@ -84,9 +95,9 @@ async def test_duplicates_both_directions() -> None:
         await sim.wait_handshaken()
         await ctl.send(POWER_ON)  # delivered twice: acked twice (each sent twice), applied once
         await ctl.wait_count("0x7b", 4)
-        await asyncio.sleep(0.1)
-        assert len(ctl.of("0x73:f9:d0")) == 2 and sim.state.toggle_count == 1
-        assert sim.stats["duplicates"] == 1
+        await answered(ctl, marker(1))  # duplicated too: its copy is read right after it
+        assert len(ctl.of("0x73:f9:d0")) == 2  # POWER_ON's one result, sent twice
+        assert sim.state.toggle_count == 2 and sim.stats["duplicates"] == 2  # + the marker's
         kinds = {(e.direction, e.kind) for e in sim.fault_log}
         assert {(Direction.TO_DEVICE, "duplicate"), (Direction.FROM_DEVICE, "duplicate")} <= kinds
         await ctl.close()
@@ -137,16 +148,19 @@ async def test_partition_refuses_blackholes_and_heals_with_stop_start() -> None:
     ctl = await hello(sim)
     sim.partition(True)  # black-hole: the command vanishes
     await ctl.send(POWER_OFF)
-    await asyncio.sleep(0.1)
-    assert ctl.of("0x7b") == [] and sim.state.toggle_count == 0
+    await eventually(lambda: any(e.kind == "partition_drop" for e in sim.fault_log))
     refused = RawController()  # ... and new connections are refused
     await refused.connect(sim.port)
     await asyncio.wait_for(refused.eof.wait(), 5)
     assert refused.packets == []
     await refused.close()
     sim.partition(False)
+    m = marker(1)
+    await answered(ctl, m)  # the device reads in order: POWER_OFF was read before it
+    assert ctl.of("0x7b") == [ACK_7B[:5] + exchange_key(m)]  # the marker's only: POWER_OFF
+    assert sim.state.toggle_count == 1  # was never acked nor applied, then or later
     await ctl.send(POWER_ON)
-    await ctl.wait_count("0x7b", 1)
+    await ctl.wait_count("0x7b", 2)
     kinds = [e.kind for e in sim.fault_log]
     assert "partition_drop" in kinds and kinds.count("partition_start") == 1
     port = sim.port
@@ -178,15 +192,12 @@ async def _faults(seed: int) -> list[tuple[int, str, str, str]]:
     async with device(cfg, seed=seed) as sim:
         ctl = RawController()
         await ctl.connect(sim.port)
-        await asyncio.sleep(0.05)
         for cmd in [HELLO_ACK, *commands(30)]:
             await ctl.send(cmd)
-            await asyncio.sleep(0.002)
         policy = sim.chaos_policy
         assert policy is not None
         await sim.wait_for(lambda: policy.packets_seen(Direction.TO_DEVICE) == 31, timeout=10)
         await sim.wait_for(lambda: not any(c.pending for c in sim.open_connections))
-        await asyncio.sleep(0.1)
         await ctl.close()
         log = list(sim.fault_log)
     # Times (delay_s, until) depend on when packets happened to arrive; the decisions do not.

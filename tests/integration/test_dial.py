@@ -1,8 +1,9 @@
 # Dial mode: the simulated device connects out to a controller, plain and over TLS.
 #
-# A minimal controller written here (a TCP server answering 0x23 with 0x28 and 0xD3 with
-# 0xD8) sees the connect sequence, heartbeats at the learned cadence scaled by 0.01, and the
-# device dialling again with the learned back-off after the controller closes the link.
+# A minimal controller (tests.support.MiniController: a TCP server answering 0x23 with 0x28
+# and 0xD3 with 0xD8) sees the connect sequence, heartbeats at the learned cadence scaled by
+# 0.01, and the device dialling again with the learned back-off after the controller closes
+# the link.
 # TLS uses a self-signed RSA certificate made with the openssl CLI and a server limited to
 # the four static-RSA suites of old firmware (PROTOCOL.md section 1), which proves the device
 # offers them.  Also: source address binding, the cloud simulator, and connect failures.
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,57 +23,18 @@ from cyncsim.replay.protocol import decode_packet, exchange_key
 from cyncsim.simulator._base import default_model
 from cyncsim.simulator.cloud import CyncCloudSimulator
 from cyncsim.simulator.device import CyncDeviceSimulator, DeviceState
-from tests.fakes import assert_no_other_tasks
-from tests.integration.test_device import RawController, socket_fds
-from tests.unit.test_engine import AUTH, DEV, HELLO_ACK
+from tests.support import (
+    AUTH,
+    DEV,
+    MiniController,
+    assert_no_other_tasks,
+    request_of,
+    self_signed_cert,
+    socket_fds,
+)
 
 SCALE = 0.01
 STATIC_RSA = {"AES256-SHA256", "AES256-SHA", "AES128-SHA256", "AES128-SHA"}
-
-
-def _answer(pkt: bytes) -> bytes | None:
-    if pkt[0] == 0x23:
-        return HELLO_ACK
-    return bytes.fromhex("d8 00 00 00 00") if pkt[0] == 0xD3 else None
-
-
-class MiniController:
-    """Answers 0x23 with 0x28 and 0xD3 with 0xD8; one RawController per connection."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.links: list[RawController] = []
-        self.ciphers: list[str] = []
-        self.peers: list[str] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self.tls)
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        cipher = writer.get_extra_info("cipher")
-        if cipher:
-            self.ciphers.append(cipher[0])
-        self.peers.append(writer.get_extra_info("peername")[0])
-        link = RawController(_answer)
-        link.attach(reader, writer)
-        self.links.append(link)
-
-    async def wait_links(self, n: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while len(self.links) < n:
-            assert loop.time() < end, f"only {len(self.links)} connections, wanted {n}"
-            await asyncio.sleep(0.005)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for link in self.links:
-            await link.close()
-        if self._server is not None:
-            await self._server.wait_closed()
 
 
 def _learned(attr: str) -> tuple[float, float]:
@@ -95,7 +55,7 @@ async def _dial_session(server_tls: ssl.SSLContext | None, **connect: object) ->
         first = ctl.links[0]
         await first.wait_count("0xd3", 3, timeout=10)
         # Connect sequence: hello first (id + auth), firmware reports after the 0x28.
-        assert _k(first.packets[0][1]) == "0x23"
+        assert request_of(first.packets[0][1]) == "0x23"
         hello = first.packets[0][1]
         assert hello[6:10] == DEV and hello[12:28] == AUTH
         fw = [firmware_version(decode_packet(p)) for p in first.of("0x83:fa:00")]
@@ -124,28 +84,13 @@ async def _dial_session(server_tls: ssl.SSLContext | None, **connect: object) ->
     assert socket_fds() <= before
 
 
-def _k(data: bytes) -> str:
-    from cyncsim.replay.describe import request_key
-
-    return request_key(decode_packet(data, strict=False))
-
-
 async def test_dial_connect_heartbeat_reconnect() -> None:
     await _dial_session(None)
 
 
 @pytest.fixture(scope="module")
 def rsa_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is not installed: cannot make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "2", "-subj", "/CN=cm.gelighting.com"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_cert(tmp_path_factory.mktemp("tls"), "cm.gelighting.com")
 
 
 def _static_rsa_server(cert: tuple[Path, Path]) -> ssl.SSLContext:

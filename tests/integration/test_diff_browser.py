@@ -17,8 +17,7 @@ from PIL import Image
 
 from cyncsim.replay.capture import read_capture
 from cyncsim.tools.cli import main
-from tests.conftest import capture_path
-from tests.integration.test_diff_cli import decoded_flows, indices, write_text_log
+from tests.support import capture_path, decoded_flows, indices, write_text_log
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = (

@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import io
 import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +23,30 @@ from cyncsim.replay.capture.pcapwrite import Side, TcpConversation, write_pcapng
 from cyncsim.replay.conformance import Reference, pair_flow
 from cyncsim.replay.describe import request_key
 from cyncsim.replay.model import DeviceModel
-from cyncsim.replay.protocol import decode_packet
+from cyncsim.replay.payloads import LightStateCommand, decode_command
+from cyncsim.replay.protocol import CyncPacket, FramedPacket
+from cyncsim.simulator.cloud import CyncCloudSimulator
+from cyncsim.simulator.device import CyncDeviceSimulator
 from cyncsim.tools.cli import main
-from tests.conftest import REPO_ROOT, capture_path
+from tests.support import (
+    MARKER_BRIGHTNESS,
+    REPO_ROOT,
+    Packet,
+    capture_path,
+    decoded_flows,
+    frame_seq,
+    indices,
+    marker,
+    request_of,
+    status_of,
+    write_text_log,
+)
 
 LOCAL = "capture_20251107_152132.txt"
 BRIDGE = bytes.fromhex("6457e7f2")
 
-Packet = tuple[float, str, bytes]  # (ts, sender, raw bytes)
-Flows = list[list[Packet]]
-
 
 # ---------------------------------------------------------------------- helpers
-def write_text_log(path: Path, flows: Sequence[Sequence[Packet]]) -> None:
-    """One MITM text record per packet; flow n gets [conn:n+1]; per-flow order is kept."""
-    streams = [[(ts, n, s, raw) for ts, s, raw in pk] for n, pk in enumerate(flows)]
-    lines = []
-    for ts, n, sender, raw in heapq.merge(*streams, key=lambda r: r[0]):
-        arrow = "DEV→CLOUD" if sender == "device" else "CLOUD→DEV"
-        stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-        lines.append(f"{stamp} {arrow} [conn:{n + 1}] ({len(raw)} bytes)\n{raw.hex(' ')}\n")
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 def write_pcapng_log(path: Path, flows: Sequence[Sequence[Packet]]) -> None:
     """Each flow as one loopback TCP connection to port 23779, one segment per packet."""
     frames = []
@@ -64,10 +63,6 @@ def write_pcapng_log(path: Path, flows: Sequence[Sequence[Packet]]) -> None:
     write_pcapng(path, frames)
 
 
-def decoded_flows(result: CaptureResult) -> Flows:
-    return [[(fp.ts, fp.sender, fp.packet.encode()) for fp in f.packets] for f in result.flows]
-
-
 def run_diff(*argv: str) -> tuple[int, dict[str, Any]]:
     out = io.StringIO()
     code = main(["diff", "--no-progress", "--json", *argv], out=out)
@@ -78,12 +73,13 @@ def errors(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for f in report["findings"] if f["severity"] == "error"]
 
 
-def indices(flow: Sequence[Packet], key: str, sender: str) -> list[int]:
-    return [
-        i
-        for i, (_, s, raw) in enumerate(flow)
-        if s == sender and request_key(decode_packet(raw, strict=False)) == key
-    ]
+def _brightness(packet: CyncPacket) -> int | None:
+    """The brightness a 0x73 light-state command sets (None for anything else)."""
+    if isinstance(packet, FramedPacket) and packet.frame is not None:
+        command = decode_command(packet.frame)
+        if isinstance(command, LightStateCommand):
+            return command.brightness
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -414,15 +410,14 @@ async def test_simulator_recording_conforms(
     decoded: CaptureResult, bridge: int, model_file: Path, tmp_path: Path
 ) -> None:
     """A recording of the device simulator run from the model conforms to the model."""
-    try:
-        from cyncsim.simulator.cloud import CyncCloudSimulator
-        from cyncsim.simulator.device import CyncDeviceSimulator
-    except ImportError as exc:
-        pytest.skip(f"the device simulator is not importable yet: {exc}")
     model = DeviceModel.load(model_file)
     flow = decoded.flows[bridge].packets
     commands = [fp for fp in flow if fp.sender == "cloud"
                 and request_key(fp.packet) in ("0x73:f8:d0", "0x73:f8:f0")][:40]  # fmt: skip
+    # The marker sent after them must be told apart: a sequence and a brightness of its own.
+    seqs = {frame_seq(fp.packet.encode()) for fp in commands}
+    n_mark = next(n for n in range(1, 32) if frame_seq(marker(n, dev=BRIDGE)) not in seqs)
+    assert MARKER_BRIGHTNESS not in {_brightness(fp.packet) for fp in commands}
     record = tmp_path / "simulator.txt"
     async with CyncCloudSimulator(model, seed=11) as cloud:
         sim = CyncDeviceSimulator(BRIDGE, model=model, seed=12, record=record)
@@ -435,7 +430,21 @@ async def test_simulator_recording_conforms(
                 prev = fp.ts
                 cloud.send_raw(fp.packet.encode(), BRIDGE)
             await cloud.wait_for(lambda: len(cloud.received(0x7B)) >= len(commands), timeout=60)
-            await asyncio.sleep(3.0)  # let the last results and status reports come
+            # A marker for the bridge's own node: the device sends its results and its status
+            # reports each in order, so once the marker's are back, all the others are too.
+            node = sim.engine.mesh_node
+            mark = marker(n_mark, node=node, dev=BRIDGE)
+            cloud.send_raw(mark, BRIDGE)
+
+            def marker_answered() -> bool:
+                results = {frame_seq(p.encode()) for p in cloud.received(0x73)}
+                reports = [status_of(p.encode()) for p in cloud.received(0x83)
+                           if request_of(p.encode()) == "0x83:fa:db"]  # fmt: skip
+                return frame_seq(mark) in results and any(
+                    st[0] == node and st[2] == MARKER_BRIGHTNESS for st in reports
+                )
+
+            await cloud.wait_for(marker_answered, timeout=60)
         finally:
             await sim.stop()
     code, report = run_diff(str(model_file), str(record))

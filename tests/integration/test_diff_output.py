@@ -11,7 +11,7 @@ import pytest
 from cyncsim.replay.conformance.pairing import FIELD_WINDOW, field_pair
 from cyncsim.replay.protocol import decode_packet
 from cyncsim.tools.cli import main
-from tests.conftest import capture_path
+from tests.support import capture_path
 
 CAPTURE = "capture_20251107_152132.txt"
 

@@ -30,8 +30,7 @@ from cyncsim.simulator.fleet import (
     worker_record_path,
 )
 from cyncsim.simulator.transport import ReliableTransport
-from tests.fakes import assert_no_other_tasks
-from tests.integration.test_device import socket_fds
+from tests.support import assert_no_other_tasks, socket_fds
 
 SCALE = 0.02
 AUTH_SHAPE = re.compile(rb"1e07d[0-9a-f]{11}")

@@ -23,7 +23,7 @@ from cyncsim.simulator.ports import find_free_port
 from cyncsim.simulator.transport import ReliableTransport
 from cyncsim.tools.cli import build_parser, main
 from cyncsim.tools.serve_cmd import build_chaos
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 
 PREFIX = "cyncsim serve:"
 

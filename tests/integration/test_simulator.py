@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,16 +17,9 @@ from cyncsim.replay.payloads import StatusReport as Status
 from cyncsim.replay.protocol import FramedPacket, InnerFrame, PacketType
 from cyncsim.simulator.device import CyncDeviceSimulator
 from cyncsim.simulator.transport import ConnState, ReliableTransport
-from tests.fakes import eventually
+from tests.support import eventually, marker_answered
 
 FleetFactory = Callable[..., Awaitable[list[CyncDeviceSimulator]]]
-
-
-async def _marker(transport: ReliableTransport, node: int) -> None:
-    """A harmless command, answered: the device handles commands in order, so whatever an
-    earlier command did (or would wrongly do) is done once this one's result is back."""
-    r = await transport.send_light_state(node, brightness=77, wait_result=True)
-    assert r.success and r.result is not None
 
 
 async def test_handshake(
@@ -116,7 +110,8 @@ async def test_malformed_handshake_raises(unused_tcp_port: int) -> None:
         # A 0x23 whose auth-length byte says 15: not a valid hello.
         writer.write(bytes.fromhex("230000001a036457e7f2000f") + b"0" * 16 + b"\x00\x00\x3c")
         await writer.drain()
-        await asyncio.sleep(1)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # hold the connection open until the controller gives up
         writer.close()
 
     server = await asyncio.start_server(fake, "127.0.0.1", unused_tcp_port)
@@ -166,7 +161,7 @@ async def test_checksum_mismatch_is_acked_but_not_applied(
     count = cync_device.state.toggle_count
     r = await cync_transport.send_reliable(cmd)
     assert r.success and r.reason == "acked"  # devices ack every 0x73 ...
-    await _marker(cync_transport, node)
+    await marker_answered(cync_transport, node)
     assert cync_device.state.toggle_count == count + 1  # the marker only: the bad one ...
     assert not cync_device.state.on  # ... was not applied
 
@@ -238,7 +233,7 @@ async def test_duplicate_command_applied_once(
     # The same message id and sequence again (a retransmission): acked, not applied again.
     again = build_command(cync_device.device_id, b"\x02\x00\x00", PowerCommand(0x40, node, True))
     assert await cync_transport.send_raw(again)
-    await _marker(cync_transport, node)
+    await marker_answered(cync_transport, node)
     assert cync_device.state.toggle_count == count + 2  # the command once, and the marker
     assert cync_device.engine.stats["duplicates"] == 1
 

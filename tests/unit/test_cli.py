@@ -10,7 +10,7 @@ import pytest
 from cyncsim.replay.capture import DEFAULT_CLOUD_PORTS
 from cyncsim.tools._capture_args import cloud_ports
 from cyncsim.tools.cli import build_parser, main
-from tests.conftest import capture_path
+from tests.support import capture_path
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

@@ -27,7 +27,7 @@ from cyncsim.replay.conformance.render import format_hex
 from cyncsim.replay.model import Distribution
 from cyncsim.replay.protocol import decode_packet
 from cyncsim.tools._diff_report import render_html
-from tests.conftest import capture_path
+from tests.support import capture_path
 
 LOCAL = "capture_20251107_152132.txt"
 CLOUD = "capture_20251106_085753.txt"

@@ -31,39 +31,30 @@ from cyncsim.replay.payloads import (
     firmware_version,
 )
 from cyncsim.replay.protocol import FramedPacket, decode_packet, exchange_key
-
-DEV = bytes.fromhex("6457e7f2")
-AUTH = b"1e07d4c9dd546401"
-H = bytes.fromhex
-HELLO_ACK = H("28 00 00 00 02 00 00")
-# PROTOCOL.md section 12, 0x73 commands from the local server (152132).
-POWER_OFF = H("73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 03 00 00 00 f8 d0 0d 00 03 00 00 00 00"
-              " ce 00 d0 11 02 00 00 00 91 7e")  # fmt: skip
-POWER_ON = H("73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 04 00 00 00 f8 d0 0d 00 04 00 00 00 00"
-             " ce 00 d0 11 02 01 00 00 93 7e")  # fmt: skip
-GROUP_OFF = H("73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 09 00 00 00 f8 d0 0d 00 09 00 00 00 00"
-              " 0a 80 d0 11 02 00 00 00 53 7e")  # fmt: skip
-GROUP_BRI = H("73 00 00 00 22 64 57 e7 f2 00 00 00 7e 01 00 00 00 f8 f0 10 00 01 00 00 00 00"
-              " 10 80 f0 11 02 01 64 ff ff ff ff f5 7e")  # fmt: skip
-CT_58 = H("73 00 00 00 22 64 57 e7 f2 00 00 00 7e 05 00 00 00 f8 f0 10 00 05 00 00 00 00"
-          " ce 00 f0 11 02 01 ff 3a 00 00 00 10 7e")  # fmt: skip
-MESH_REQ = H(
-    "73 00 00 00 18 64 57 e7 f2 00 00 00 7e 1f 00 00 00 f8 52 06 00 00 00 ff ff 00 00 56 7e"
+from tests.support import (
+    ACK_7B,
+    AUTH,
+    CONTROL,
+    CT_58,
+    DEV,
+    FW_DEVICE,
+    FW_NETWORK,
+    GROUP_BRI,
+    GROUP_OFF,
+    HELLO_ACK,
+    MESH_ACK,
+    MESH_REQ,
+    POWER_OFF,
+    POWER_ON,
+    RESULT_52,
+    RESULT_AF,
+    RESULT_BRI,
+    RESULT_CT,
+    RESULT_OFF,
+    RESULT_ON,
 )
-MESH_ACK = H("73 00 00 00 14 64 57 e7 f2 00 00 00 7e 1e 00 00 00 f8 af 02 00 af 01 61 7e")
-CONTROL = H("a3 00 00 00 07 64 57 e7 f2 9f 52 00")
-# ... and the device replies quoted there.
-ACK_7B = H("7b 00 00 00 07 64 57 e7 f2 00 00 00")
-RESULT_OFF = H("73 00 00 00 13 64 57 e7 f2 00 05 00 7e 03 00 00 00 f9 d0 01 00 00 d1 7e")
-RESULT_ON = H("73 00 00 00 13 64 57 e7 f2 00 06 00 7e 04 00 00 00 f9 d0 01 00 00 d1 7e")
-RESULT_BRI = H("73 00 00 00 13 64 57 e7 f2 00 02 00 7e 01 00 00 00 f9 f0 01 00 00 f1 7e")
-RESULT_CT = H("73 00 00 00 13 64 57 e7 f2 00 07 00 7e 05 00 00 00 f9 f0 01 00 00 f1 7e")
-RESULT_52 = H("73 00 00 00 13 64 57 e7 f2 00 00 00 7e 1f 00 00 00 f9 52 01 00 00 53 7e")
-RESULT_AF = H("73 00 00 00 13 64 57 e7 f2 00 04 00 7e 1e 00 00 00 f9 af 01 00 00 b0 7e")
-FW_NETWORK = H("83 00 00 00 32 32 5d 53 17 00 01 00 00 00 00 00 00 fa 00 20 00 00 00 00 00 00"
-               " 00 00 ea 00 00 00 86 01 00 30" + " 00" * 17 + " c1 7e")  # fmt: skip
-FW_DEVICE = H("83 00 00 00 32 32 5d 53 17 00 02 00 00 00 00 00 00 fa 00 20 00 00 00 00 00 00"
-              " 00 00 ea 00 00 00 86 01 01 31 31 31 35 38" + " 00" * 13 + " 92 7e")  # fmt: skip
+
+H = bytes.fromhex
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.framer import FramerFinding, PacketFramer
 from cyncsim.replay.protocol import CyncPacket, FramedPacket, GenericPacket, decode_packet
-from tests.conftest import CaptureRecord, capture_path, capture_records, captures_dir
+from tests.support import CaptureRecord, capture_path, capture_records
 
 
 def h(text: str) -> bytes:
@@ -266,7 +267,7 @@ KNOWN_CAPTURES = [
 
 
 def _capture_names() -> list[str]:
-    found = sorted(p.name for p in captures_dir().glob("capture_*.txt"))
+    found = sorted(p.name for p in shared_captures_dir().glob("capture_*.txt"))
     return sorted(set(KNOWN_CAPTURES) | set(found))
 
 

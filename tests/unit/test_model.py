@@ -8,7 +8,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from cyncsim.captures import DEFAULT_MODEL_PATH
+from cyncsim.captures import DEFAULT_MODEL_PATH, shared_captures_dir
 from cyncsim.replay.capture import read_capture
 from cyncsim.replay.errors import ModelError
 from cyncsim.replay.model import DeviceModel, Distribution, StratifiedUniform, import_captures
@@ -30,7 +30,7 @@ from cyncsim.replay.protocol import (
     PacketType,
     decode_packet,
 )
-from tests.conftest import capture_path, captures_dir
+from tests.support import capture_path
 
 REAL_CLOUD = "capture_20251106_085753.txt"
 LOCAL = "capture_20251107_152132.txt"
@@ -48,9 +48,9 @@ def local_model() -> DeviceModel:
 
 @pytest.fixture(scope="module")
 def all_model() -> DeviceModel:
-    files = sorted(str(p) for p in captures_dir().glob("capture_*.txt"))
+    files = sorted(str(p) for p in shared_captures_dir().glob("capture_*.txt"))
     if not files:
-        pytest.skip(f"no captures in {captures_dir()}")
+        pytest.skip(f"no captures in {shared_captures_dir()}")
     return import_captures(files)
 
 
@@ -186,9 +186,9 @@ def test_corrupt_and_foreign_version_files(local_model: DeviceModel, tmp_path: P
 def test_default_model_is_up_to_date() -> None:
     from cyncsim.tools.build_default_model import build
 
-    if not list(captures_dir().glob("capture_*.txt")):
-        pytest.skip(f"no captures in {captures_dir()}")
-    assert DEFAULT_MODEL_PATH.read_bytes() == build(captures_dir()), (
+    if not list(shared_captures_dir().glob("capture_*.txt")):
+        pytest.skip(f"no captures in {shared_captures_dir()}")
+    assert DEFAULT_MODEL_PATH.read_bytes() == build(shared_captures_dir()), (
         "captures/default_model.msgpack is stale: run `make model`"
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from typing import Any
 
-from tests.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 
 ROOTS = {
     "replay": "cyncsim.replay",

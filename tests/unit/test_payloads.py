@@ -43,7 +43,7 @@ from cyncsim.replay.protocol import (
     PacketType,
     decode_packet,
 )
-from tests.conftest import capture_path, capture_records
+from tests.support import capture_path, capture_records
 
 BRIDGE = bytes.fromhex("6457e7f2")
 

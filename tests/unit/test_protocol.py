@@ -57,7 +57,7 @@ from cyncsim.replay.protocol import (
     frame_checksum,
     packet_name,
 )
-from tests.conftest import capture_path, capture_records, shared_doc
+from tests.support import capture_path, capture_records, shared_doc
 
 ALL_TYPES = set(bytes.fromhex("23 28 43 48 73 78 7b 83 88 a3 ab c3 c8 d3 d8"))  # section 3
 ID_TYPES = {0x43, 0x78, 0x7B, 0xA3, 0xAB}

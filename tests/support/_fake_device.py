@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import Callable
 
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import (
@@ -29,17 +28,17 @@ from cyncsim.replay.payloads import (
     decode_command,
 )
 from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, IdPacket, PacketType
+from tests.support._packets import AUTH, DEV
 
-DEVICE_ID = bytes.fromhex("6457e7f2")
-AUTH_CODE = b"1e07d4c9dd546401"
+__all__ = ["FakeDevice"]
 
 
 class FakeDevice:
     def __init__(
         self,
         *,
-        device_id: bytes = DEVICE_ID,
-        auth_code: bytes = AUTH_CODE,
+        device_id: bytes = DEV,
+        auth_code: bytes = AUTH,
         hello: bytes | None = None,  # raw bytes sent instead of the 0x23 (b"": send nothing)
         drop_first: int = 0,  # ignore the first N 0x73 received (no 0x7B)
         ack: bool = True,  # False: never answer a 0x73
@@ -222,29 +221,6 @@ class FakeDevice:
             new = StatusReport(command.target, old.on, bri, ct, rgb)
         self.nodes[command.target] = new
         return new
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` until true; AssertionError after ``within`` seconds (a hang guard)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not reached within {within} s")
-        await asyncio.sleep(0.002)
-
-
-async def assert_no_other_tasks(within: float = 2.0) -> None:
-    """Every task but the caller's has finished (checked after a test's cleanup).
-
-    A test server's accept task can still be closing its side of a refused or failed
-    handshake for a moment after the server is closed; a task leaked by the code under test
-    never finishes, so it still fails after ``within`` seconds.
-    """
-    me = asyncio.current_task()
-    with contextlib.suppress(AssertionError):
-        await eventually(lambda: asyncio.all_tasks() == {me}, within)
-    assert asyncio.all_tasks() == {me}  # names the leftover tasks when it fails
 
 
 def _msg_id(counter: int) -> bytes:

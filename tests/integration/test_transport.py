@@ -1,4 +1,4 @@
-# ReliableTransport over real loopback sockets against tests/fakes.FakeDevice.
+# ReliableTransport over real loopback sockets against tests.support.FakeDevice.
 #
 # Strategy: every test runs a fake device on 127.0.0.1 port 0 (listen or dial mode, plain or
 # TLS) and drives the controller side through its public API; assertions check both the
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +29,7 @@ from cyncsim.replay.payloads import (
 )
 from cyncsim.replay.protocol import FramedPacket, FrameKind, IdPacket, PacketType, exchange_key
 from cyncsim.simulator.transport import ConnState, ReliableTransport, Result
-from tests.fakes import AUTH_CODE, DEVICE_ID, FakeDevice, eventually
+from tests.support import AUTH, DEV, FakeDevice, eventually, self_signed_cert
 
 FAST: dict[str, Any] = {
     "ack_timeout_seconds": 2.0,
@@ -42,7 +39,7 @@ FAST: dict[str, Any] = {
     "reconnect_timeout_seconds": 10.0,
     "seed": 7,
 }
-STATUS_43 = build_status(DEVICE_ID, []).encode()  # the empty 12-byte 0x43
+STATUS_43 = build_status(DEV, []).encode()  # the empty 12-byte 0x43
 
 Pair = tuple[ReliableTransport, FakeDevice]
 MakePair = Callable[..., Awaitable[Pair]]
@@ -78,12 +75,12 @@ def key_of(pkt: Any) -> bytes:
 # ------------------------------------------------------------------------------ handshake
 async def test_handshake_answers_hello(make_pair: MakePair) -> None:
     t, fake = await make_pair()
-    assert t.device_id == DEVICE_ID
-    assert t.auth_code == AUTH_CODE.decode()
+    assert t.device_id == DEV
+    assert t.auth_code == AUTH.decode()
     assert t.state is ConnState.CONNECTED
     await eventually(lambda: bool(fake.of_type(PacketType.HELLO_ACK)))
     assert [p.encode() for p in fake.received] == [bytes.fromhex("28 00 00 00 02 00 00")]
-    assert (await t.handshake()).device_id == DEVICE_ID  # again: no second 0x28
+    assert (await t.handshake()).device_id == DEV  # again: no second 0x28
     assert (await t.send_toggle_command(1, True)).success
     assert [p.type for p in fake.received] == [PacketType.HELLO_ACK, PacketType.DATA]
 
@@ -91,14 +88,14 @@ async def test_handshake_answers_hello(make_pair: MakePair) -> None:
 async def test_handshake_with_control_exchange(make_pair: MakePair) -> None:
     t, fake = await make_pair(handshake=False)
     hello = await t.handshake(send_control=True)
-    assert hello.device_id == DEVICE_ID
+    assert hello.device_id == DEV
     (a3,) = fake.of_type(PacketType.CONTROL)
-    assert isinstance(a3, IdPacket) and a3.device_id == DEVICE_ID and a3.msg_id[2] == 0
+    assert isinstance(a3, IdPacket) and a3.device_id == DEV and a3.msg_id[2] == 0
     assert [p.type for p in fake.received] == [PacketType.HELLO_ACK, PacketType.CONTROL]
 
 
 def _hello_with(index: int, value: int) -> bytes:
-    data = bytearray(build_hello(DEVICE_ID, AUTH_CODE).encode())
+    data = bytearray(build_hello(DEV, AUTH).encode())
     data[index] = value
     return bytes(data)
 
@@ -107,7 +104,7 @@ def _hello_with(index: int, value: int) -> bytes:
     ("first_bytes", "reason"),
     [
         (_hello_with(11, 0x0F), "malformed_hello"),  # auth length byte is not 16
-        (build_hello(DEVICE_ID, b"zzzzzzzzzzzzzzzz").encode(), "malformed_hello"),  # not hex
+        (build_hello(DEV, b"zzzzzzzzzzzzzzzz").encode(), "malformed_hello"),  # not hex
         (bytes.fromhex("23 00 00 00 05 03 64 57 e7 f2"), "malformed_hello"),  # truncated
         (FakeDevice().report(5, True).encode(), "unexpected_packet"),  # 0x83 instead of 0x23
         (b"", "timeout"),  # no hello at all
@@ -128,7 +125,7 @@ async def test_hello_after_tolerated_status_and_close_during_handshake(
     make_pair: MakePair,
 ) -> None:
     # A 0x43 before the 0x23 is legal (PROTOCOL.md 4.1): it is acked and delivered.
-    hello = build_hello(DEVICE_ID, AUTH_CODE).encode()
+    hello = build_hello(DEV, AUTH).encode()
     t, _ = await make_pair(FakeDevice(hello=STATUS_43 + hello), handshake=False)
     await t.handshake()
     assert (await t.recv_reliable(timeout=5)).type == PacketType.STATUS
@@ -149,7 +146,7 @@ async def test_toggle_acked_with_latency_and_result(make_pair: MakePair) -> None
     assert res.success and res.reason == "acked" and res.retry_count == 0
     assert res.latency_s > 0
     (cmd,) = fake.commands
-    assert cmd.device_id == DEVICE_ID and cmd.msg_id == b"\x00\x01\x00"  # own counter, byte 11 = 0
+    assert cmd.device_id == DEV and cmd.msg_id == b"\x00\x01\x00"  # own counter, byte 11 = 0
     assert cmd.frame is not None
     assert decode_command(cmd.frame) == PowerCommand(cmd.frame.seq_byte, 0x42, True)
     assert res.ack is not None and res.ack.type == PacketType.DATA_ACK
@@ -162,7 +159,7 @@ async def test_toggle_acked_with_latency_and_result(make_pair: MakePair) -> None
     assert report.type == PacketType.REPORT
     await eventually(lambda: bool(fake.of_type(PacketType.REPORT_ACK)))
     # Groups: 0x8000 + n; a 4-byte device id with target= works too.
-    res2 = await t.send_toggle_command(DEVICE_ID, False, target=t.group(4))
+    res2 = await t.send_toggle_command(DEV, False, target=t.group(4))
     assert res2.success
     assert fake.commands[1].frame is not None
     assert decode_command(fake.commands[1].frame) == PowerCommand(
@@ -265,11 +262,11 @@ async def test_backpressure_and_id_in_use(make_pair: MakePair) -> None:
     results = await asyncio.gather(*(t.send_toggle_command(n, True) for n in (1, 2, 3)))
     assert sorted(r.reason for r in results) == ["backpressure", "timeout", "timeout"]
     assert t.stats.backpressure == 1
-    packet = build_command(DEVICE_ID, b"\x12\x34\x00", PowerCommand(9, 1, True))
+    packet = build_command(DEV, b"\x12\x34\x00", PowerCommand(9, 1, True))
     both = await asyncio.gather(t.send_reliable(packet), t.send_reliable(packet))
     assert sorted(r.reason for r in both) == ["id_in_use", "timeout"]
     with pytest.raises(ValueError):
-        await t.send_reliable(build_status(DEVICE_ID, []))
+        await t.send_reliable(build_status(DEV, []))
 
 
 async def test_bounded_state_after_many_commands(make_pair: MakePair) -> None:
@@ -421,7 +418,7 @@ async def test_commands_while_reconnecting(make_pair: MakePair) -> None:
     await eventually(lambda: fake.connections == 2)
     assert t.state is ConnState.RECONNECTING
     assert await t.send_toggle_command(2, True) == Result(False, "reconnecting")
-    packet = build_command(DEVICE_ID, b"\x00\x09\x00", PowerCommand(1, 1, True))
+    packet = build_command(DEV, b"\x00\x09\x00", PowerCommand(1, 1, True))
     assert (await t.send_reliable(packet)).reason == "reconnecting"
     fake.ack = True
     fake.hello_gate.set()
@@ -477,17 +474,8 @@ async def test_serve_mode_with_dialling_device() -> None:
 @pytest.fixture(scope="module")
 def tls_contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts for a self-signed RSA certificate for 127.0.0.1."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("no openssl CLI to make a test certificate (cryptography is not installed)")
-    folder: Path = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    san = "subjectAltName=IP:127.0.0.1,DNS:localhost"
+    cert, key = self_signed_cert(tmp_path_factory.mktemp("tls"), "localhost", "-addext", san)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert, key)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -513,7 +501,7 @@ async def test_tls_connect_mode(
 ) -> None:
     server_ctx, client_ctx = tls_contexts
     t, fake = await make_pair(FakeDevice(tls=server_ctx), tls=client_ctx)
-    assert t.device_id == DEVICE_ID
+    assert t.device_id == DEV
     assert (await t.send_toggle_command(0x21, False)).success
     await fake.drop_connection()  # reconnects over TLS too
     await eventually(lambda: len(fake.of_type(PacketType.HELLO_ACK)) == 2)
