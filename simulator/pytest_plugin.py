@@ -5,7 +5,9 @@
 # order.  One session seed (``--cync-seed``, else drawn and printed) is split per test by
 # node id, so a failing test is reproduced by its seed, under pytest-xdist too (the
 # controller hands its seed to the workers).  ``chaos_probabilistic`` and ``soak`` tests are
-# deselected unless asked for with ``-m`` or ``--cync-nightly``.
+# deselected unless asked for with ``-m`` or ``--cync-nightly``.  Capture files named by
+# ``--cync-replay`` or the ``cync_replay`` ini globs become test items, one per capture x device
+# (simulator/_replay_items.py), replayed against the user's ``cync_replay_target`` fixture.
 from __future__ import annotations
 
 import random
@@ -16,11 +18,22 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
+from cyncsim.simulator._replay_items import (
+    SETTINGS_KEY,
+    CaptureFile,
+    Side,
+    Target,
+    add_replay_options,
+    configure_replay,
+)
+
 if TYPE_CHECKING:
     from cyncsim.replay.chaos import ChaosConfig
+    from cyncsim.replay.conformance import DiffReport
     from cyncsim.replay.model import DeviceModel
     from cyncsim.replay.seeds import SeedTree
     from cyncsim.simulator.device import CyncDeviceSimulator
+    from cyncsim.simulator.fleet import CyncFleet
     from cyncsim.simulator.transport import ReliableTransport
 
 __all__: list[str] = []
@@ -37,6 +50,8 @@ NIGHTLY_MARKERS = ("chaos_probabilistic", "soak")
 _SEED_KEY = pytest.StashKey[int]()
 
 FleetFactory = Callable[..., Awaitable[list["CyncDeviceSimulator"]]]
+DialingFleetFactory = Callable[..., Awaitable["CyncFleet"]]
+ReplayFactory = Callable[..., Awaitable["DiffReport"]]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,6 +83,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=0.05,
         help="factor applied to every learned delay of simulated devices (default 0.05)",
     )
+    add_replay_options(group, parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -85,6 +101,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SEED_KEY] = seed
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistSeed(seed), "cyncsim-xdist-seed")
+    config.addinivalue_line("markers", "cync_replay: a capture replayed (--cync-replay)")
+    configure_replay(config)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    settings = parent.config.stash.get(SETTINGS_KEY, None)
+    if settings is not None and file_path.resolve() in settings.files:
+        return CaptureFile.from_parent(parent, path=file_path)
+    return None
 
 
 class _XdistSeed:
@@ -264,3 +289,143 @@ async def cync_transport(
     await transport.handshake()
     yield transport
     await transport.close()
+
+
+# ------------------------------------------------------------------ dialling fleets, replay
+
+
+@pytest_asyncio.fixture
+async def cync_dialing_fleet(
+    cync_model: DeviceModel, cync_test_seed: int, cync_time_scale: float
+) -> AsyncIterator[DialingFleetFactory]:
+    """Factory for controller authors: ``await cync_dialing_fleet(n, connect=(host, port))``.
+
+    Returns a started CyncFleet of ``n`` devices dialling the controller at host:port, each
+    from its own loopback source address (``tls=True`` for TLS, or an SSLContext), once every
+    device has had its hello (0x23) answered with a 0x28.  After ``timeout`` s (default 10)
+    it raises CyncError naming the devices still waiting and what for.  Other keyword
+    arguments go to CyncFleet (``chaos_config=``, ``identities=``, ``record=`` ...).  Later
+    fleets of one test continue the identities and source addresses of the earlier ones.  At
+    teardown the fleets stop in reverse order, each one's devices in reverse order.
+    """
+    from cyncsim.simulator.fleet import CyncFleet, generate_members
+
+    fleets: list[CyncFleet] = []
+
+    async def make(
+        n: int,
+        *,
+        connect: tuple[str, int],
+        tls: Any = False,
+        timeout: float = 10.0,  # noqa: ASYNC109
+        **kwargs: Any,
+    ) -> CyncFleet:
+        kwargs.setdefault("model", cync_model)
+        kwargs.setdefault("time_scale", cync_time_scale)
+        kwargs.setdefault("seed", _seeds(cync_test_seed).seed("dialing-fleet"))
+        if "members" not in kwargs:  # later fleets of a test continue the identities
+            taken = sum(len(f) for f in fleets)
+            kwargs["members"] = generate_members(
+                taken + n,
+                model=kwargs["model"],
+                seed=kwargs["seed"],
+                **{
+                    k: kwargs.pop(k)
+                    for k in ("identities", "source_hosts", "mesh_size")
+                    if k in kwargs
+                },
+            )[taken:]
+        fleet = CyncFleet(n, **kwargs)
+        fleets.append(fleet)
+        await _dial_and_wait(fleet, connect, tls, timeout)
+        return fleet
+
+    yield make
+    for fleet in reversed(fleets):
+        for dev in reversed(fleet.devices):
+            await dev.stop()
+        await fleet.stop()
+
+
+async def _dial_and_wait(
+    fleet: CyncFleet,
+    connect: tuple[str, int],
+    tls: Any,
+    timeout: float,  # noqa: ASYNC109
+) -> None:
+    """Dial, then wait until every device's hello was answered; name the stragglers."""
+    import asyncio
+    import contextlib
+
+    from cyncsim.replay.errors import CyncError
+
+    host, port = connect
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    with contextlib.suppress(CyncError):  # the devices without a connection are named below
+        await fleet.connect(host, port, tls, timeout=timeout)
+    left = max(deadline - loop.time(), 0.0)
+    await asyncio.gather(
+        *(d.wait_handshaken(left) for d in fleet.devices if d.connected),
+        return_exceptions=True,
+    )
+    waiting = [d for d in fleet.devices if not d.handshaken]
+    if not waiting:
+        return
+
+    def why(dev: Any) -> str:
+        if dev.connected:
+            return "hello not answered"
+        err = f": {dev.last_error}" if dev.last_error is not None else ""
+        return f"no connection{err}"
+
+    shown = ", ".join(f"device-{d.device_id.hex()} ({why(d)})" for d in waiting[:10])
+    more = f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
+    raise CyncError(
+        f"cync_dialing_fleet: {len(waiting)} of {len(fleet.devices)} devices still waiting "
+        f"after {timeout} s for {host}:{port} to answer their hello: {shown}{more}",
+        reason="timeout",
+    )
+
+
+@pytest.fixture
+def cync_replay_target() -> Target | None:
+    """Where replay items send their traffic: override it in your conftest.py.
+
+    Return or yield ``(host, port, tls)`` after starting the controller under test (or, for
+    ``--cync-replay-side=controller``, the device under test); it may be an async fixture.
+    This default returns None, and every replay item then fails saying so.
+    """
+    return None
+
+
+@pytest.fixture
+def cync_replay(cync_test_seed: int, cync_captures_dir: Path) -> ReplayFactory:
+    """``verdict = await cync_replay(capture, host, port, side="devices", **options)``.
+
+    Replays a capture against host:port (cyncsim.simulator.replay.replay_capture; options:
+    ``tls=``, ``time_scale=``, ``max_gap=``, ``devices=``, ``record=``, ``tolerance=``) and
+    returns its DiffReport: ``verdict.conformant``, ``verdict.findings``.  A capture given by
+    bare file name is looked for in ``cync_captures_dir``; a missing capture skips the test.
+    """
+
+    async def run(
+        capture: str | Path, host: str, port: int, *, side: Side = "devices", **options: Any
+    ) -> DiffReport:
+        from cyncsim.simulator.replay import replay_capture
+
+        path = _capture_path(capture, cync_captures_dir)
+        options.setdefault("seed", cync_test_seed)
+        return await replay_capture([path], host, port, side=side, **options)
+
+    return run
+
+
+def _capture_path(capture: str | Path, captures_dir: Path) -> Path:
+    """``capture`` itself, or a bare file name in ``captures_dir``; skips when absent."""
+    path = Path(capture)
+    if not path.exists() and len(path.parts) == 1:
+        path = captures_dir / path
+    if not path.is_file():
+        pytest.skip(f"capture {capture} not found (looked in {path.parent})")
+    return path
