@@ -27,6 +27,7 @@ from cyncsim.replay.protocol import CyncPacket, decode_packet
 from cyncsim.replay.seeds import SeedTree, draw_root
 from cyncsim.simulator._base import SimulatorBase, default_model
 from cyncsim.simulator._connection import EngineConnection
+from cyncsim.simulator.ports import check_loopback
 from cyncsim.simulator.record import Recorder
 
 __all__ = ["CloudLink", "CyncCloudSimulator"]
@@ -100,7 +101,29 @@ class CyncCloudSimulator(SimulatorBase):
     async def start(self) -> None:
         await self._listen(self._protocol, self.tls)
 
-    def _protocol(self) -> EngineConnection:
+    async def dial(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> None:
+        """Dial a listening device (e.g. ``cyncsim serve``) instead of waiting for it: the
+        connection is then served like an accepted one (a replay's controller side)."""
+        check_loopback(host)
+        loop = self._begin()
+        coro = loop.create_connection(
+            lambda: self._protocol(dialled=True),
+            host,
+            port,
+            ssl=tls,
+            server_hostname=host if tls is not None else None,
+            ssl_handshake_timeout=timeout if tls is not None else None,
+        )
+        await asyncio.wait_for(coro, timeout)
+
+    def _protocol(self, dialled: bool = False) -> EngineConnection:
         loop = asyncio.get_running_loop()
         self._made += 1
         n = self._made
@@ -116,8 +139,9 @@ class CyncCloudSimulator(SimulatorBase):
             engine,
             inbound=Direction.FROM_DEVICE,
             policy=self.chaos_policy,
-            record=self._record_for(False),
+            record=self._record_for(dialled),
         )
+        conn.dialled = dialled
         conn.observer = lambda way, data: self._observe(conn, way, data)
         return conn
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cyncsim.tools.diff_cmd",
         "check captures against a reference model or captures (conformance)",
     ),
+    "replay": ("cyncsim.tools.replay_cmd", "replay captured devices or controller against a peer"),
     "bench": ("cyncsim.tools.bench_cmd", "run benchmark suites (tables, JSON)"),
 }
 

@@ -169,6 +169,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
         "faster for thousands of devices",
     )
     n.add_argument("--connect", metavar="HOST:PORT", help="dial this controller instead")
+    n.add_argument(
+        "--cloud",
+        action="store_true",
+        help="run the learned cloud/server side (CyncCloudSimulator) listening on --host:--port "
+        "instead of devices: for devices, or `cyncsim replay`, to dial",
+    )
     n.add_argument("--tls", action="store_true", help="dial with TLS (old firmware suites)")
     n.add_argument("--verify", action="store_true", help="check the controller's certificate")
     n.add_argument("--cafile", metavar="FILE", help="CA certificates for --verify")
@@ -236,6 +242,8 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535 or (args.port and args.port + args.devices - 1 > 65535):
         _fail(f"--port {args.port}: devices need ports {args.port}..{args.port + args.devices - 1}")
     check_loopback(args.host)
+    if args.cloud and (args.connect or args.spread or args.devices != 1 or args.workers != 1):
+        _fail("--cloud runs one listening cloud: no --connect, --spread, --devices or --workers")
     if args.connect is None and args.tls:
         _fail("--tls needs --connect (listening devices speak plain TCP)")
     if args.spread and (args.connect or args.no_source_hosts):
@@ -311,7 +319,67 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     logger.info("seed %d", seed)
     out.write(f"{PROG}: seed {seed} (--seed {seed} reproduces this run)\n")
     out.flush()
+    if args.cloud:
+        return asyncio.run(_serve_cloud(args, out, seed, model, chaos))
     return asyncio.run(_serve(args, out, seed, model, chaos, target))
+
+
+async def _serve_cloud(
+    args: argparse.Namespace,
+    out: TextIO,
+    seed: int,
+    model: DeviceModel | None,
+    chaos: ChaosConfig | None,
+) -> int:
+    """--cloud: one CyncCloudSimulator listening until Ctrl-C, SIGTERM or --duration."""
+    from cyncsim.simulator.cloud import CyncCloudSimulator
+
+    loop = asyncio.get_running_loop()
+    why: list[str] = []
+    stop = asyncio.Event()
+
+    def on_signal(name: str) -> None:
+        why.append(name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    began = time.monotonic()
+    cloud = CyncCloudSimulator(
+        model,
+        host=args.host,
+        port=args.port,
+        seed=seed,
+        time_scale=args.time_scale,
+        chaos_config=chaos,
+        variant=args.variant,
+        record=args.record,
+    )
+    try:
+        await cloud.start()
+        if args.record:
+            out.write(f"{PROG}: recording to {args.record}\n")
+        until = f"stopping after {args.duration:g} s" if args.duration else "Ctrl-C to stop"
+        out.write(
+            f"{PROG}: cloud listening on {format_address(args.host, cloud.port)}, "
+            f"time scale {args.time_scale:g}; {until}\n"
+        )
+        out.flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration)
+        if not why:
+            why.append("duration")
+    finally:
+        await cloud.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    links = len(cloud.links)
+    out.write(
+        f"{PROG}: stopped ({why[0]}) after {time.monotonic() - began:.1f} s: {links} "
+        f"connection{'s' if links != 1 else ''}, {len(cloud.seen)} packets; seed {seed}\n"
+    )
+    out.flush()
+    return 0
 
 
 def _runner(
