@@ -50,6 +50,8 @@ INF = math.inf
 _SEND, _DELIVER, _CLOSE = 0, 1, 2
 _Item = tuple[float, int, int, bytes]  # (due, order, kind, data)
 _OVERSIZE_LINES = 8  # per connection; later oversize headers are counted, not logged
+_ANSWERS = 4  # a packet's answers at most (ack, result, status, relay): a chaos-delayed packet
+# counts for that many while it waits, so its answers cannot overshoot the bound later
 MAX_SCHEDULED = 256  # answers (and delayed deliveries) held before reading stops
 WRITE_HIGH = 64 * 1024  # transport write buffer: stop taking requests above this ...
 WRITE_LOW = 16 * 1024  # ... and take them again below this
@@ -130,6 +132,7 @@ class EngineConnection(asyncio.Protocol):
         self._stream = PacketStream(max_packet, self._oversize)
         self._inbox = PacketQueue(self._stream, CHUNK)  # read, not handed to the engine yet
         self._heap: list[_Item] = []
+        self._delayed = 0  # _DELIVER items in the heap (packets chaos holds back)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = INF
@@ -170,10 +173,11 @@ class EngineConnection(asyncio.Protocol):
     def congested(self) -> bool:
         """True while nothing more is handed to the engine: too many answers scheduled, or
         the peer is not taking what is written."""
-        if self._writing_paused or len(self._heap) >= MAX_SCHEDULED:
+        scheduled = len(self._heap) + (_ANSWERS - 1) * self._delayed
+        if self._writing_paused or scheduled >= MAX_SCHEDULED:
             return True
         out = self._out  # its pending count is a scan, but it is at most MAX_SCHEDULED long
-        return isinstance(out, ChaosWriter) and len(self._heap) + out.pending >= MAX_SCHEDULED
+        return isinstance(out, ChaosWriter) and scheduled + out.pending >= MAX_SCHEDULED
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -410,6 +414,8 @@ class EngineConnection(asyncio.Protocol):
 
     def _push(self, at: float, kind: int, data: bytes) -> None:
         heapq.heappush(self._heap, (at, next(self._order), kind, data))
+        if kind == _DELIVER:
+            self._delayed += 1
 
     def _run_due(self, now: float) -> None:
         heap = self._heap
@@ -418,6 +424,7 @@ class EngineConnection(asyncio.Protocol):
             if kind == _SEND:
                 self._write(data)
             elif kind == _DELIVER:
+                self._delayed -= 1
                 self._apply(self.engine.receive(data, now), now, run=False)
             else:
                 self.close()
@@ -488,5 +495,6 @@ class EngineConnection(asyncio.Protocol):
         self._timer = self._stall = self._write_stall = self._drain_soon = None
         self._timer_at = INF
         self._heap.clear()
+        self._delayed = 0
         if isinstance(self._out, ChaosWriter):
             self._out.close()

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import PowerCommand, build_command, build_control
 from cyncsim.replay.protocol import exchange_key
@@ -253,3 +254,29 @@ async def test_flood_with_a_peer_that_does_not_read_is_bounded_then_closed(
         assert _errors(caplog) == []
         writer.transport.abort()
         await fresh_connection_answered(sim, 5)
+
+
+async def test_burst_under_chaos_latency_all_answered_in_order() -> None:
+    # Every packet both ways is delayed, so the answers wait in the chaos writer's queue too:
+    # a burst of more commands than a connection schedules at once must still all be
+    # answered, in order, with nothing more than MAX_SCHEDULED scheduled at any time.
+    chaos = ChaosConfig(latency_ms=5.0)
+    async with CyncDeviceSimulator(
+        DEV, mesh_node=NODE, seed=16, time_scale=0.02, chaos_config=chaos
+    ) as sim:
+        p = await handshaken_peer(sim)
+        conn = sim.connection
+        assert conn is not None
+        burst = [command(0x400 + i) for i in range(400)]
+        p.writer.write(b"".join(burst))
+        want = [msg_id(c) for c in burst]
+        peak = 0
+
+        def done() -> bool:
+            nonlocal peak
+            peak = max(peak, conn.pending)
+            return p.acks()[: len(want)] == want
+
+        await p.wait_until(done, timeout=30)
+        assert peak <= MAX_SCHEDULED
+        await p.close()
