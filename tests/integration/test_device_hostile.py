@@ -280,3 +280,26 @@ async def test_burst_under_chaos_latency_all_answered_in_order() -> None:
         await p.wait_until(done, timeout=30)
         assert peak <= MAX_SCHEDULED
         await p.close()
+
+
+async def test_dialling_device_dials_again_when_the_controller_stops_reading() -> None:
+    # PROTOCOL.md 10.4: devices whose server stopped reading disconnected and reconnected.
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, CyncDeviceSimulator(DEV, mesh_node=NODE, seed=16, time_scale=0) as sim:
+        await sim.connect("127.0.0.1", port)
+        reader, writer = await asyncio.wait_for(accepted.get(), 10)
+        writer.write(HELLO_ACK)  # the controller answers the 0x23 and never reads again
+        await sim.wait_for(lambda: sim.handshaken)
+        p = Peer.__new__(Peer)
+        p.reader, p.writer, p.packets = reader, writer, []
+        await flood(sim, p, 6.0)
+        _, again = await asyncio.wait_for(accepted.get(), 10)  # the device dialled again
+        assert sim.connections == 2
+        writer.transport.abort()
+        again.close()
