@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cyncsim.replay.protocol import HelloPacket
+from cyncsim.replay.protocol import HelloPacket, exchange_key
 from cyncsim.simulator.cloud import CyncCloudSimulator
 from cyncsim.simulator.fleet import generate_members
 from cyncsim.simulator.ports import find_free_port
+from cyncsim.simulator.record import FLUSH_AFTER_S
 from cyncsim.simulator.transport import ReliableTransport
 from cyncsim.tools.cli import build_parser, main
 from cyncsim.tools.serve_cmd import build_chaos
@@ -299,3 +300,74 @@ def test_port_in_use_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["serve", "--port", str(port), "--duration", "1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and f"127.0.0.1:{port}" in err[0] and "in use" in err[0], err
+
+
+# ----------------------------------------------------------------- recording vs SIGKILL
+# A recording is flushed within FLUSH_AFTER_S of its first unflushed write (simulator/
+# record.py), so a killed serve loses at most that much of the traffic, quiet or busy.
+def _recorded_ack_keys(path: Path) -> set[bytes]:
+    from cyncsim.replay.capture import read_capture
+
+    result = read_capture(path)
+    return {
+        exchange_key(fp.packet.encode())
+        for flow in result.flows
+        for fp in flow.packets
+        if fp.sender == "device" and fp.packet.type == 0x7B
+    }
+
+
+@pytest.mark.parametrize("suffix", [".pcapng", ".txt"])
+async def test_sigkill_after_quiet_traffic_keeps_it(tmp_path: Path, suffix: str) -> None:
+    rec = tmp_path / f"quiet{suffix}"
+    s = await serve("--seed", "5", "--record", str(rec))
+    acked: set[bytes] = set()
+    t = ReliableTransport(port=_port(s.devices[0]), seed=1, ack_timeout_seconds=5)
+    try:
+        await t.connect()
+        await t.handshake(timeout=10)
+        node = int(s.devices[0][5])
+        for i in range(10):
+            r = await t.send_toggle_command(node, i % 2 == 0)
+            assert r.success and r.ack is not None
+            acked.add(exchange_key(r.ack.encode()))
+        # Quiet for longer than the flush bound (this wait is the scenario, not a sync).
+        await asyncio.sleep(FLUSH_AFTER_S + 1.0)
+        s.proc.kill()
+        await s.finish()
+    finally:
+        await t.close()
+    assert s.proc.returncode == -signal.SIGKILL
+    assert acked <= _recorded_ack_keys(rec), "acked commands missing from the recording"
+
+
+@pytest.mark.parametrize("suffix", [".pcapng", ".txt"])
+async def test_sigkill_under_load_loses_at_most_the_last_second(
+    tmp_path: Path, suffix: str
+) -> None:
+    rec = tmp_path / f"busy{suffix}"
+    s = await serve("--seed", "6", "--time-scale", "0", "--record", str(rec))
+    loop = asyncio.get_running_loop()
+    acked: list[tuple[float, bytes]] = []
+    t = ReliableTransport(port=_port(s.devices[0]), seed=2, ack_timeout_seconds=5)
+    try:
+        await t.connect()
+        await t.handshake(timeout=10)
+        node = int(s.devices[0][5])
+        start = loop.time()
+        # Busy: commands back to back for 2.5 s, then the kill while they still flow.
+        while loop.time() - start < 2.5:
+            r = await t.send_toggle_command(node, len(acked) % 2 == 0)
+            assert r.success and r.ack is not None
+            acked.append((loop.time(), exchange_key(r.ack.encode())))
+        killed_at = loop.time()
+        s.proc.kill()
+        await s.finish()
+    finally:
+        await t.close()
+    assert len(acked) > 50, "not busy enough to mean anything"
+    recorded = _recorded_ack_keys(rec)
+    # Everything acked more than the flush bound (plus 0.5 s for a loaded event loop)
+    # before the kill is on disk.
+    old = {key for at, key in acked if at < killed_at - FLUSH_AFTER_S - 0.5}
+    assert old and old <= recorded, f"{len(old - recorded)} of {len(old)} old acks lost"
