@@ -258,17 +258,19 @@ class FlowBuilder:
 
     def __init__(self, flow: Flow, findings: list[Finding], sink: PacketSink | None = None) -> None:
         self.flow = flow
-        self.emitted = 0
         self._findings = findings
-        self._put: Callable[[FlowPacket], None]
-        if sink is None:
-            self._put = flow.packets.append
-        else:
-            put = sink.append
-            self._put = lambda fp: put((flow, fp))
+        self._to_sink = None if sink is None else _ToSink(flow, sink)
+        self._put: Callable[[FlowPacket], None] = (
+            flow.packets.append if self._to_sink is None else self._to_sink
+        )
         self._framers: dict[Sender, PacketFramer] = {}
         self._tls: dict[Sender, list[int]] = {}  # sender -> [offset, length, first ts]
         self._tags: tuple[str, ...] = ()
+
+    @property
+    def emitted(self) -> int:
+        """Packets framed so far (kept in the flow or handed to the sink)."""
+        return len(self.flow.packets) if self._to_sink is None else self._to_sink.count
 
     def feed(self, sender: Sender, ts: float, data: bytes, tags: tuple[str, ...] = ()) -> None:
         if not data:
@@ -341,7 +343,6 @@ class FlowBuilder:
         _fp_offset(fp, off)
         _fp_tags(fp, tags)
         self._put(fp)
-        self.emitted += 1
         if pkt.defect is not None:
             self._add(sender, off, len(pkt), f"defect:{pkt.defect}", pkt.encode()[:16].hex(), ts)
         flow = self.flow
@@ -384,6 +385,21 @@ class FlowBuilder:
         self._findings.append(
             Finding(self.flow.source, self.flow.id, sender, offset, length, reason, detail, ts)
         )
+
+
+class _ToSink:
+    """A stream's FlowBuilder puts its packets in the shared sink, tagged with the flow."""
+
+    __slots__ = ("count", "flow", "sink")
+
+    def __init__(self, flow: Flow, sink: PacketSink) -> None:
+        self.flow = flow
+        self.sink = sink
+        self.count = 0
+
+    def __call__(self, fp: FlowPacket) -> None:
+        self.sink.append((self.flow, fp))
+        self.count += 1
 
 
 @contextmanager
