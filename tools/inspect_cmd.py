@@ -233,4 +233,6 @@ class _Report:
                         f"length {f.length} {f.detail}\n"
                     )
                 elif n == 3:
-                    out.write(f"  {f.reason}: ... (all in --json)\n")
+                    where = f"the first {_LISTED_PER_REASON}" if self.unlisted else "all"
+                    where += " in --json"
+                    out.write(f"  {f.reason}: ... ({where})\n")

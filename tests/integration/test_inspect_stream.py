@@ -128,10 +128,10 @@ def _inspect(*args: str, stdin: int | None = subprocess.PIPE) -> subprocess.Pope
     )
 
 
-def _inspect_all(data: bytes) -> tuple[int, str, str]:
-    """`inspect -` on ``data`` in one go: exit status, stdout, stderr."""
+def _inspect_all(data: bytes, *args: str) -> tuple[int, str, str]:
+    """`inspect - ARGS` on ``data`` in one go: exit status, stdout, stderr."""
     ran = subprocess.run(
-        [sys.executable, "-m", "cyncsim.tools.cli", "inspect", "-"],
+        [sys.executable, "-m", "cyncsim.tools.cli", "inspect", "-", *args],
         input=data,
         capture_output=True,
         timeout=WAIT,
@@ -252,6 +252,18 @@ def test_a_corrupt_stream_is_one_line_with_its_offset() -> None:
         f"cyncsim inspect: error: <stdin> at offset {len(head)}: record 5 claims 50000000 "
         "captured bytes (snap length 262144): corrupt file\n"
     )
+
+
+def test_a_stream_lists_100_findings_per_reason_and_counts_the_rest() -> None:
+    head, _ = _text_parts()
+    data = head + b"no record header\n" * 150
+    code, out, err = _inspect_all(data, "--json")
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-1])["summary"]
+    assert summary["finding_reasons"] == {"bad_record": 150}
+    assert len(summary["findings_list"]) == 100 and summary["findings_unlisted"] == 50
+    code, out, err = _inspect_all(data)
+    assert out.endswith("  bad_record: ... (the first 100 in --json)\n")
 
 
 # -- memory ---------------------------------------------------------------------------------
