@@ -26,7 +26,6 @@ from cyncsim.replay.capture import (
     read_capture,
 )
 from cyncsim.replay.capture.model import Summary
-from cyncsim.replay.capture.stream import CaptureStream, StreamBatch
 from cyncsim.replay.describe import describe
 from cyncsim.replay.errors import CaptureError
 from cyncsim.tools._capture_args import add_capture_options, cloud_ports
@@ -99,6 +98,7 @@ def _inspect_stream(
     path: str, ports: tuple[int, ...], out: TextIO, report: _Report, *, as_json: bool
 ) -> None:
     """Print packets as they arrive; Ctrl-C prints the summary so far, then stops."""
+    from cyncsim.replay.capture.stream import CaptureStream  # (the pcap readers: when needed)
 
     source = "<stdin>" if path == "-" else path
     stream = CaptureStream(source, cloud_ports=ports)
