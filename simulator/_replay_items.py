@@ -109,6 +109,16 @@ def expand_paths(paths: Iterable[str], base: Path, *, what: str, must_exist: boo
 class CaptureFile(pytest.File):
     """One capture: an item per replayable device (replay.session.replay_units)."""
 
+    @classmethod
+    def collector(cls, parent: pytest.Collector, path: Path) -> CaptureFile:
+        """The collector of ``path``; a capture outside the rootdir is known by its file name
+        (pytest would give it an empty node id), so item ids read ``capture.txt::device-id``."""
+        try:
+            path.resolve().relative_to(parent.config.rootpath)
+        except ValueError:
+            return cls.from_parent(parent, path=path, nodeid=path.name)
+        return cls.from_parent(parent, path=path)
+
     def collect(self) -> Iterator[pytest.Item]:
         from cyncsim.replay.errors import CyncError
         from cyncsim.replay.session import replay_units

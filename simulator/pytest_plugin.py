@@ -108,7 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     settings = parent.config.stash.get(SETTINGS_KEY, None)
     if settings is not None and file_path.resolve() in settings.files:
-        return CaptureFile.from_parent(parent, path=file_path)
+        return CaptureFile.collector(parent, file_path)
     return None
 
 
