@@ -3,15 +3,21 @@
 # learned from the same capture, started by the conftest's cync_replay_target), under xdist
 # too, and fails against defective ones with the finding in the output: its kind, flow, packet
 # index and bytes.  Without a cync_replay_target the items fail saying how to define one; a
-# capture without devices skips with the reason.
+# capture without devices skips with the reason.  The cync_replay fixture returns the verdict.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from cyncsim.replay.capture import read_capture
+from cyncsim.replay.conformance import DiffReport
+from cyncsim.replay.conformance.render import render_failure
+from cyncsim.replay.model.store import learn_model
 from cyncsim.replay.session import replay_units
+from cyncsim.simulator.cloud import CyncCloudSimulator
 
 LOCAL = "capture_20251107_152132.txt"
 TLS_ONLY = "capture_20251106_081101.txt"
@@ -163,3 +169,23 @@ def test_missing_replay_path_is_a_usage_error(pytester: pytest.Pytester) -> None
     result = pytester.runpytest("--cync-replay=nowhere/capture.txt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "--cync-replay nowhere/capture.txt: no such file or directory" in result.stderr.str()
+
+
+async def test_cync_replay_fixture_returns_the_verdict_as_data(
+    cync_replay: Callable[..., Awaitable[DiffReport]], capture: Path
+) -> None:
+    model = learn_model(read_capture(capture))
+    bulb = bytes.fromhex("325d4a5f")
+    async with CyncCloudSimulator(model, seed=1) as controller:
+        verdict = await cync_replay(
+            LOCAL, "127.0.0.1", controller.port, devices=[bulb], time_scale=0.05, max_gap=1.0
+        )
+    assert verdict.conformant, render_failure(verdict)
+    assert verdict.packets > 0
+
+
+async def test_cync_replay_fixture_skips_a_missing_capture(
+    cync_replay: Callable[..., Awaitable[DiffReport]],
+) -> None:
+    with pytest.raises(pytest.skip.Exception, match=r"capture_19990101_000000\.txt not found"):
+        await cync_replay("capture_19990101_000000.txt", "127.0.0.1", 9)
