@@ -11,14 +11,18 @@
 #
 # Timing: every step keeps its captured offset from the start of the replayed flows, with
 # each idle gap in the capture (between any two packets, either side) shortened to at most
-# ``max_gap`` seconds, then multiplied by ``time_scale``.  Steps whose idle time was shortened
-# are counted (heartbeats separately): the verdict says what that means (replay/verdict.py).
+# ``max_gap`` seconds, then multiplied by ``time_scale``.  A gap is idle only when no request
+# is waiting for its answer across it: a gap that carries behaviour (a device working through
+# queued commands) is kept whole, so the peer is not driven faster than it answered.  Steps
+# whose idle time was shortened are counted (heartbeats separately): the verdict says what
+# that means (replay/verdict.py).
 #
 # The controller side also needs the target's identity: ``target_rewrite`` swaps the captured
 # device id for the target's and maps captured mesh node ids to the target's (learned from its
 # f9 52 mesh table), rebuilding commands through the codec so the checksum is recomputed.
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
@@ -159,18 +163,46 @@ def replay_units(capture: str | Path) -> list[ReplayUnit]:
 
 
 # ---------------------------------------------------------------------- timing
-def compress(times: Sequence[float], max_gap: float | None, time_scale: float) -> list[float]:
-    """Offsets from the first of ``times`` (sorted), each gap cut to ``max_gap``, scaled."""
+def compress(
+    times: Sequence[float],
+    max_gap: float | None,
+    time_scale: float,
+    busy: Sequence[tuple[float, float]] = (),
+) -> list[float]:
+    """Offsets from the first of ``times`` (sorted), each idle gap cut to ``max_gap``, scaled.
+
+    A gap that overlaps a ``busy`` interval (a request to its answer: behaviour, not idle
+    time) is kept whole.
+    """
+    merged = _merge(busy)
     out: list[float] = []
     prev: float | None = None
     t = 0.0
     for ts in times:
         if prev is not None:
             gap = max(0.0, ts - prev)
-            t += gap if max_gap is None else min(gap, max_gap)
+            if max_gap is not None and gap > max_gap and not _overlaps(merged, prev, ts):
+                gap = max_gap
+            t += gap
         out.append(t * time_scale)
         prev = ts
     return out
+
+
+def _merge(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _overlaps(merged: list[tuple[float, float]], a: float, b: float) -> bool:
+    """Whether (a, b) overlaps one of the sorted, disjoint spans (strictly inside)."""
+    k = bisect.bisect_left(merged, (b,))
+    return k > 0 and merged[k - 1][1] > a
 
 
 # ---------------------------------------------------------------------- plan
@@ -206,10 +238,13 @@ def build_plan(
     variant, _ = ref.pick_variant(source_variant(f for fs in by_dev.values() for f in fs))
     sender: Sender = DEVICE if side == "devices" else CLOUD
     own: dict[bytes, list[tuple[float, Flow, int]]] = {}
+    busy: dict[bytes, list[tuple[float, float]]] = {}
     for dev, flows in by_dev.items():
         items: list[tuple[float, Flow, int]] = []
         for flow in flows:
-            answers = {s.response_index for s in pair_flow(flow, ref, variant)[0]}
+            samples = pair_flow(flow, ref, variant)[0]
+            answers = {s.response_index for s in samples}
+            busy.setdefault(dev, []).extend((s.ts - s.latency, s.ts) for s in samples)
             items += [(fp.ts, flow, i) for i, fp in enumerate(flow.packets)
                       if fp.sender == sender and i not in answers]  # fmt: skip
         own[dev] = items
@@ -224,9 +259,10 @@ def build_plan(
                               reason="no_devices")  # fmt: skip
     # one timeline over every packet of the chosen devices' flows (idle = no packet at all)
     every = sorted(fp.ts for d in chosen for f in by_dev[d] for fp in f.packets)
-    offsets = compress(every, max_gap, time_scale)
+    spans = [span for d in chosen for span in busy[d]]
+    offsets = compress(every, max_gap, time_scale, spans)
     at = dict(zip(every, offsets, strict=True))
-    cut = _cut_points(every, max_gap)
+    cut = _cut_points(every, max_gap, _merge(spans))
     plan = SessionPlan(side, variant, [], offsets[-1] if offsets else 0.0)
     ids = {d.device_id: d for d in ref.model.devices}
     for dev in chosen:
@@ -249,10 +285,13 @@ def build_plan(
     return plan
 
 
-def _cut_points(times: Sequence[float], max_gap: float | None) -> set[float]:
+def _cut_points(
+    times: Sequence[float], max_gap: float | None, merged: list[tuple[float, float]]
+) -> set[float]:
     if max_gap is None:
         return set()
-    return {b for a, b in itertools.pairwise(times) if b - a > max_gap}
+    return {b for a, b in itertools.pairwise(times)
+            if b - a > max_gap and not _overlaps(merged, a, b)}  # fmt: skip
 
 
 def _captured_nodes(flows: Iterable[Flow]) -> list[int]:

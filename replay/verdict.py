@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 
 from cyncsim.replay.capture import CaptureResult
-from cyncsim.replay.capture.model import CLOUD, DEVICE
+from cyncsim.replay.capture.model import CLOUD, DEVICE, FlowPacket
 from cyncsim.replay.conformance import (
+    ALWAYS,
     ConformanceFinding,
     DiffReport,
     Reference,
@@ -27,9 +28,12 @@ from cyncsim.replay.conformance import (
     pair_flow,
 )
 from cyncsim.replay.conformance.report import finding
+from cyncsim.replay.describe import request_key
 
-__all__ = ["SINGLE_FACTOR", "judge"]
+__all__ = ["ANSWER_WAIT_FACTOR", "MIN_WAIT_S", "SINGLE_FACTOR", "judge"]
 
+ANSWER_WAIT_FACTOR = 5.0  # a missing answer is due after this many x the reference p99 ...
+MIN_WAIT_S = 1.0  # ... and at least this long
 SINGLE_FACTOR = 3.0  # few reference samples: fail when the medians differ by more than this
 
 
@@ -67,6 +71,7 @@ def judge(
             kept.append(f)
         else:
             dropped += 1
+    kept.extend(_unanswered(report, candidate, ref, judged, kept))
     rows: list[TimingRow] = []
     samples = _samples(candidate, ref, report)
     for row in report.timing:
@@ -103,6 +108,65 @@ def judge(
             "judged; answer latencies of the peer are"
         )
     return report
+
+
+def _unanswered(
+    report: DiffReport,
+    candidate: CaptureResult,
+    ref: Reference,
+    judged: str,
+    have: list[ConformanceFinding],
+) -> list[ConformanceFinding]:
+    """Requests of the replayed side that the reference always answers and the peer never
+    did, while it went on sending for longer than ANSWER_WAIT_FACTOR x the reference's p99
+    latency (at least MIN_WAIT_S) after them.  The diff's own rule waits 10 s of capture
+    time, longer than a compressed replay lasts.  Answers pair with requests in order."""
+    asker = DEVICE if judged == CLOUD else CLOUD
+    known = {(f.flow, f.index) for f in have if f.kind == "unanswered"}
+    out: list[ConformanceFinding] = []
+    for flow in candidate.flows:
+        variant = report.variants.get(flow.source)
+        if flow.kind != "cync" or variant is None or not flow.packets:
+            continue
+        last_peer = max((fp.ts for fp in flow.packets if fp.sender == judged), default=None)
+        if last_peer is None:
+            continue
+        keys = [request_key(fp.packet) for fp in flow.packets]
+        for i, fp in enumerate(flow.packets):
+            if fp.sender != asker or (flow.id, i) in known:
+                continue
+            ex = ref.exchange(keys[i], judged, variant)
+            if ex is None or ex.request != keys[i]:
+                continue
+            for rm in ex.responses:
+                if rm.share < ALWAYS:
+                    continue
+                wait = max(MIN_WAIT_S, ANSWER_WAIT_FACTOR * rm.latency.quantile(0.99))
+                if fp.ts + wait > last_peer or _answered(flow.packets, keys, i, rm.key, judged):
+                    continue
+                out.append(
+                    finding(
+                        "unanswered", flow.id, i, fp.ts,
+                        f"{keys[i]} got no {rm.key} although the reference always answers it "
+                        f"and the {judged} kept sending for {last_peer - fp.ts:.2f} s "
+                        f"(waited {wait:.2f} s: {ANSWER_WAIT_FACTOR:g} x the reference p99)",
+                        expected=rm.key, actual="no answer", packet_hex=fp.packet.encode().hex(" "),
+                        request_index=i, request=keys[i],
+                    )
+                )  # fmt: skip
+                break
+    return out
+
+
+def _answered(packets: list[FlowPacket], keys: list[str], i: int, answer: str, by: str) -> bool:
+    """Whether request ``i`` got its ``answer`` when answers pair with requests in order."""
+    queue: list[int] = []
+    for j, fp in enumerate(packets):
+        if keys[j] == keys[i] and fp.sender != by:
+            queue.append(j)
+        elif keys[j] == answer and fp.sender == by and queue and queue.pop(0) == i:
+            return True
+    return False
 
 
 def _samples(candidate: CaptureResult, ref: Reference, report: DiffReport) -> list[Sample]:

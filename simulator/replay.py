@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import tempfile
 from collections.abc import Callable, Sequence
@@ -50,8 +51,8 @@ from cyncsim.simulator.record import Recorder
 
 __all__ = ["DRAIN_S", "QUIET_S", "ReplayError", "replay_capture"]
 
-QUIET_S = 0.3  # the peer said nothing for this long after the last step: the replay ends
-DRAIN_S = 5.0  # ... or this long after the last step at most
+QUIET_S = 1.0  # the peer said nothing for this long after the last step: the replay ends
+DRAIN_S = 15.0  # ... or this long after the last step at most
 CONNECT_TIMEOUT_S = 10.0
 _MAX_SOURCE_HOSTS = 250  # 127.0.0.2 .. 127.0.0.251
 
@@ -80,9 +81,17 @@ async def replay_capture(
     record: str | Path | None = None,
     devices: Sequence[bytes] | None = None,
     tolerance: Tolerance | None = None,
+    peer_time_scale: float | None = None,
 ) -> DiffReport:
     """Replay, record the peer under test, and return the verdict as the same DiffReport
-    `cyncsim diff` returns (findings, timing rows, coverage, verdict, conformant)."""
+    `cyncsim diff` returns (findings, timing rows, coverage, verdict, conformant).
+
+    ``peer_time_scale``: the peer is a simulator running at this time scale (e.g. `cyncsim
+    serve --time-scale 0.2`, with the same ``time_scale`` here): the recorded session's clock
+    is divided by it before the verdict, so the peer's latencies are judged at real speed.
+    """
+    if peer_time_scale is not None and not 0 < peer_time_scale < float("inf"):
+        raise ReplayError(f"peer time scale {peer_time_scale} must be > 0", reason="usage")
     if side not in ("devices", "controller"):
         raise ReplayError(f"side {side!r} is not 'devices' or 'controller'", reason="usage")
     if not captures:
@@ -119,11 +128,32 @@ async def replay_capture(
     if not any(f.kind == "cync" for f in session.flows):
         raise ReplayError(f"{host}:{port}: no traffic was exchanged with the peer",
                           reason="no_traffic")  # fmt: skip
+    scale = time_scale
+    if peer_time_scale is not None and peer_time_scale != 1.0:
+        _rescale(session, peer_time_scale)
+        scale = time_scale / peer_time_scale
     report = diff(ref, session, tolerance)
+    if peer_time_scale is not None and peer_time_scale != 1.0:
+        report.notes.append(
+            f"the peer runs at time scale {peer_time_scale:g}: the session's clock was divided "
+            "by it before the verdict"
+        )
     return judge(
-        report, session, ref, side, time_scale=time_scale, shortened=plan.shortened,
+        report, session, ref, side, time_scale=scale, shortened=plan.shortened,
         shortened_heartbeats=plan.shortened_heartbeats,
     )  # fmt: skip
+
+
+def _rescale(session: CaptureResult, factor: float) -> None:
+    """Stretch the session's clock by 1 / ``factor`` (from its first packet)."""
+    starts = [f.packets[0].ts for f in session.flows if f.packets]
+    if not starts:
+        return
+    t0 = min(starts)
+    for flow in session.flows:
+        flow.packets = [
+            dataclasses.replace(fp, ts=t0 + (fp.ts - t0) / factor) for fp in flow.packets
+        ]
 
 
 # ---------------------------------------------------------------------- checks
