@@ -1,13 +1,14 @@
 # `cyncsim bench SUITE [--json FILE] [--quick]`: run benchmark suites, print their tables.
 #
-# A thin front end over tools/bench: the suites are registered there (SUITES), each returns
-# a SuiteResult that is printed as a table and, with --json, written as the documented JSON
-# (tools/bench/common.py).  `all` runs every registered suite; its JSON file is
+# A thin front end over tools/bench: the suites are registered there (common.SUITES), each
+# returns a SuiteResult that is printed as a table and, with --json, written as the documented
+# JSON (tools/bench/common.py).  `all` runs every registered suite; its JSON file is
 # {"machine": ..., "suites": [one suite object each]}.  Missed targets are reported, not
 # fatal: the exit status is 0 unless --check is given (then 1 when a target is missed).
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,9 +16,10 @@ from typing import Any, TextIO
 from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._output import check_writable
-from cyncsim.tools.bench import SUITES, load_suite
 from cyncsim.tools.bench.common import (
+    SUITES,
     BenchOptions,
+    load_suite,
     machine_info,
     render,
     stderr_log,
@@ -29,8 +31,7 @@ __all__ = ["register", "run"]
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
+    if (value := int(text)) < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
@@ -67,17 +68,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     objects: list[dict[str, Any]] = []
     missed = False
     with tempfile.TemporaryDirectory(prefix="cyncsim-bench-") as tmp:
-        opts = BenchOptions(
-            workdir=Path(tmp),
-            quick=args.quick,
-            repeats=args.repeats,
-            captures=args.captures if args.captures is not None else shared_captures_dir(),
-            profile=args.profile,
-        )
+        captures = args.captures if args.captures is not None else shared_captures_dir()
+        opts = BenchOptions(Path(tmp), args.quick, args.repeats, captures, args.profile)
         for name in names:
+            gc.collect()  # no garbage of an earlier suite for this one's collections to walk
             result = load_suite(name).run(opts, stderr_log)
-            out.write(render(result))
-            out.write("\n")
+            out.write(render(result) + "\n")
             out.flush()
             objects.append(suite_json(result, machine))
             missed = missed or result.passed is False

@@ -19,8 +19,8 @@ from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.capture import read_capture
 from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
 from cyncsim.replay.errors import CyncError
-from cyncsim.tools.bench import SUITES, load_suite
 from cyncsim.tools.bench.common import (
+    SUITES,
     BenchOptions,
     Case,
     Check,
@@ -28,6 +28,7 @@ from cyncsim.tools.bench.common import (
     Log,
     SuiteResult,
     format_table,
+    load_suite,
     measure,
     measure_rounds,
     render,

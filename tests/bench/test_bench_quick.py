@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from cyncsim.replay.model import Distribution
-from cyncsim.tools.bench import SUITES
 from cyncsim.tools.bench import acks_suite as acks
 from cyncsim.tools.bench import baseline_suite as baseline
 from cyncsim.tools.bench import chaos_suite as chaos
@@ -25,6 +24,7 @@ from cyncsim.tools.bench import fuzz_suite as fuzz
 from cyncsim.tools.bench import group_suite as group
 from cyncsim.tools.bench import overhead_suite as overhead
 from cyncsim.tools.bench import startup_suite as startup
+from cyncsim.tools.bench.common import SUITES
 from cyncsim.tools.bench.report import main as report_main
 from cyncsim.tools.bench.stats import ks, percentile
 from cyncsim.tools.cli import main

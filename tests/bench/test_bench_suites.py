@@ -14,9 +14,12 @@ from cyncsim import CyncError, load_default_model
 from cyncsim.replay.model import Distribution, StratifiedUniform
 from cyncsim.tools.bench import chaos_suite as chaos
 from cyncsim.tools.bench import fuzz_suite as fuzz
-from cyncsim.tools.bench.report import markdown_table, update_document
-from cyncsim.tools.bench.simkit import LockMeter, TimerAudit, device_view, loop_lateness
-from cyncsim.tools.bench.stats import GRID, cloud_variant_model, ks, ks_random, percentile, summary
+from cyncsim.tools.bench.acks_suite import TimerAudit
+from cyncsim.tools.bench.chaos_suite import cloud_variant_model
+from cyncsim.tools.bench.common import Column, format_table
+from cyncsim.tools.bench.report import update_document
+from cyncsim.tools.bench.simkit import LockMeter, device_view, loop_lateness
+from cyncsim.tools.bench.stats import GRID, ks, ks_random, percentile, summary
 
 pytestmark = pytest.mark.bench
 
@@ -106,6 +109,7 @@ async def test_lock_meter_counts_asyncio_locks_and_restores_them() -> None:
 
 async def test_loop_lateness_and_timer_audit_never_report_early_timers() -> None:
     late = await loop_lateness(5, 0.001, 0.003)
+    assert len(await loop_lateness(3, 0.001, 0.003, sleep=True)) == 3
     assert len(late) == 5 and min(late) >= 0
     audit = TimerAudit()
     audit.observe("out", b"never asked")  # not an answer the engine made: ignored
@@ -113,11 +117,10 @@ async def test_loop_lateness_and_timer_audit_never_report_early_timers() -> None
 
 
 def test_markdown_table_and_document_blocks() -> None:
-    from cyncsim.tools.bench.common import Column
-
-    table = markdown_table(
+    table = format_table(
         [Column("a", "A"), Column("b", "B", ".1f"), Column("ok", "ok")],
         [{"a": "x|y", "b": 1.25, "ok": True}, {"a": "z", "b": None, "ok": False}],
+        markdown=True,
     )
     assert table.splitlines() == [
         "| A | B | ok |",

@@ -3,12 +3,12 @@
 # Strategy: per exchange a raw Probe sends requests one at a time on its own connection to a
 # cloud or device simulator (time_scale 1.0, all kinds at once) and times the answer at the
 # socket; each kind is compared (KS, p99) with the distribution its engine samples.  Timer
-# fidelity: simkit.TimerAudit notes each answer's asked departure against its real write,
+# fidelity: a TimerAudit notes each answer's asked departure against its real write,
 # next to bare loop timers, on two event loops.
 from __future__ import annotations
 
 import asyncio
-import gc
+import collections
 import math
 import selectors
 from collections.abc import Callable
@@ -18,28 +18,12 @@ from typing import Any
 from cyncsim import CyncCloudSimulator, CyncDeviceSimulator, PacketType
 from cyncsim.replay.model import Distribution
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
-from cyncsim.replay.protocol import FramedPacket, FrameKind, InnerFrame
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    latency_columns,
-)
-from cyncsim.tools.bench.simkit import (
-    Probe,
-    TimerAudit,
-    acks,
-    command_packet,
-    is_type,
-    lateness_monitor,
-    loop_lateness,
-)
+from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, InnerFrame, exchange_key
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
+from cyncsim.tools.bench.simkit import Probe, command_packet, lateness_monitor, loop_lateness
 from cyncsim.tools.bench.stats import ks, ks_random, learned_summary, summary
 
-__all__ = ["KINDS", "LOOPS", "SPEC", "TARGET_KS", "TIMERS", "Kind", "Size", "run"]
+__all__ = ["KINDS", "LOOPS", "SPEC", "TARGET_KS", "TIMERS", "Kind", "Size", "TimerAudit", "run"]
 
 TARGET_KS = 0.05
 P99_REL, P99_ABS_S = 0.05, 0.002  # p99 within 5% or 2 ms of the learned p99
@@ -89,9 +73,9 @@ SPEC = SuiteSpec(
         Column("loop", "loop"),
         Column("name", "exchange"),
         Column("n", "n", ",d"),
-        *latency_columns(),
+        *Column.latency(),
         Column("learned_kind", "learned"),
-        *latency_columns("learned_", "l."),
+        *Column.latency("learned_", "l."),
         Column("ks", "KS", ".3f"),
         Column("ks_asked", "KS asked", ".3f"),
         Column("ks_random", "KS rnd", ".3f"),
@@ -104,7 +88,7 @@ SPEC = SuiteSpec(
             Column("loop", "loop"),
             Column("name", "timer"),
             Column("n", "n", ",d"),
-            *latency_columns(keys="min p50 p99 max", **_US),
+            *Column.latency(keys="min p50 p99 max", **_US),
         ]
     },
 )
@@ -137,21 +121,48 @@ _REQUESTS: dict[str, Callable[[int], bytes]] = {
 _ANSWERS = {"0x28": PacketType.HELLO_ACK, "0xd8": PacketType.PONG, "0x88": 0x88, "0x7b": 0x7B}
 
 
-class _AuditedCloud(CyncCloudSimulator):
-    audit: TimerAudit
+class TimerAudit:
+    """When each engine answer of a simulator was asked to leave, and when it really did."""
 
-    def connection_ready(self, conn: Any) -> bool:
-        self.audit.watch(conn.engine)
-        conn.observer = self.audit.observe  # instead of the cloud's own log of every packet
-        return super().connection_ready(conn)
+    def __init__(self) -> None:
+        self._pending: dict[bytes, collections.deque[tuple[float, float, str]]] = {}
+        self.asked: dict[str, list[float]] = collections.defaultdict(list)
+        self.late: dict[str, list[float]] = collections.defaultdict(list)
+        self.loop = asyncio.get_running_loop()
 
+    def attach(self, sim: Any) -> Any:
+        """Audit every connection of ``sim`` (a device or cloud simulator) from its start."""
+        ready = sim.connection_ready
 
-class _AuditedDevice(CyncDeviceSimulator):
-    audit: TimerAudit
+        def connection_ready(conn: Any) -> bool:
+            self.watch(conn.engine)
+            conn.observer = self.observe  # instead of a cloud's own log of every packet
+            return bool(ready(conn))
 
-    def connection_ready(self, conn: Any) -> bool:
-        conn.observer = self.audit.observe
-        return super().connection_ready(conn)
+        setattr(sim, "connection_ready", connection_ready)  # noqa: B010 (on purpose)
+        return sim
+
+    def watch(self, engine: Any) -> None:
+        receive, pending = engine.receive, self._pending
+
+        def audited(data: bytes, now: float) -> list[Any]:
+            actions: list[Any] = receive(data, now)
+            for a in actions:  # a Send action: data to write at loop time ``at``
+                if hasattr(a, "at") and isinstance(getattr(a, "data", None), bytes):
+                    pending.setdefault(a.data, collections.deque()).append((now, a.at, a.key))
+            return actions
+
+        setattr(engine, "receive", audited)  # noqa: B010 (an instance attribute, on purpose)
+
+    def observe(self, way: str, data: bytes) -> None:
+        queue = self._pending.get(data) if way == "out" else None
+        if not queue:
+            return
+        now, at, key = queue.popleft()
+        if not queue:
+            del self._pending[data]
+        self.asked[key].append(at - now)
+        self.late[key].append(self.loop.time() - at)
 
 
 @dataclass(slots=True)
@@ -164,32 +175,37 @@ class _Measured:
     margins: list[float] = field(default_factory=list)  # socket time - asked delay, each
 
 
+def _wants(kind: Kind, request: bytes) -> Callable[[CyncPacket], bool]:
+    """What answers ``request``: a device's 0x7B echoes its exchange key."""
+    if kind.role == "device":
+        key = exchange_key(request)
+        return lambda p: p.type == PacketType.DATA_ACK and exchange_key(p.encode()) == key
+    return lambda p: p.type == _ANSWERS[kind.answer]
+
+
 async def _connection(kind: Kind, n: int, seed: int) -> _Measured:
     """``n`` requests of ``kind`` on one connection to a simulator of its own."""
-    audit = TimerAudit()
-    sim: Any
-    if kind.role == "cloud":
-        sim = _AuditedCloud(seed=seed, time_scale=1.0)
-        plan = sim.view.plans(kind.request)[0]
-    else:
-        sim = _AuditedDevice(DEVICE_ID, seed=seed, time_scale=1.0, mesh_node=1)
-        audit.watch(sim.engine)
-        plan = sim.engine.view.split(kind.request).acks[0]
-    sim.audit = audit
+    audit, device = TimerAudit(), kind.role == "device"
+    sim = audit.attach(
+        CyncDeviceSimulator(DEVICE_ID, seed=seed, time_scale=1.0, mesh_node=1)
+        if device
+        else CyncCloudSimulator(seed=seed, time_scale=1.0)
+    )
+    view = sim.engine.view if device else sim.view
+    plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     await sim.start()
     try:
         probe = await Probe.open(sim.port)
         try:
-            if kind.role == "device":  # a device says hello first (not measured)
-                await asyncio.wait_for(probe.wait_for(is_type(PacketType.HELLO)), 10)
-                probe.send(build_simple(PacketType.HELLO_ACK).encode())
+            if device:  # a device says hello first (not measured)
+                await probe.exchange(b"", lambda p: p.type == PacketType.HELLO)
+                probe.transport.write(build_simple(PacketType.HELLO_ACK).encode())
             elif kind.request != "0x23":
-                await probe.exchange(_HELLO, is_type(PacketType.HELLO_ACK))
+                await probe.exchange(_HELLO, lambda p: p.type == PacketType.HELLO_ACK)
             latencies = []
             for i in range(n):
                 request = _REQUESTS[kind.request](i)
-                want = acks(request) if kind.role == "device" else is_type(_ANSWERS[kind.answer])
-                seconds, answer = await probe.exchange(request, want)
+                seconds, answer = await probe.exchange(request, _wants(kind, request))
                 if kind.answer == "0x88" and answer.encode()[5:8] != request[9:12]:
                     raise ValueError(f"0x88 does not echo the 0x83's bytes 9-11 ({kind.name})")
                 latencies.append(seconds)
@@ -198,8 +214,7 @@ async def _connection(kind: Kind, n: int, seed: int) -> _Measured:
     finally:
         await sim.stop()
     captured = None
-    if kind.role == "device":
-        view = sim.engine.view
+    if device:
         ex = view.model.exchange(kind.request, "device", view.variant)
         captured = next((r.latency for r in ex.responses if r.key == "0x7b"), None) if ex else None
     return _Measured(kind, latencies, plan, audit, captured)
@@ -300,7 +315,6 @@ def _loop_checks(
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    gc.collect()  # no garbage of an earlier suite for this one's collections to walk
     size = SPEC.size(opts)
     rows: list[dict[str, Any]] = []
     timers: list[dict[str, Any]] = []

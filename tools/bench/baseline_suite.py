@@ -7,20 +7,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    latency_columns,
-)
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import CpuMeter, command_summary, open_lane, run_commands
 from cyncsim.tools.bench.stats import learned_summary
 
@@ -46,7 +37,7 @@ SPEC = SuiteSpec(
         Column("time_scale", "scale", ".1f"),
         Column("commands", "cmds", ",d"),
         Column("success", "success", ".2%"),
-        *latency_columns(spec=".2f"),
+        *Column.latency(spec=".2f"),
         Column("learned_p50_ms", "learned p50", ".1f"),
         Column("learned_p99_ms", "learned p99", ".1f"),
         Column("retransmits", "retx", ",d"),
@@ -56,74 +47,55 @@ SPEC = SuiteSpec(
 )
 
 
-async def _learned_row(name: str, index: int, n: int, *, light: bool) -> dict[str, Any]:
-    lane = await open_lane(index, seed=SEED, time_scale=1.0)
+async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[str, Any]:
+    """Row ``name``: ``n`` commands at the learned latency, or (no delay) a warm-up and then
+    ``n`` toggles ``repeats`` times at time_scale 0."""
+    light, no_delay = name == "light", name == "no delay"
+    lane = await open_lane(index, seed=SEED, time_scale=0.0 if no_delay else 1.0)
+    key = "0x73:f8:f0" if light else "0x73:f8:d0"
+    rates, cpu = list[float](), list[float]()
     try:
-        key = "0x73:f8:f0" if light else "0x73:f8:d0"
-        plan = lane.device.engine.view.split(key).acks[0]  # what the device samples
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        results = await run_commands(lane, n, light=light)
-        elapsed = loop.time() - start
-        return {
-            "name": name,
-            "request": key,
-            "time_scale": 1.0,
-            **command_summary(results, lane.transport.stats.retransmissions),
-            **learned_summary(plan.delay),
-            "learned_values": plan.delay.count,
-            "learned_kind": "service" if plan.queued else "latency",
-            "per_s": n / elapsed,
-            "ack_timeout_s": lane.transport.ack_timeout_seconds,
-            "max_retries": lane.transport.max_retries,
-            "learned_ms": [v * 1e3 for v in plan.delay.values],
-        }
-    finally:
-        await lane.close()
-
-
-async def _no_delay_row(n: int, repeats: int, log: Log) -> dict[str, Any]:
-    lane = await open_lane(0, seed=SEED, time_scale=0.0)
-    rates: list[float] = []
-    cpu: list[float] = []
-    try:
-        await run_commands(lane, min(n, 100))  # warm-up: caches, first-use costs
-        lane.results.clear()
+        if no_delay:
+            await run_commands(lane, min(n, 100))  # warm-up: caches, first-use costs
+            lane.results.clear()
         retx0 = lane.transport.stats.retransmissions
-        for i in range(repeats):
-            log(f"  baseline: no-delay round {i + 1}/{repeats}")
+        for i in range(repeats if no_delay else 1):
+            if no_delay:
+                log(f"  baseline: no-delay round {i + 1}/{repeats}")
             meter = CpuMeter()
-            await run_commands(lane, n)
+            await run_commands(lane, n, light=light)
             rates.append(n / meter.stop().wall_s)
             cpu.append(meter.utilisation)
         retx = lane.transport.stats.retransmissions - retx0
-        return {
-            "name": "no delay",
-            "request": "0x73:f8:d0",
-            "time_scale": 0.0,
-            **command_summary(lane.results, retx),
-            "per_s": statistics.median(rates),
-            "per_s_samples": rates,
-            "cpu_utilisation": statistics.median(cpu),
-            "repeats": repeats,
-        }
     finally:
         await lane.close()
+    row = {"name": name, "request": key, "time_scale": 0.0 if no_delay else 1.0}
+    row |= command_summary(lane.results, retx) | {"per_s": statistics.median(rates)}
+    if no_delay:
+        row["cpu_utilisation"] = statistics.median(cpu)
+        return row | {"per_s_samples": rates, "repeats": repeats}
+    plan = lane.device.engine.view.split(key).acks[0]  # what the device samples
+    return row | {
+        **learned_summary(plan.delay),
+        "learned_values": plan.delay.count,
+        "learned_kind": "service" if plan.queued else "latency",
+        "ack_timeout_s": lane.transport.ack_timeout_seconds,
+        "max_retries": lane.transport.max_retries,
+        "learned_ms": [v * 1e3 for v in plan.delay.values],
+    }
 
 
 async def _run(size: Size, repeats: int, log: Log) -> list[dict[str, Any]]:
     log(f"baseline: {size.no_delay:,} toggles x {repeats} with no injected latency")
-    no_delay = await _no_delay_row(size.no_delay, repeats, log)
+    no_delay = await _row("no delay", 0, size.no_delay, repeats, log)
     log(f"baseline: {size.learned:,} toggles and {size.learned:,} light commands, learned latency")
     toggle, light = await asyncio.gather(
-        _learned_row("toggle", 1, size.learned, light=False),
-        _learned_row("light", 2, size.learned, light=True),
+        _row("toggle", 1, size.learned, 1, log), _row("light", 2, size.learned, 1, log)
     )
     return [toggle, light, no_delay]
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    gc.collect()  # no garbage of an earlier suite for this one's collections to walk
     size = SPEC.size(opts)
     rows = asyncio.run(_run(size, opts.repeats, log))
     toggle, light, no_delay = rows
@@ -140,13 +112,9 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         f"commands through ReliableTransport (defaults: ack timeout {toggle['ack_timeout_s']} s,"
         f" {toggle['max_retries']} retries) to one simulated device, one outstanding"
     )
-    params = {
-        "learned_commands": size.learned,
-        "no_delay_commands": size.no_delay,
-        "repeats": opts.repeats,
-        "seed": SEED,
-        "model": "shipped default model (variant: cloud, toggles use the local f8 d0)",
-    }
+    params: dict[str, Any] = {"learned_commands": size.learned, "no_delay_commands": size.no_delay}
+    params |= {"repeats": opts.repeats, "seed": SEED}
+    params["model"] = "shipped default model (variant: cloud, toggles use the local f8 d0)"
     notes = [
         f"toggle: measured p99 {toggle['p99_ms']:.1f} ms, {toggle['vs_learned_p99']:.3f}x the "
         f"learned 0x7B {toggle['learned_kind']} time's ({toggle['learned_values']} values)",

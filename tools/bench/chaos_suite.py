@@ -8,32 +8,24 @@
 from __future__ import annotations
 
 import asyncio
-import gc
+import collections
+import dataclasses
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from cyncsim import ChaosConfig, DeviceModel, load_default_model
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    latency_columns,
-)
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import (
-    CpuMeter,
-    GcMeter,
     Lane,
     command_summary,
     device_view,
-    lateness_monitor,
+    loop_health,
     open_lane,
     run_commands,
 )
-from cyncsim.tools.bench.stats import cloud_variant_model, learned_summary, percentile
+from cyncsim.tools.bench.stats import learned_summary
 
 __all__ = ["DEFAULT_TIMEOUT", "ROWS", "SPEC", "TIMEOUT_RULE", "Row", "Size", "chaos_config", "run"]
 
@@ -94,7 +86,7 @@ SPEC = SuiteSpec(
         Column("name", "row"),
         Column("commands", "cmds", ",d"),
         Column("success", "success", ".2%"),
-        *latency_columns(spec=",.0f"),
+        *Column.latency(spec=",.0f"),
         Column("retransmit_rate", "retx rate", ".1%"),
         Column("timeouts", "timeouts", ",d"),
         Column("p99_vs_baseline", "p99/base", ".2f"),
@@ -123,14 +115,19 @@ def chaos_config(row: Row, lane: int, commands: int) -> ChaosConfig | None:
     return ChaosConfig.from_dict({"to_device": faults(2 * lane), "from_device": quiet})
 
 
-_MODEL: list[DeviceModel] = []
+def cloud_variant_model(model: DeviceModel, variant: str = "cloud") -> DeviceModel:
+    """``model`` restricted to one setup variant (exchanges and behaviour of that variant)."""
+    exchanges = [e for e in model.exchanges if e.variant == variant]
+    if not exchanges:
+        raise ValueError(f"the model has no exchanges of variant {variant!r}")
+    behaviour = {v: b for v, b in model.behaviour.items() if v == variant}
+    return dataclasses.replace(model, exchanges=exchanges, behaviour=behaviour)
 
 
+@functools.cache
 def chaos_model() -> DeviceModel:
     """The shipped model restricted to its real-cloud variant (made once)."""
-    if not _MODEL:
-        _MODEL.append(cloud_variant_model(load_default_model()))
-    return _MODEL[0]
+    return cloud_variant_model(load_default_model())
 
 
 async def _lane(row: Row, index: int, n: int, ack_timeout: float) -> Lane:
@@ -139,7 +136,7 @@ async def _lane(row: Row, index: int, n: int, ack_timeout: float) -> Lane:
         seed=SEED + index,
         model=chaos_model(),
         time_scale=1.0,
-        chaos=chaos_config(row, index, n),
+        chaos_config=chaos_config(row, index, n),
         ack_timeout_seconds=ack_timeout,
         max_retries=row.max_retries,
         handshake_timeout_seconds=60.0,
@@ -157,11 +154,9 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
         *(_lane(row, r * 100 + i, size.per_lane, timeout) for i in range(size.lanes))
     )
     results = [res for lane in lanes for res in lane.results]
-    faults: dict[str, int] = {}
-    for lane in lanes:
-        policy = lane.device.chaos_policy
-        for kind, count in (policy.fault_counts() if policy is not None else {}).items():
-            faults[kind] = faults.get(kind, 0) + count
+    faults: collections.Counter[str] = collections.Counter()
+    for policy in (lane.device.chaos_policy for lane in lanes):
+        faults.update(policy.fault_counts() if policy is not None else {})
     return {
         "name": row.name,
         "checked": row.checked,
@@ -174,7 +169,7 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
         **command_summary(results, sum(ln.transport.stats.retransmissions for ln in lanes)),
         "applied": sum(lane.device.state.toggle_count for lane in lanes),
         "duplicate_acks": sum(lane.transport.stats.duplicate_acks for lane in lanes),
-        "faults": faults,
+        "faults": dict(faults),
         "success_target": row.success_target,
         "p99_target_ms": row.p99_target_ms,
     }
@@ -185,30 +180,14 @@ async def _run(size: Size, rule_timeout: float, log: Log) -> tuple[list[dict[str
         f"chaos: {len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at "
         f"once (ack timeout {rule_timeout:.3f} s by the rule)"
     )
-    meter, gc_meter, stop = CpuMeter(), GcMeter(), asyncio.Event()
-    monitor = asyncio.ensure_future(lateness_monitor(stop))
-    with gc_meter.active():
-        try:
-            rows = await asyncio.gather(
-                *(_row(row, r, size, rule_timeout) for r, row in enumerate(ROWS))
-            )
-        finally:
-            stop.set()
-            late = await monitor
-    meter.stop()
-    health = {
-        **gc_meter.summary(),
-        "loop_late_p50_ms": percentile(late, 0.5) * 1e3,
-        "loop_late_p99_ms": percentile(late, 0.99) * 1e3,
-        "loop_late_max_ms": max(late, default=0.0) * 1e3,
-        "cpu_utilisation": meter.utilisation,
-        "wall_s": meter.wall_s,
-    }
+    async with loop_health() as health:
+        rows = await asyncio.gather(
+            *(_row(row, r, size, rule_timeout) for r, row in enumerate(ROWS))
+        )
     return list(rows), health
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    gc.collect()  # no garbage of an earlier suite for this one's collections to walk
     size = SPEC.size(opts)
     sampled = device_view(chaos_model()).split("0x73:f8:d0").acks[0].delay
     learned = learned_summary(sampled)

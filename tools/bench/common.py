@@ -1,9 +1,9 @@
-# The scaffold every `cyncsim bench` suite stands on: its description, timing, checks, tables,
-# profile and JSON.
+# The scaffold every `cyncsim bench` suite stands on: the registry, a suite's description,
+# timing, checks, tables, profile and JSON.
 #
-# Strategy: a suite declares a ``SuiteSpec`` (sizes, columns) and ``run(opts, log)``; it
-# times what it compares in one run, in interleaved rounds, medians reported.  The JSON form
-# (tools/bench/report.py reads it):
+# Strategy: a suite module declares a ``SuiteSpec`` (sizes, columns) and ``run(opts, log)``;
+# it times what it compares in one run, in interleaved rounds, medians reported.  The JSON
+# form (tools/bench/report.py reads it):
 #   {"suite", "machine", "date", "quick", "title", "params", "rows": [{"name", ...}],
 #    "checks": [{"name", "value", "target", "op", "unit", "passed"}], "passed", "notes",
 #    "details": {TITLE: [row, ...]}}
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import cProfile
 import gc
+import importlib
 import json
 import math
 import os
@@ -23,27 +24,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 __all__ = [
     "PROFILE_COLUMNS",
+    "SUITES",
     "BenchOptions",
     "Case",
     "Check",
     "Column",
     "Log",
-    "Section",
+    "Suite",
     "SuiteResult",
     "SuiteSpec",
     "Timing",
     "cell",
     "format_table",
-    "latency_columns",
+    "load_suite",
     "machine_info",
     "measure",
     "measure_rounds",
     "profile_by_file",
-    "profile_sections",
     "render",
     "stderr_log",
     "suite_json",
@@ -53,6 +54,32 @@ __all__ = [
 T = TypeVar("T")
 S = TypeVar("S")
 Log = Callable[[str], None]
+
+# name -> one-line description; suite NAME is the module cyncsim.tools.bench.NAME_suite,
+# imported only when it runs.  `cyncsim bench all` runs them in this order.
+_DESCRIPTIONS = {
+    "import": "capture reader throughput against dpkt, a struct floor and scapy",
+    "baseline": "toggles through ReliableTransport to a simulated device: learned latency, none",
+    "acks": "answer timing per exchange against the learned distributions; timer fidelity",
+    "chaos": "the spec's chaos matrix: latency, success and retransmits per fault row",
+    "group": "one command to 10 devices at once (asyncio.gather): rounds, retries, lock time",
+    "overhead": "a simulated round trip against blocking and BufferedProtocol echo servers",
+    "fleet": "memory, CPU and heartbeat timing of 1,000-10,000 dial-mode devices; workers",
+    "startup": "cyncsim --help and cyncsim inspect in fresh processes, against python -c pass",
+    "fuzz": "random and mutated packets to the decoders, framer and device engine: untyped errors",
+}
+SUITES = {n: (f"cyncsim.tools.bench.{n}_suite", d) for n, d in _DESCRIPTIONS.items()}
+
+
+class Suite(Protocol):
+    """What a suite module provides."""
+
+    def run(self, opts: BenchOptions, log: Log) -> SuiteResult: ...
+
+
+def load_suite(name: str) -> Suite:
+    """The module of suite ``name`` (KeyError for an unregistered name)."""
+    return cast(Suite, importlib.import_module(SUITES[name][0]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,23 +109,12 @@ class Timing:
         return items / self.median if self.median > 0 else math.inf
 
 
-def _time_once(fn: Callable[[], T], verify: Callable[[T], None] | None) -> float:
-    gc.collect()
-    start = perf_counter()
-    result = fn()
-    elapsed = perf_counter() - start
-    if verify is not None:
-        verify(result)
-    del result  # freed here, before the next run's clock starts
-    return elapsed
+Case = tuple[Callable[[], Any], Callable[[Any], None] | None]  # (run, verify or None)
 
 
 def measure(fn: Callable[[], T], repeats: int, verify: Callable[[T], None] | None = None) -> Timing:
     """Time ``fn()`` ``repeats`` times; ``verify`` checks each result, outside the clock."""
     return measure_rounds({"": (fn, verify)}, repeats)[""]
-
-
-Case = tuple[Callable[[], Any], Callable[[Any], None] | None]  # (run, verify or None)
 
 
 def measure_rounds(
@@ -112,7 +128,13 @@ def measure_rounds(
         for name, (fn, verify) in cases.items():
             if log is not None and name:
                 log(f"  round {i + 1}/{repeats}: {name}")
-            samples[name].append(_time_once(fn, verify))
+            gc.collect()
+            start = perf_counter()
+            result = fn()
+            samples[name].append(perf_counter() - start)
+            if verify is not None:
+                verify(result)
+            del result  # freed here, before the next run's clock starts
     return {name: Timing(tuple(s)) for name, s in samples.items()}
 
 
@@ -130,15 +152,12 @@ class Check:
 
     @property
     def passed(self) -> bool:
-        if self.op == ">=":
-            return self.value >= self.target
-        if self.op == "<=":
-            return self.value <= self.target
-        raise ValueError(f"unknown comparison {self.op!r} in check {self.name!r}")
+        if self.op not in (">=", "<="):
+            raise ValueError(f"unknown comparison {self.op!r} in check {self.name!r}")
+        return self.value >= self.target if self.op == ">=" else self.value <= self.target
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("name", "value", "target", "op", "unit", "passed")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in ("name", "value", "target", "op", "unit", "passed")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +168,14 @@ class Column:
     header: str
     spec: str = ""
 
-
-def latency_columns(
-    prefix: str = "", label: str = "", unit: str = "ms", spec: str = ".1f", keys: str = ""
-) -> list[Column]:
-    """The standard latency columns p50/p90/p99/max (or ``keys``, space separated) of the
-    row keys ``{prefix}p50_{unit}``... that ``stats.summary`` produces."""
-    names = keys.split() or ["p50", "p90", "p99", "max"]
-    return [Column(f"{prefix}{k}_{unit}", f"{label}{k} {unit}", spec) for k in names]
+    @staticmethod
+    def latency(
+        prefix: str = "", label: str = "", unit: str = "ms", spec: str = ".1f", keys: str = ""
+    ) -> list[Column]:
+        """The standard latency columns p50/p90/p99/max (or ``keys``, space separated) of the
+        row keys ``{prefix}p50_{unit}``... that ``stats.summary`` produces."""
+        names = keys.split() or ["p50", "p90", "p99", "max"]
+        return [Column(f"{prefix}{k}_{unit}", f"{label}{k} {unit}", spec) for k in names]
 
 
 PROFILE_COLUMNS = {
@@ -190,6 +209,21 @@ class SuiteResult:
         """All checks met; None when the suite has no targets."""
         return all(c.passed for c in self.checks) if self.checks else None
 
+    def add_profile(self, summary: Mapping[str, Any], what: str) -> None:
+        """The two extra tables of a ``profile_by_file`` summary: by file, top functions."""
+        self.sections += [
+            (
+                f"profile: {what} (cProfile; shares of own time by file)",
+                PROFILE_COLUMNS["files"],
+                list(summary.get("files", [])),
+            ),
+            (
+                f"profile: {what}, top functions by own time",
+                PROFILE_COLUMNS["functions"],
+                list(summary.get("functions", [])),
+            ),
+        ]
+
 
 @dataclass(frozen=True, slots=True)
 class SuiteSpec(Generic[S]):
@@ -216,16 +250,9 @@ class SuiteSpec(Generic[S]):
     ) -> SuiteResult:
         """The suite's result; ``details`` are the rows of its extra tables, by title."""
         sections = [(t, self.details[t], r) for t, r in (details or {}).items()]
+        cols = list(self.columns)
         return SuiteResult(
-            self.name,
-            title,
-            list(self.columns),
-            rows,
-            checks,
-            params,
-            list(notes),
-            opts.quick,
-            sections,
+            self.name, title, cols, rows, checks, params, [*notes], opts.quick, sections
         )
 
 
@@ -244,8 +271,7 @@ def machine_info() -> dict[str, Any]:
         info["cpus_usable"] = len(os.sched_getaffinity(0))
     if hasattr(os, "getloadavg"):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    mem = _proc_line("/proc/meminfo", "MemTotal")
-    if mem:
+    if mem := _proc_line("/proc/meminfo", "MemTotal"):
         info["memory_mb"] = int(mem.split()[0]) // 1024
     return info
 
@@ -269,22 +295,28 @@ def cell(value: Any, spec: str) -> str:
     return str(value)
 
 
-def format_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table; numbers right-aligned, a missing value shows as ``-``."""
+def format_table(
+    columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], markdown: bool = False
+) -> str:
+    """A plain-text or GitHub table: numbers right-aligned, a missing value shown as ``-``."""
     cells = [[cell(row.get(c.key), c.spec) for c in columns] for row in rows]
+    numeric = [any(_is_number(r.get(c.key)) for r in rows) for c in columns]
+    if markdown:
+        lines = [[c.header for c in columns], ["---:" if n else "---" for n in numeric]]
+        lines += [[v.replace("|", "\\|") for v in r] for r in cells]
+        return "\n".join(f"| {' | '.join(line)} |" for line in lines)
     widths = [max([len(c.header), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    numeric = [any(isinstance(row.get(c.key), int | float) for row in rows) for c in columns]
 
     def line(values: Sequence[str]) -> str:
-        parts = [
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ]
-        return "  ".join(parts).rstrip()
+        aligned = zip(values, widths, numeric, strict=True)
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in aligned).rstrip()
 
-    out = [line([c.header for c in columns]), line(["-" * w for w in widths])]
-    out.extend(line(r) for r in cells)
-    return "\n".join(out)
+    lines = [[c.header for c in columns], ["-" * w for w in widths], *cells]
+    return "\n".join(line(ln) for ln in lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def render(result: SuiteResult) -> str:
@@ -302,9 +334,8 @@ def render(result: SuiteResult) -> str:
         ]
         cols = [Column("check", "target"), Column("measured", "measured"), Column("result", "")]
         parts.append(format_table(cols, check_rows))
-    for title, columns, rows in result.sections:
-        parts.append(f"{title}\n{format_table(columns, rows)}")
-    parts.extend(f"note: {n}" for n in result.notes)
+    parts += [f"{title}\n{format_table(cols, rows)}" for title, cols, rows in result.sections]
+    parts += [f"note: {n}" for n in result.notes]
     return "\n\n".join(parts) + "\n"
 
 
@@ -316,9 +347,7 @@ def _finite(value: Any) -> Any:
         return {str(k): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return str(value) if isinstance(value, Path) else value
 
 
 def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,9 +372,8 @@ def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any
 
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON (no NaN), atomically enough for a report file."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
@@ -376,22 +404,6 @@ def profile_by_file(fn: Callable[[], object], top: int = 12) -> dict[str, Any]:
         "files": [{"file": f, "own_share": t / total} for f, t in files[:top] if t / total >= 1e-3],
         "functions": [entry for _, entry in funcs[:top]],
     }
-
-
-def profile_sections(summary: Mapping[str, Any], what: str) -> list[Section]:
-    """The two extra tables of a ``profile_by_file`` summary: by file, top functions."""
-    return [
-        (
-            f"profile: {what} (cProfile; shares of own time by file)",
-            PROFILE_COLUMNS["files"],
-            list(summary.get("files", [])),
-        ),
-        (
-            f"profile: {what}, top functions by own time",
-            PROFILE_COLUMNS["functions"],
-            list(summary.get("functions", [])),
-        ),
-    ]
 
 
 def _short_path(filename: str) -> str:

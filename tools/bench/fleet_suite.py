@@ -12,7 +12,6 @@ import gc
 import math
 import multiprocessing
 import os
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -20,23 +19,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cyncsim import CyncCloudSimulator, CyncFleet, load_default_model
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    latency_columns,
-)
+from cyncsim.simulator.fleet import FleetWorkers, raise_fd_limit
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import (
     Child,
-    GcMeter,
     device_view,
-    lateness_monitor,
+    loop_health,
     process_cpu_seconds,
     process_rss_bytes,
-    serve_control,
 )
 from cyncsim.tools.bench.stats import percentile, summary
 
@@ -72,7 +62,7 @@ SPEC = SuiteSpec(
         Column("rss_mb", "RSS MB", ",.1f"),
         Column("kib_per_device", "KiB/device", ",.1f"),
         Column("heartbeats", "heartbeats", ",d"),
-        *latency_columns("hb_err_", "hb err ", spec=",.2f"),
+        *Column.latency("hb_err_", "hb err ", spec=",.2f"),
         Column("ctrl_err_p99_ms", "at ctrl p99 ms", ",.1f"),
         Column("cpu", "CPU", ".1%"),
         Column("cpu_max_process", "busiest proc", ".1%"),
@@ -94,14 +84,12 @@ def expected_idle(time_scale: float) -> tuple[float, bool]:
 
 # ---------------------------------------------------------------------------- controller
 def controller_main(ctl: Connection, time_scale: float, seed: int) -> None:
-    """The controller process; messages "reset", ("stats", t0, t1) (wall times), "stop"."""
+    """The controller process; messages "reset", ("stats", t0, t1, idle) (wall times), "stop"."""
     asyncio.run(_controller(ctl, time_scale, seed))
 
 
 async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # one fd per device
-    if soft != resource.RLIM_INFINITY and soft < 30_000:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(30_000, hard), hard))
+    raise_fd_limit(30_000)  # one fd per device
     gc.disable()  # a full collection over 10,000s of connections would stall its reads
     loop = asyncio.get_running_loop()
     offset = time.time() - loop.time()
@@ -128,8 +116,7 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
             await asyncio.sleep(0.01)
             now = loop.time()
             late.append((now + offset, now - when))
-            t = os.times()
-            cpu.append((now + offset, t.user + t.system))
+            cpu.append((now + offset, time.process_time()))
 
     def handle(msg: Any) -> Any:
         if msg == "reset":
@@ -138,51 +125,44 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
                 series.clear()
             gc.collect()
             return "ok"
-        t0, t1 = msg[1], msg[2]
+        _, t0, t1, idle = msg
         window = [c for c in cpu if t0 <= c[0] <= t1]
-        used = math.nan
-        if len(window) > 1:
-            used = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+        in_window = [x for t, x in late if t0 <= t <= t1]
+        at_ctrl = [g - idle for t, g in gaps if t0 <= t <= t1]
         return {
-            "gaps": [g for t, g in gaps if t0 <= t <= t1],
-            "late": [x for t, x in late if t0 <= t <= t1],
-            "cpu": used,
+            "heartbeats": len(at_ctrl),  # a worker row's; a one-process row counts its own
+            **summary(at_ctrl, prefix="ctrl_err_"),
+            "controller_cpu": (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
+            if len(window) > 1
+            else math.nan,
+            "controller_late_p99_ms": percentile(in_window, 0.99) * 1e3,
+            "controller_late_max_ms": max(in_window, default=math.nan) * 1e3,
         }
 
     cloud = Controller(seed=seed, time_scale=time_scale)
     await cloud.start()
     watcher = asyncio.ensure_future(monitor())
     ctl.send(cloud.port)
-    await serve_control(ctl, handle)
+    await Child.serve(ctl, handle)
     watcher.cancel()
     await cloud.stop()
     ctl.send(None)
 
 
 # ---------------------------------------------------------------------------- fleet rows
-class _HeartbeatProbe:
+def _heartbeat_probe(inner: Any, idle: float, errors: list[float], loop: Any) -> Any:
     """Before a device connection's observer: per 0xD3 written, the gap minus the idle time."""
+    last: list[float | None] = [None]  # nothing seen since the probe was put in
 
-    __slots__ = ("errors", "idle", "inner", "last", "loop")
+    def observe(way: str, data: bytes) -> None:
+        now = loop.time()
+        if way == "out" and data[0] == 0xD3 and last[0] is not None:
+            errors.append(now - last[0] - idle)
+        last[0] = now
+        if inner is not None:
+            inner(way, data)
 
-    def __init__(self, inner: Any, idle: float, errors: list[float], loop: Any) -> None:
-        self.inner, self.idle, self.errors, self.loop = inner, idle, errors, loop
-        self.last: float | None = None  # nothing seen since the probe was put in
-
-    def __call__(self, way: str, data: bytes) -> None:
-        now = self.loop.time()
-        if way == "out" and data[0] == 0xD3 and self.last is not None:
-            self.errors.append(now - self.last - self.idle)
-        self.last = now
-        if self.inner is not None:
-            self.inner(way, data)
-
-
-def fleet_row(
-    n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
-) -> dict[str, Any]:
-    """Entry point of a fleet process (one row): connect, settle, measure, stop."""
-    return asyncio.run(_fleet_row(n, workers, time_scale, port, warmup, window))
+    return observe
 
 
 def _steal() -> tuple[int, int]:
@@ -195,107 +175,77 @@ def _steal() -> tuple[int, int]:
     return (values[7] if len(values) > 7 else 0), sum(values)
 
 
+def fleet_row(
+    n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
+) -> tuple[dict[str, Any], tuple[float, float]]:
+    """Entry point of a fleet process (one row): connect, settle, measure, stop; the row's
+    fleet figures and its measuring window (wall times)."""
+    return asyncio.run(_fleet_row(n, workers, time_scale, port, warmup, window))
+
+
 async def _fleet_row(
     n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
-) -> dict[str, Any]:
-    from cyncsim.simulator.fleet import FleetWorkers  # not in the top-level API
-
+) -> tuple[dict[str, Any], tuple[float, float]]:
     load_default_model()  # loaded before the baseline, as every worker loads it too
     gc.collect()
-    rss0 = process_rss_bytes() or 0
-    idle = expected_idle(time_scale)[0]
+    rss0, idle = process_rss_bytes() or 0, expected_idle(time_scale)[0]
     fleet: Any = (
         FleetWorkers(n, workers, seed=SEED, time_scale=time_scale)
         if workers
         else CyncFleet(n, seed=SEED, time_scale=time_scale)
     )
     errors: list[float] = []
-    gc_meter, stop = GcMeter(), asyncio.Event()
     start = time.perf_counter()
     try:
         await fleet.connect(HOST, port, timeout=120.0)
         connect_s = time.perf_counter() - start
         await asyncio.sleep(warmup)
         pids = [w.process.pid or 0 for w in fleet.workers] if workers else [os.getpid()]
-        rss = [process_rss_bytes(p) or 0 for p in pids]  # settled, before any probe
-        if not workers:
-            loop = asyncio.get_running_loop()
-            for dev in fleet.devices:
-                if dev.connection is not None:
-                    conn = dev.connection
-                    conn.observer = _HeartbeatProbe(conn.observer, idle, errors, loop)
+        rss = sum(process_rss_bytes(p) or 0 for p in pids)  # settled, before any probe
+        loop = asyncio.get_running_loop()
+        for conn in [] if workers else (d.connection for d in fleet.devices):
+            if conn is not None:
+                conn.observer = _heartbeat_probe(conn.observer, idle, errors, loop)
         cpu0, steal0 = [process_cpu_seconds(p) or 0.0 for p in pids], _steal()
-        monitor = asyncio.ensure_future(lateness_monitor(stop))
-        t0 = time.time()
-        with gc_meter.active():
+        async with loop_health() as health:
+            t0 = time.time()
             await asyncio.sleep(window)
-        t1 = time.time()
-        # only heartbeats inside the window count: one due while 10,000 connections close is
-        # late because of the shutdown, not because of the running fleet
-        in_window = len(errors)
-        stop.set()
-        late = await monitor
-        cpu1, steal1 = [process_cpu_seconds(p) or 0.0 for p in pids], _steal()
+            t1 = time.time()
+            # only heartbeats inside the window count: one due while 10,000 connections close
+            # is late because of the shutdown, not because of the running fleet
+            device = None if workers else errors[:]  # workers cannot be observed from inside
+        cpu = [(process_cpu_seconds(p) or 0.0) - c for p, c in zip(pids, cpu0, strict=True)]
+        steal1 = _steal()
         stats = await fleet.refresh_stats() if workers else fleet.stats()
     finally:
         await fleet.stop()
-    return {
-        "connect_s": connect_s,
-        "rss0": rss0,
-        "rss": rss,
-        "cpu_s": [b - a for a, b in zip(cpu0, cpu1, strict=True)],
-        "window": (t0, t1),
+    row = {
+        "devices": n,
+        "processes": max(workers, 1),
+        "workers": workers,
         "connected": stats.connected,
-        "packets_in": stats.packets_in,
-        "packets_out": stats.packets_out,
-        "device_errors": None if workers else errors[:in_window],
-        "loop_late": late,
+        "connect_s": connect_s,
+        "connect_per_s": n / connect_s,
+        "rss_mb": rss / 2**20,
+        "baseline_rss_mb": rss0 / 2**20,
+        "kib_per_device": (rss - rss0 * max(workers, 1)) / n / 1024,
+        **({"heartbeats": len(device)} if device is not None else {}),
+        **summary(device or [], prefix="hb_err_"),
+        "hb_err_min_ms": min(device) * 1e3 if device else None,
+        "cpu": sum(cpu) / (t1 - t0),
+        "cpu_max_process": max(cpu) / (t1 - t0),
+        "us_per_device_s": sum(cpu) / (t1 - t0) / n * 1e6,
+        **{k: health[k] for k in ("loop_late_p99_ms", "loop_late_max_ms")},
         "steal": (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
         if steal1[1] > steal0[1]
         else math.nan,
-        **gc_meter.summary(),
+        "packets_in": stats.packets_in,
+        "packets_out": stats.packets_out,
+        **{k: health[k] for k in ("gc_collections", "gc_full_collections", "gc_longest_ms")},
     }
-
-
-def _row(
-    name: str, n: int, workers: int, got: dict[str, Any], ctrl: dict[str, Any], idle: float
-) -> dict[str, Any]:
-    procs = max(workers, 1)
-    wall = got["window"][1] - got["window"][0]
-    device = got["device_errors"]
-    at_ctrl = [g - idle for g in ctrl["gaps"]]
-    heartbeats = len(device) if device is not None else len(at_ctrl)
-    err: dict[str, float | None] = {**summary(device or [], prefix="hb_err_")}
-    if device is None:  # worker processes cannot be observed from inside
-        err = dict.fromkeys(err)
-    return {
-        "name": name,
-        "devices": n,
-        "processes": procs,
-        "workers": workers,
-        "connected": got["connected"],
-        "connect_s": got["connect_s"],
-        "connect_per_s": n / got["connect_s"],
-        "rss_mb": sum(got["rss"]) / 2**20,
-        "baseline_rss_mb": got["rss0"] / 2**20,
-        "kib_per_device": (sum(got["rss"]) - got["rss0"] * procs) / n / 1024,
-        "heartbeats": heartbeats,
-        **err,
-        "hb_err_min_ms": min(device, default=math.nan) * 1e3 if device else None,
-        **summary(at_ctrl, prefix="ctrl_err_"),
-        "cpu": sum(got["cpu_s"]) / wall,
-        "cpu_max_process": max(got["cpu_s"]) / wall,
-        "us_per_heartbeat": sum(got["cpu_s"]) / heartbeats * 1e6 if heartbeats else None,
-        "us_per_device_s": sum(got["cpu_s"]) / wall / n * 1e6,
-        "loop_late_p99_ms": percentile(got["loop_late"], 0.99) * 1e3,
-        "loop_late_max_ms": max(got["loop_late"], default=math.nan) * 1e3,
-        "steal": got["steal"],
-        "controller_cpu": ctrl["cpu"],
-        "controller_late_p99_ms": percentile(ctrl["late"], 0.99) * 1e3,
-        "controller_late_max_ms": max(ctrl["late"], default=math.nan) * 1e3,
-        **{k: got[k] for k in ("packets_in", "packets_out", "gc_collections")},
-        **{k: got[k] for k in ("gc_full_collections", "gc_longest_ms")},
-    }
+    if device is None:
+        row |= dict.fromkeys(summary([], prefix="hb_err_"))
+    return row, (t0, t1)
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
@@ -311,7 +261,6 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     plan += [(f"{n:,} devices, real cadence", n, 0, 1.0) for n in size.real_cadence]
     controllers: dict[float, Child] = {}
     rows: list[dict[str, Any]] = []
-    ctx = multiprocessing.get_context("spawn")
     try:
         for name, n, workers, scale in plan:
             if scale not in controllers:
@@ -322,11 +271,14 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
             controller.ask("reset")
             row_idle = expected_idle(scale)[0]
             warmup, window = row_idle + size.warmup_s, max(size.window_s, 2.2 * row_idle)
-            with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 args = (n, workers, scale, controller.ready, warmup, window)
-                got = pool.submit(fleet_row, *args).result(timeout=900)
-            ctrl = controller.ask(("stats", *got["window"]))
-            rows.append({**_row(name, n, workers, got, ctrl, row_idle), "time_scale": scale})
+                got, (t0, t1) = pool.submit(fleet_row, *args).result(timeout=900)
+            row: dict[str, Any] = {"name": name, "time_scale": scale}
+            row |= controller.ask(("stats", t0, t1, row_idle)) | got
+            hb = row["heartbeats"]
+            row["us_per_heartbeat"] = row["cpu"] * (t1 - t0) / hb * 1e6 if hb else None
+            rows.append(row)
     finally:
         for controller in controllers.values():
             controller.stop()
@@ -354,11 +306,8 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         f"{ts} (heartbeat every {idle:.2f} s idle)"
         + (" and 1.0 (real cadence)" if size.real_cadence else "")
     )
-    params: dict[str, Any] = {
-        "time_scale": ts,
-        "heartbeat_idle_s": idle,
-        "heartbeat_constant": constant,
-    }
+    params: dict[str, Any] = {"time_scale": ts, "heartbeat_idle_s": idle}
+    params["heartbeat_constant"] = constant
     params |= {"warmup_s": size.warmup_s, "window_s": size.window_s, "seed": SEED, "cores": cores}
     return SPEC.result(opts, title, rows, checks, params, _notes(rows, size, idle, constant))
 

@@ -6,19 +6,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    latency_columns,
-)
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import NODE, LockMeter, command_summary, open_lane
 from cyncsim.tools.bench.stats import summary
 
@@ -43,9 +34,9 @@ SPEC = SuiteSpec(
         Column("name", "row"),
         Column("rounds", "rounds", ",d"),
         Column("success", "success", ".2%"),
-        *latency_columns("round_", "round ", spec=",.1f"),
+        *Column.latency("round_", "round ", spec=",.1f"),
         Column("expected_round_p50_ms", "max-of-10 p50", ",.1f"),
-        *latency_columns(label="cmd ", spec=",.2f", keys="p50 p99"),
+        *Column.latency(label="cmd ", spec=",.2f", keys="p50 p99"),
         Column("retries", "retries", ",d"),
         Column("timeouts", "timeouts", ",d"),
         Column("lock_acquisitions", "locks", ",d"),
@@ -103,7 +94,6 @@ async def _run(size: Size, log: Log) -> list[dict[str, Any]]:
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    gc.collect()  # no garbage of an earlier suite for this one's collections to walk
     size = SPEC.size(opts)
     rows = asyncio.run(_run(size, log))
     learned, no_delay = rows

@@ -29,7 +29,6 @@ from cyncsim.tools.bench.common import (
     measure,
     measure_rounds,
     profile_by_file,
-    profile_sections,
 )
 
 __all__ = ["SPEC", "dpkt_parse", "pcap_slice", "run", "struct_floor", "text_row"]
@@ -244,7 +243,5 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     result = SPEC.result(opts, title, [*rows, text], checks, params, notes)
     if opts.profile:
         log("import: profiling the reader once")
-        result.sections += profile_sections(
-            profile_by_file(lambda: read_capture(pcap)), "one read_capture"
-        )
+        result.add_profile(profile_by_file(lambda: read_capture(pcap)), "one read_capture")
     return result

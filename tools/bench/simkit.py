@@ -14,47 +14,34 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cyncsim import (
-    ChaosConfig,
-    CyncDeviceSimulator,
-    CyncError,
-    DeviceModel,
-    PacketType,
-    ReliableTransport,
-    Result,
-)
+from cyncsim import CyncDeviceSimulator, CyncError, DeviceModel, ReliableTransport, Result
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_command
-from cyncsim.replay.protocol import CyncPacket, exchange_key
-from cyncsim.tools.bench.stats import rate, summary
+from cyncsim.replay.protocol import CyncPacket
+from cyncsim.tools.bench.stats import percentile, rate, summary
 
 __all__ = [
     "NODE",
     "Child",
     "CpuMeter",
-    "GcMeter",
     "Lane",
     "LockMeter",
     "Probe",
-    "TimerAudit",
-    "acks",
     "command_packet",
     "command_summary",
     "device_view",
-    "is_type",
     "lateness_monitor",
+    "loop_health",
     "loop_lateness",
     "open_lane",
     "process_cpu_seconds",
     "process_rss_bytes",
     "run_commands",
-    "serve_control",
 ]
 
 NODE = 1  # mesh node of every lane's device (its own node: commands are applied)
@@ -74,33 +61,27 @@ class Lane:
 
 
 async def open_lane(
-    index: int,
-    *,
-    seed: int,
-    model: DeviceModel | None = None,
-    time_scale: float = 1.0,
-    chaos: ChaosConfig | None = None,
-    **transport_kw: Any,
+    index: int, *, seed: int, model: DeviceModel | None = None, time_scale: float = 1.0, **kw: Any
 ) -> Lane:
-    """A listening device (id 0x5100_0000 + index, node 1) and a handshaken transport."""
+    """A listening device (id 0x5100_0000 + index, node 1; ``chaos_config`` goes to it) and a
+    handshaken transport (the other keywords go to ReliableTransport)."""
+    chaos = kw.pop("chaos_config", None)
+    seed = seed * 1000 + index
     device = CyncDeviceSimulator(
         0x51000000 + index,
         model=model,
-        seed=seed * 1000 + index,
+        seed=seed,
         time_scale=time_scale,
         chaos_config=chaos,
         mesh_node=NODE,
     )
     await device.start()
-    transport = ReliableTransport(
-        "127.0.0.1", device.port, seed=seed * 1000 + index + 500, **transport_kw
-    )
+    transport = ReliableTransport("127.0.0.1", device.port, seed=seed + 500, **kw)
     try:
         await transport.connect()
         await transport.handshake(timeout=30.0)
     except BaseException:
-        await transport.close()
-        await device.stop()
+        await Lane(device, transport).close()
         raise
     return Lane(device, transport)
 
@@ -135,9 +116,8 @@ def command_summary(results: list[Result], retransmissions: int) -> dict[str, An
 
 
 def device_view(model: DeviceModel | None = None) -> Any:
-    """The model view a device of ``model`` samples its answers from (the device is built,
-    never started): ``.split(request key).acks[0]`` is the plan of the answer, ``.heartbeat``
-    the idle time before a 0xD3."""
+    """The model view a device of ``model`` samples from (built, never started):
+    ``.split(request key).acks[0]`` plans the answer, ``.heartbeat`` the idle time."""
     return CyncDeviceSimulator(0x51000000, model=model, seed=0, mesh_node=NODE).engine.view
 
 
@@ -156,15 +136,13 @@ def command_packet(device_id: bytes, number: int, *, light: bool = False) -> byt
 
 # ---------------------------------------------------------------------------- raw probe
 class Probe(asyncio.Protocol):
-    """A raw Cync peer stamping each packet read with the loop clock; ``exchange(data, want)``
-    returns (seconds to the first packet ``want`` accepts, that packet)."""
+    """A raw Cync peer that stamps each packet it reads with the loop clock."""
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.framer = PacketFramer(strict=False)
-        self.transport: asyncio.Transport | None = None
-        self._waiters: list[tuple[Callable[[CyncPacket], bool], asyncio.Future[Any]]] = []
-        self.backlog: collections.deque[tuple[float, CyncPacket]] = collections.deque(maxlen=4096)
+        self.transport: Any = None
+        self.read: asyncio.Queue[tuple[float, CyncPacket | None]] = asyncio.Queue()
 
     @classmethod
     async def open(cls, port: int) -> Probe:
@@ -172,103 +150,40 @@ class Probe(asyncio.Protocol):
         return probe
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         for pkt in self.framer.feed(data):
-            for i, (want, fut) in enumerate(self._waiters):
-                if not fut.done() and want(pkt):
-                    fut.set_result((now, pkt))
-                    del self._waiters[i]
-                    break
-            else:
-                self.backlog.append((now, pkt))
+            self.read.put_nowait((now, pkt))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        for _, fut in self._waiters:
-            if not fut.done():
-                fut.set_exception(CyncError("probe connection closed", reason="closed"))
-
-    def wait_for(self, want: Callable[[CyncPacket], bool]) -> asyncio.Future[Any]:
-        """A future of (read time, packet) for the next packet ``want`` accepts, the backlog
-        of packets read before included (and taken from it)."""
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        for item in self.backlog:
-            if want(item[1]):
-                self.backlog.remove(item)
-                fut.set_result(item)
-                return fut
-        self._waiters.append((want, fut))
-        return fut
-
-    def send(self, data: bytes) -> None:
-        if self.transport is None:
-            raise CyncError("probe is not connected", reason="closed")
-        self.transport.write(data)
+        self.read.put_nowait((self.loop.time(), None))
 
     async def exchange(
         self, data: bytes, want: Callable[[CyncPacket], bool]
     ) -> tuple[float, CyncPacket]:
-        fut = self.wait_for(want)
+        """Send ``data`` (if any): (seconds to the first packet ``want`` accepts, that packet);
+        the packets read before it are dropped."""
         start = self.loop.time()
-        self.send(data)
+        if data:
+            self.transport.write(data)
         try:
-            at, pkt = await asyncio.wait_for(fut, 30.0)
+            async with asyncio.timeout(30.0):
+                while True:
+                    at, pkt = await self.read.get()
+                    if pkt is None:
+                        raise CyncError("probe connection closed", reason="closed")
+                    if want(pkt):
+                        return at - start, pkt
         except TimeoutError:
-            raise CyncError(f"no answer to a 0x{data[0]:02x} in 30 s", reason="timeout") from None
-        return at - start, pkt
+            raise CyncError("no answer to the probe in 30 s", reason="timeout") from None
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def is_type(ptype: int) -> Callable[[CyncPacket], bool]:
-    return lambda pkt: pkt.type == ptype
-
-
-def acks(request: bytes) -> Callable[[CyncPacket], bool]:
-    """The 0x7B answering 0x73 ``request`` (echoes its exchange key)."""
-    key = exchange_key(request)
-    return lambda pkt: pkt.type == PacketType.DATA_ACK and exchange_key(pkt.encode()) == key
+        self.transport.close()
 
 
 # ---------------------------------------------------------------------------- timers
-class TimerAudit:
-    """When each engine answer was asked to leave, and when it really did."""
-
-    def __init__(self) -> None:
-        self._pending: dict[bytes, collections.deque[tuple[float, float, str]]] = {}
-        self.asked: dict[str, list[float]] = collections.defaultdict(list)
-        self.late: dict[str, list[float]] = collections.defaultdict(list)
-        self.loop = asyncio.get_running_loop()
-
-    def watch(self, engine: Any) -> None:
-        receive, pending = engine.receive, self._pending
-
-        def audited(data: bytes, now: float) -> list[Any]:
-            actions: list[Any] = receive(data, now)
-            for a in actions:  # a Send action: data to write at loop time ``at``
-                if hasattr(a, "at") and isinstance(getattr(a, "data", None), bytes):
-                    pending.setdefault(a.data, collections.deque()).append((now, a.at, a.key))
-            return actions
-
-        setattr(engine, "receive", audited)  # noqa: B010 (an instance attribute, on purpose)
-
-    def observe(self, way: str, data: bytes) -> None:
-        queue = self._pending.get(data) if way == "out" else None
-        if not queue:
-            return
-        now, at, key = queue.popleft()
-        if not queue:
-            del self._pending[data]
-        self.asked[key].append(at - now)
-        self.late[key].append(self.loop.time() - at)
-
-
 async def loop_lateness(
     n: int, low: float, high: float, *, seed: int = 0, sleep: bool = False
 ) -> list[float]:
@@ -276,26 +191,21 @@ async def loop_lateness(
     from [low, high): loop.call_at callbacks, or ``asyncio.sleep`` (one more task wake-up).
     Random delays matter: epoll waits in whole milliseconds, rounded up, so a timer due at a
     fraction of a millisecond after the loop last woke is late by that rounding."""
-    loop = asyncio.get_running_loop()
-    rng = random.Random(seed)
-    out: list[float] = []
+    loop, rng, out = asyncio.get_running_loop(), random.Random(seed), list[float]()
     for _ in range(n):
-        delay = rng.uniform(low, high)
+        delay, start = rng.uniform(low, high), loop.time()
         if sleep:
-            start = loop.time()
             await asyncio.sleep(delay)
             out.append(loop.time() - start - delay)
             continue
-        fut: asyncio.Future[float] = loop.create_future()
-        when = loop.time() + delay
-        loop.call_at(when, _fire, fut, when)
-        out.append(await fut)
+        fired: asyncio.Future[float] = loop.create_future()  # lateness when the callback ran
+        loop.call_at(start + delay, _fire, fired, start + delay)
+        out.append(await fired)
     return out
 
 
 def _fire(fut: asyncio.Future[float], when: float) -> None:
-    if not fut.done():
-        fut.set_result(asyncio.get_running_loop().time() - when)
+    fut.set_result(fut.get_loop().time() - when)
 
 
 async def lateness_monitor(
@@ -303,10 +213,8 @@ async def lateness_monitor(
 ) -> list[float]:
     """Bare loop timers (random ``low``-``high`` s) one after another until ``stop``."""
     out: list[float] = []
-    seed = 0
     while not stop.is_set():
-        seed += 1
-        out += await loop_lateness(5, low, high, seed=seed)
+        out += await loop_lateness(5, low, high, seed=len(out))
     return out
 
 
@@ -316,69 +224,71 @@ class LockMeter:
     process-wide, while ``active()`` is entered (the classes' methods are wrapped)."""
 
     def __init__(self) -> None:
-        self.acquisitions = 0
-        self.held_s = 0.0
+        self.acquisitions, self.held_s = 0, 0.0
         self.by_class: collections.Counter[str] = collections.Counter()
 
-    @contextmanager
+    @contextlib.contextmanager
     def active(self) -> Iterator[LockMeter]:
-        meter = self
         since: dict[int, list[float]] = collections.defaultdict(list)
-        saved: list[tuple[Any, str, Any]] = []
-        for cls in (asyncio.Lock, asyncio.Semaphore):
-            acquire, release = cls.acquire, cls.release
+        saved = [(cls, cls.acquire, cls.release) for cls in (asyncio.Lock, asyncio.Semaphore)]
+        for cls, acquire, release in saved:
 
             async def timed_acquire(lock: Any, _acq: Any = acquire, _n: str = cls.__name__) -> bool:
                 got: bool = await _acq(lock)
-                meter.acquisitions += 1
-                meter.by_class[_n] += 1
+                self.acquisitions += 1
+                self.by_class[_n] += 1
                 since[id(lock)].append(time.perf_counter())
                 return got
 
             def timed_release(lock: Any, _release: Any = release) -> None:
-                starts = since.get(id(lock))
-                if starts:
-                    meter.held_s += time.perf_counter() - starts.pop(0)
+                if starts := since.get(id(lock)):
+                    self.held_s += time.perf_counter() - starts.pop(0)
                 _release(lock)
 
-            saved += [(cls, "acquire", acquire), (cls, "release", release)]
             setattr(cls, "acquire", timed_acquire)  # noqa: B010
             setattr(cls, "release", timed_release)  # noqa: B010
         try:
             yield self
         finally:
-            for owner, name, fn in saved:
-                setattr(owner, name, fn)
+            for cls, acquire, release in saved:
+                setattr(cls, "acquire", acquire)  # noqa: B010
+                setattr(cls, "release", release)  # noqa: B010
 
 
-class GcMeter:
-    """Pauses of the cyclic garbage collector while ``active()`` is entered (gc.callbacks)."""
+@contextlib.asynccontextmanager
+async def loop_health() -> AsyncIterator[dict[str, Any]]:
+    """While entered: pauses of the cyclic garbage collector (gc.callbacks), lateness of bare
+    loop timers, this process's CPU; the dict it gives gets the figures on exit."""
+    figures: dict[str, Any] = {}
+    pauses: list[tuple[int, float]] = []  # (generation, seconds)
+    started = [0.0]
 
-    def __init__(self) -> None:
-        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((int(info["generation"]), time.perf_counter() - started[0]))
 
-    @contextmanager
-    def active(self) -> Iterator[GcMeter]:
-        started: list[float] = []
-
-        def callback(phase: str, info: dict[str, Any]) -> None:
-            if phase == "start":
-                started.append(time.perf_counter())
-            elif started:
-                self.pauses.append((int(info["generation"]), time.perf_counter() - started.pop()))
-
-        gc.callbacks.append(callback)
-        try:
-            yield self
-        finally:
-            gc.callbacks.remove(callback)
-
-    def summary(self) -> dict[str, float | int]:
-        return {
-            "gc_collections": len(self.pauses),
-            "gc_full_collections": sum(1 for g, _ in self.pauses if g == 2),
-            "gc_longest_ms": max((p for _, p in self.pauses), default=0.0) * 1e3,
-            "gc_total_ms": sum(p for _, p in self.pauses) * 1e3,
+    cpu, stop = CpuMeter(), asyncio.Event()
+    monitor = asyncio.ensure_future(lateness_monitor(stop))
+    gc.callbacks.append(callback)
+    try:
+        yield figures
+    finally:
+        gc.callbacks.remove(callback)
+        stop.set()
+        late = await monitor
+        cpu.stop()
+        figures |= {
+            "gc_collections": len(pauses),
+            "gc_full_collections": sum(1 for g, _ in pauses if g == 2),
+            "gc_longest_ms": max((p for _, p in pauses), default=0.0) * 1e3,
+            "gc_total_ms": sum(p for _, p in pauses) * 1e3,
+            "loop_late_p50_ms": percentile(late, 0.5) * 1e3,
+            "loop_late_p99_ms": percentile(late, 0.99) * 1e3,
+            "loop_late_max_ms": max(late, default=0.0) * 1e3,
+            "cpu_utilisation": cpu.utilisation,
+            "wall_s": cpu.wall_s,
         }
 
 
@@ -386,13 +296,11 @@ class CpuMeter:
     """Process CPU seconds (user + system) and wall seconds between start and ``stop``."""
 
     def __init__(self) -> None:
-        t = os.times()
-        self._cpu0, self._wall0 = t.user + t.system, time.perf_counter()
+        self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
         self.cpu_s = self.wall_s = 0.0
 
     def stop(self) -> CpuMeter:
-        t = os.times()
-        self.cpu_s = t.user + t.system - self._cpu0
+        self.cpu_s = time.process_time() - self._cpu0
         self.wall_s = time.perf_counter() - self._wall0
         return self
 
@@ -427,7 +335,7 @@ class Child:
     """A spawned process (a fresh interpreter: no inherited heap) and its control pipe.
 
     ``target(ctl, *args)`` runs in the child: it sends one "ready" value, then answers every
-    message (``serve_control``) until "stop", after which it sends one last value."""
+    message (``Child.serve``) until "stop", after which it sends one last value."""
 
     def __init__(self, target: Callable[..., None], *args: Any, name: str) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -461,25 +369,22 @@ class Child:
         self.ctl.close()
         return last
 
+    @staticmethod
+    async def serve(ctl: Connection, handle: Callable[[Any], Any]) -> None:
+        """In the child: answer each message with ``handle(message)`` until "stop"."""
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
 
-async def serve_control(ctl: Connection, handle: Callable[[Any], Any]) -> None:
-    """In a Child: answer each message with ``handle(message)`` until "stop"."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+        def readable() -> None:
+            try:
+                while ctl.poll():
+                    if (msg := ctl.recv()) == "stop":
+                        return stop.set()
+                    ctl.send(handle(msg))
+            except (EOFError, OSError):
+                stop.set()
 
-    def readable() -> None:
+        loop.add_reader(ctl.fileno(), readable)
         try:
-            while ctl.poll():
-                msg = ctl.recv()
-                if msg == "stop":
-                    stop.set()
-                    return
-                ctl.send(handle(msg))
-        except (EOFError, OSError):
-            stop.set()
-
-    loop.add_reader(ctl.fileno(), readable)
-    try:
-        await stop.wait()
-    finally:
-        loop.remove_reader(ctl.fileno())
+            await stop.wait()
+        finally:
+            loop.remove_reader(ctl.fileno())

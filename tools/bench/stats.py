@@ -6,29 +6,19 @@
 # quantiles the simulator samples.  scipy is imported on first use, then gc.freeze()d.
 from __future__ import annotations
 
+import functools
 import gc
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from cyncsim import DeviceModel
 from cyncsim.replay.model import Distribution
 from cyncsim.replay.model.dist import sorted_quantile
 
-__all__ = [
-    "GRID",
-    "cloud_variant_model",
-    "ks",
-    "ks_random",
-    "learned_summary",
-    "percentile",
-    "rate",
-    "summary",
-]
+__all__ = ["GRID", "ks", "ks_random", "learned_summary", "percentile", "rate", "summary"]
 
 GRID = 20_000
 _KEYS = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
-_SCIPY: list[Any] = []
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -38,8 +28,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def summary(samples: Iterable[float], unit: str = "ms", prefix: str = "") -> dict[str, float]:
     """p50/p90/p95/p99/max/mean of ``samples`` (seconds) in ms or us (NaN when empty)."""
-    scale = {"ms": 1e3, "us": 1e6, "s": 1.0}[unit]
-    vals = sorted(samples)
+    scale, vals = {"ms": 1e3, "us": 1e6, "s": 1.0}[unit], sorted(samples)
     figures = {k: sorted_quantile(vals, q) if vals else math.nan for k, q in _KEYS}
     figures["max"] = vals[-1] if vals else math.nan
     figures["mean"] = sum(vals) / len(vals) if vals else math.nan
@@ -54,13 +43,12 @@ def learned_summary(dist: Distribution, scale: float = 1.0) -> dict[str, float]:
     return out
 
 
+@functools.cache
 def _scipy_stats() -> Any:
-    if not _SCIPY:
-        import scipy.stats
+    import scipy.stats
 
-        gc.freeze()  # its thousands of objects are never garbage: keep collections short
-        _SCIPY.append(scipy.stats)
-    return _SCIPY[0]
+    gc.freeze()  # its thousands of objects are never garbage: keep collections short
+    return scipy.stats
 
 
 def ks(samples: Sequence[float], dist: Distribution, scale: float = 1.0) -> float:
@@ -81,20 +69,6 @@ def ks(samples: Sequence[float], dist: Distribution, scale: float = 1.0) -> floa
 def ks_random(n: int) -> float:
     """The median KS statistic of ``n`` independent draws from the distribution itself."""
     return float(_scipy_stats().kstwo.ppf(0.5, n)) if n >= 1 else math.nan
-
-
-def cloud_variant_model(model: DeviceModel, variant: str = "cloud") -> DeviceModel:
-    """``model`` restricted to one setup variant (exchanges and behaviour of that variant)."""
-    exchanges = [e for e in model.exchanges if e.variant == variant]
-    if not exchanges:
-        raise ValueError(f"the model has no exchanges of variant {variant!r}")
-    return DeviceModel(
-        sources=list(model.sources),
-        exchanges=exchanges,
-        behaviour={v: b for v, b in model.behaviour.items() if v == variant},
-        devices=list(model.devices),
-        findings=dict(model.findings),
-    )
 
 
 def rate(part: int, whole: int) -> float:
