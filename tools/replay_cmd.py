@@ -78,6 +78,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
         help="shorten every idle gap of the capture to at most this long",
     )
     p.add_argument(
+        "--peer-time-scale",
+        type=float,
+        metavar="X",
+        help="the peer is a simulator run with --time-scale X: its clock is divided by X "
+        "before the verdict",
+    )
+    p.add_argument(
         "--device",
         type=_device,
         action="append",
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             record=args.record,
             devices=args.device,
             tolerance=args.tolerance,
+            peer_time_scale=args.peer_time_scale,
         )
     )
     if args.html:
