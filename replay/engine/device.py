@@ -41,7 +41,6 @@ from cyncsim.replay.payloads import (
 )
 from cyncsim.replay.protocol import (
     EXCHANGE_KEY,
-    FRAME_HEAD,
     ID_PREFIX,
     CyncPacket,
     FramedPacket,
@@ -55,9 +54,11 @@ __all__ = ["MIN_CADENCE_S", "DeviceEngine", "pick_script"]
 MIN_CADENCE_S = 0.001  # floor for spontaneous timers, so a zero sample never spins
 _PING = build_simple(PacketType.PING).encode()
 _TIME_REQUEST = build_simple(PacketType.TIME_REQUEST).encode()
-# A command's identity for duplicate detection: its exchange key (device id, message id)
-# and the frame marker and sequence that follow it.
-_IDENT = slice(EXCHANGE_KEY.start, FRAME_HEAD["seq"].end)
+# A command's identity for duplicate detection: everything after the outer header, i.e. a
+# byte-identical repeat (a retransmission, a duplicated packet). Not (message id, sequence)
+# alone: the local server of 152132 always sends message id 00 00 00 and reuses frame
+# sequences across opcodes, and the real device executed those commands (PROTOCOL.md 10.5).
+_IDENT = slice(EXCHANGE_KEY.start, None)
 
 
 def pick_script(

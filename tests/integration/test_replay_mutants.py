@@ -133,14 +133,6 @@ def test_mutant_controllers_are_nonconformant(
 
 
 # ---------------------------------------------------------------------- controller side
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this replay: the device engine takes a command whose (message id, frame "
-    "sequence) repeats an earlier command's as a duplicate and sends the 0x7B alone; the local "
-    "server of 152132 always uses message id 00 00 00, and its f8 f0 commands with sequence "
-    "0x1e/0x1f (the sequences of its earlier f8 af / f8 52) got their f9 results from the real "
-    "device (replay/engine/device.py _IDENT)",
-)
 def test_device_learned_from_the_capture_is_conformant(ref: Reference, tmp_path: Path) -> None:
     report = asyncio.run(_controller_side(ref, tmp_path / "s.txt"))
     assert report.conformant, [f.message for f in report.findings]
