@@ -12,11 +12,10 @@ import collections
 import math
 import selectors
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim import CyncCloudSimulator, CyncDeviceSimulator, PacketType
-from cyncsim.replay.model import Distribution
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
 from cyncsim.replay.protocol import CyncPacket, FramedPacket, FrameKind, InnerFrame, exchange_key
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
@@ -165,16 +164,6 @@ class TimerAudit:
         self.late[key].append(self.loop.time() - at)
 
 
-@dataclass(slots=True)
-class _Measured:
-    kind: Kind
-    latencies: list[float]
-    plan: Any  # the engine's plan of the answer: .delay sampled, .queued
-    audit: TimerAudit
-    captured: Distribution | None = None  # request -> answer as captured (with queueing)
-    margins: list[float] = field(default_factory=list)  # socket time - asked delay, each
-
-
 def _wants(kind: Kind, request: bytes) -> Callable[[CyncPacket], bool]:
     """What answers ``request``: a device's 0x7B echoes its exchange key."""
     if kind.role == "device":
@@ -183,8 +172,9 @@ def _wants(kind: Kind, request: bytes) -> Callable[[CyncPacket], bool]:
     return lambda p: p.type == _ANSWERS[kind.answer]
 
 
-async def _connection(kind: Kind, n: int, seed: int) -> _Measured:
-    """``n`` requests of ``kind`` on one connection to a simulator of its own."""
+async def _connection(kind: Kind, n: int, seed: int) -> tuple[list[float], Any, TimerAudit]:
+    """``n`` requests of ``kind`` on one connection to a simulator of its own: the seconds
+    to each answer at the socket, the simulator's model view, its TimerAudit."""
     audit, device = TimerAudit(), kind.role == "device"
     sim = audit.attach(
         CyncDeviceSimulator(DEVICE_ID, seed=seed, time_scale=1.0, mesh_node=1)
@@ -192,7 +182,6 @@ async def _connection(kind: Kind, n: int, seed: int) -> _Measured:
         else CyncCloudSimulator(seed=seed, time_scale=1.0)
     )
     view = sim.engine.view if device else sim.view
-    plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     await sim.start()
     try:
         probe = await Probe.open(sim.port)
@@ -213,81 +202,79 @@ async def _connection(kind: Kind, n: int, seed: int) -> _Measured:
             probe.close()
     finally:
         await sim.stop()
-    captured = None
-    if device:
-        ex = view.model.exchange(kind.request, "device", view.variant)
-        captured = next((r.latency for r in ex.responses if r.key == "0x7b"), None) if ex else None
-    return _Measured(kind, latencies, plan, audit, captured)
+    return latencies, view, audit
 
 
-async def _kind(kind: Kind, index: int, size: Size) -> _Measured:
-    """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at once."""
+async def _kind(
+    kind: Kind, index: int, size: Size, loop: str
+) -> tuple[dict[str, Any], list[float]]:
+    """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at once:
+    its row and the lateness of its answers."""
     counts = [size.per_connection] * (size.requests // size.per_connection)
     counts += [size.requests % size.per_connection] if size.requests % size.per_connection else []
     parts = await asyncio.gather(
         *(_connection(kind, c, SEED + 100 * index + j) for j, c in enumerate(counts))
     )
-    out = _Measured(kind, [], parts[0].plan, TimerAudit(), parts[0].captured)
-    for p in parts:
-        asked = p.audit.asked.get(kind.answer, [])
-        out.latencies += p.latencies
-        out.audit.asked[kind.answer] += asked
-        out.audit.late[kind.answer] += p.audit.late.get(kind.answer, [])
-        out.margins += [got - want for got, want in zip(p.latencies, asked, strict=True)]
-    return out
-
-
-async def _run(size: Size, loop_name: str, log: Log) -> tuple[list[_Measured], dict[str, Any]]:
-    log(f"acks ({loop_name} loop): bare timers on an idle loop")
-    ref = {
-        "loop.call_at, idle loop": await loop_lateness(200, 0.001, 0.01),
-        "asyncio.sleep, idle loop": await loop_lateness(200, 0.001, 0.01, sleep=True),
-    }
-    log(f"acks ({loop_name} loop): {size.requests} requests of each of {len(KINDS)} kinds")
-    stop = asyncio.Event()
-    background = asyncio.ensure_future(lateness_monitor(stop, 0.001, 0.02))
-    try:
-        measured = await asyncio.gather(*(_kind(k, i, size) for i, k in enumerate(KINDS)))
-    finally:
-        stop.set()
-        ref["loop.call_at, during the run"] = await background
-    return list(measured), ref
-
-
-def _lateness(late: list[float], prefix: str = "") -> dict[str, Any]:
-    return {**summary(late, "us", prefix), f"{prefix}min_us": min(late, default=math.nan) * 1e6}
-
-
-def _kind_row(m: _Measured, loop_name: str) -> dict[str, Any]:
-    k, dist = m.kind, m.plan.delay
-    asked = m.audit.asked.get(k.answer, [])
+    latencies, asked, late, margins = list[float](), list[float](), list[float](), list[float]()
+    for got, _, audit in parts:
+        wanted = audit.asked.get(kind.answer, [])
+        latencies, asked = latencies + got, asked + wanted
+        late += audit.late.get(kind.answer, [])
+        margins += [t - want for t, want in zip(got, wanted, strict=True)]
+    view, device = parts[0][1], kind.role == "device"
+    plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     row: dict[str, Any] = {
-        "name": k.name,
-        "loop": loop_name,
-        "answered_by": k.role,
-        "request": k.request,
-        "checked": k.checked,
-        "targets": "checked" if k.checked else "shown only",
-        "n": len(m.latencies),
-        **summary(m.latencies),
-        **learned_summary(dist),
-        "learned_values": dist.count,
-        "learned_kind": "service" if m.plan.queued else "latency",
-        "ks": ks(m.latencies, dist),
-        "ks_asked": ks(asked, dist) if asked else None,
-        "ks_random": ks_random(len(m.latencies)),
-        **_lateness(m.audit.late.get(k.answer, []), "late_"),
-        "min_margin_us": min(m.margins) * 1e6 if m.margins else None,
-        "samples_ms": [x * 1e3 for x in m.latencies],
-        "learned_ms": [v * 1e3 for v in dist.values],
+        "name": kind.name,
+        "loop": loop,
+        "answered_by": kind.role,
+        "request": kind.request,
+        "checked": kind.checked,
+        "targets": "checked" if kind.checked else "shown only",
+        "n": len(latencies),
+        **summary(latencies),
+        **learned_summary(plan.delay),
+        "learned_values": plan.delay.count,
+        "learned_kind": "service" if plan.queued else "latency",
+        "ks": ks(latencies, plan.delay),
+        "ks_asked": ks(asked, plan.delay) if asked else None,
+        "ks_random": ks_random(len(latencies)),
+        **_lateness(late, "late_"),
+        "min_margin_us": min(margins) * 1e6 if margins else None,
+        "samples_ms": [x * 1e3 for x in latencies],
+        "learned_ms": [v * 1e3 for v in plan.delay.values],
     }
     row["p99_err_ms"] = row["p99_ms"] - row["learned_p99_ms"]
     row["p99_tol_ms"] = max(P99_REL * row["learned_p99_ms"], P99_ABS_S * 1e3)
     row["p99_ok"] = abs(row["p99_err_ms"]) <= row["p99_tol_ms"]
     row["ks_ok"] = row["ks"] <= TARGET_KS
-    if m.captured is not None:
-        row["captured_latency_p99_ms"] = m.captured.quantile(0.99) * 1e3
-    return row
+    ex = view.model.exchange(kind.request, "device", view.variant) if device else None
+    captured = next((r.latency for r in ex.responses if r.key == "0x7b"), None) if ex else None
+    if captured is not None:
+        row["captured_latency_p99_ms"] = captured.quantile(0.99) * 1e3
+    return row, late
+
+
+async def _run(size: Size, loop: str, log: Log) -> tuple[list[Any], dict[str, list[float]]]:
+    """Every kind at once on this event loop: rows, and bare timer lateness for reference."""
+    log(f"acks ({loop} loop): bare timers on an idle loop")
+    ref = {
+        "loop.call_at, idle loop": await loop_lateness(200, 0.001, 0.01),
+        "asyncio.sleep, idle loop": await loop_lateness(200, 0.001, 0.01, sleep=True),
+    }
+    log(f"acks ({loop} loop): {size.requests} requests of each of {len(KINDS)} kinds")
+    stop = asyncio.Event()
+    background = asyncio.ensure_future(lateness_monitor(stop, 0.001, 0.02))
+    try:
+        measured = await asyncio.gather(*(_kind(k, i, size, loop) for i, k in enumerate(KINDS)))
+    finally:
+        stop.set()
+        ref["loop.call_at, during the run"] = await background
+    ref["simulator answers"] = [x for _, late in measured for x in late]
+    return [row for row, _ in measured], ref
+
+
+def _lateness(late: list[float], prefix: str = "") -> dict[str, Any]:
+    return {**summary(late, "us", prefix), f"{prefix}min_us": min(late, default=math.nan) * 1e6}
 
 
 def _loop_checks(
@@ -321,9 +308,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     checks: list[Check] = []
     for loop_name, factory in LOOPS.items():
         with asyncio.Runner(loop_factory=factory) as runner:
-            measured, ref = runner.run(_run(size, loop_name, log))
-        ref["simulator answers"] = [x for m in measured for x in m.audit.late[m.kind.answer]]
-        loop_rows = [_kind_row(m, loop_name) for m in measured]
+            loop_rows, ref = runner.run(_run(size, loop_name, log))
         loop_timers = [
             {"loop": loop_name, "name": name, "n": len(late), **_lateness(late)}
             for name, late in ref.items()
