@@ -9,15 +9,30 @@
 # typically (a bucket's geometric middle is returned, clamped to [min, max]); below MIN_S
 # the error is at most MIN_S in absolute terms.  RunStats is what a fleet did so far (the
 # same counters a fleet, a worker or a shard keeps), merge() adds another's; both have a
-# compact to_dict()/from_dict() form (JSON-able, picklable).  Pure: no clock, no I/O.
+# compact to_dict()/from_dict() form (JSON-able, picklable).  AnswerMeter is the hook a
+# fleet's connections call for every packet they hand to the engine (commands, answers,
+# latency per request kind, keyed by request_kind: cheap, from fixed offsets of the raw
+# bytes, memoised).  Pure: no clock (times come with the calls), no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GROWTH", "MAX_S", "MIN_S", "LatencyHistogram", "RunStats", "bucket_bounds"]
+from cyncsim.replay.engine.actions import Send
+from cyncsim.replay.protocol import FIRMWARE_MARKER, FRAME_HEAD, FRAME_MARKER, PacketType
+
+__all__ = [
+    "GROWTH",
+    "MAX_S",
+    "MIN_S",
+    "AnswerMeter",
+    "LatencyHistogram",
+    "RunStats",
+    "bucket_bounds",
+    "request_kind",
+]
 
 MIN_S = 1e-6  # lower edge of bucket 1 (bucket 0 holds everything below, zeros included)
 MAX_S = 1000.0  # values above land in the last bucket (max stays exact)
@@ -167,6 +182,80 @@ class LatencyHistogram:
             out.min = float(d["min"])
             out.max = float(d["max"])
         return out
+
+
+# ---------------------------------------------------------------------------- per request
+_MARKER_AT = FRAME_HEAD["marker"].offset
+_KIND_AT = FRAME_HEAD["kind"].offset
+_OPCODE_AT = FRAME_HEAD["opcode"].offset
+_DATA, _REPORT = int(PacketType.DATA), int(PacketType.REPORT)
+_KINDS: dict[int, str] = {}  # (type << 16 | kind << 8 | opcode) or type -> its name
+
+
+def request_kind(data: bytes) -> str:
+    """A packet's request key from its bytes alone: "0x73:f8:d0" when it carries an inner
+    frame head (type, frame kind, opcode), else "0xd3" (as describe.request_key names a
+    decoded packet)."""
+    ptype = data[0]
+    marker = data[_MARKER_AT] if len(data) > _OPCODE_AT else -1
+    if (ptype == _DATA and marker == FRAME_MARKER) or (
+        ptype == _REPORT and marker in (FRAME_MARKER, FIRMWARE_MARKER)
+    ):
+        code = ptype << 16 | data[_KIND_AT] << 8 | data[_OPCODE_AT]
+    else:
+        code = ptype
+    name = _KINDS.get(code)
+    if name is None:
+        name = _KINDS[code] = (
+            f"0x{ptype:02x}:{data[_KIND_AT]:02x}:{data[_OPCODE_AT]:02x}"
+            if code > 0xFF
+            else f"0x{ptype:02x}"
+        )
+    return name
+
+
+class AnswerMeter:
+    """Counts what a fleet's connections hand to their engines: ``commands`` (0x73 packets
+    received), ``answers`` (packets sent in answer) and, per request kind, the latency from
+    a request's arrival to its first answer's departure (as scheduled: a connection never
+    writes early, and the loop's own lateness is not in it).  ``answered`` is the hook an
+    EngineConnection calls for every packet."""
+
+    __slots__ = ("answers", "commands", "latency")
+
+    def __init__(self) -> None:
+        self.commands = 0
+        self.answers = 0
+        self.latency: dict[str, LatencyHistogram] = {}
+
+    def answered(self, request: bytes, arrival: float, actions: Sequence[object]) -> None:
+        if request[0] == _DATA:
+            self.commands += 1
+        first = math.inf
+        sends = 0
+        for a in actions:
+            if type(a) is Send:
+                sends += 1
+                first = min(first, a.at)
+        if not sends:
+            return
+        self.answers += sends
+        kind = request_kind(request)
+        h = self.latency.get(kind)
+        if h is None:
+            h = self.latency[kind] = LatencyHistogram()
+        h.record(first - arrival)
+
+    def add_to(self, stats: RunStats) -> None:
+        """Add what was counted so far to ``stats`` (the histograms are copied)."""
+        stats.commands += self.commands
+        stats.answers += self.answers
+        for kind, h in self.latency.items():
+            mine = stats.latency.get(kind)
+            if mine is None:
+                stats.latency[kind] = h.copy()
+            else:
+                mine.merge(h)
 
 
 def _n(count: int, what: str) -> str:

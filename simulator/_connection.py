@@ -126,6 +126,8 @@ class EngineConnection(asyncio.Protocol):
         self._make_record = record
         self.record: ConnectionRecord | None = None
         self.observer = observer  # (direction "in"/"out", packet bytes), for tests
+        # (request, arrival, engine's actions): for a fleet's stats (replay.stats.AnswerMeter)
+        self.answered: Callable[[bytes, float, list[Action]], None] | None = None
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._out: ChaosWriter | _RecordingSink | asyncio.Transport | None = None
@@ -328,11 +330,11 @@ class EngineConnection(asyncio.Protocol):
             self.observer("in", data)
         policy = self.policy
         if policy is None:
-            self._apply(self.engine.receive(data, now), now)
+            self._apply(self._receive(data, now), now)
             return
         for em in policy.on_packet(self.inbound, data, now):
             if em.delay_s <= 0 and not self._heap:
-                self._apply(self.engine.receive(em.data, now), now)
+                self._apply(self._receive(em.data, now), now)
             else:
                 self._push(now + em.delay_s, _DELIVER, em.data)
         if policy.should_reset(self.inbound, policy.packets_seen(self.inbound), now):
@@ -342,6 +344,13 @@ class EngineConnection(asyncio.Protocol):
         if until is not None:
             self._pause(until)
         self._arm()
+
+    def _receive(self, data: bytes, now: float) -> list[Action]:
+        """The engine's actions for one packet; ``answered`` (when set) sees them too."""
+        actions = self.engine.receive(data, now)
+        if self.answered is not None:
+            self.answered(data, now, actions)
+        return actions
 
     def _pause(self, until: float) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -425,7 +434,7 @@ class EngineConnection(asyncio.Protocol):
                 self._write(data)
             elif kind == _DELIVER:
                 self._delayed -= 1
-                self._apply(self.engine.receive(data, now), now, run=False)
+                self._apply(self._receive(data, now), now, run=False)
             else:
                 self.close()
                 return

@@ -10,7 +10,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyncsim.replay.stats import GROWTH, MIN_S, LatencyHistogram, RunStats, bucket_bounds
+from cyncsim.replay.engine import Close, Relay, Send
+from cyncsim.replay.payloads import PowerCommand
+from cyncsim.replay.stats import (
+    GROWTH,
+    MIN_S,
+    AnswerMeter,
+    LatencyHistogram,
+    RunStats,
+    bucket_bounds,
+    request_kind,
+)
+from tests.support import (
+    CONTROL,
+    FW_DEVICE,
+    HELLO_ACK,
+    MESH_REQ,
+    POWER_OFF,
+    RESULT_BRI,
+    marker,
+    request_of,
+)
 
 _latency = st.floats(min_value=0.0, max_value=900.0, allow_nan=False, allow_infinity=False)
 _samples = st.lists(_latency, max_size=200)
@@ -131,3 +151,34 @@ def test_run_stats_round_trip_and_summary() -> None:
     one = RunStats(devices=1, connections=1, packets_in=1, packets_out=2)
     assert one.summary() == "1 device, 1 connection, 1 packet in, 2 packets out, 0 faults injected"
     assert s.summary().endswith("4 faults injected (drop 3, k3 1)")
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [POWER_OFF, MESH_REQ, RESULT_BRI, FW_DEVICE, CONTROL, HELLO_ACK, marker(3), b"\xd3\0\0\0\0"],
+)
+def test_request_kind_names_raw_bytes_as_request_key_names_decoded_packets(
+    packet: bytes,
+) -> None:
+    assert request_kind(packet) == request_of(packet)
+    assert request_kind(packet[:9]) == f"0x{packet[0]:02x}"  # no frame head: the type alone
+
+
+def test_answer_meter_counts_commands_answers_and_first_answer_latency() -> None:
+    meter = AnswerMeter()
+    relay = Relay(1.0, 5, PowerCommand(1, 5, True))
+    meter.answered(POWER_OFF, 1.0, [Send(1.25, b"x", "0x7b"), Send(1.1, b"y", "0x73"), relay])
+    meter.answered(POWER_OFF, 2.0, [Send(2.0, b"x", "0x7b")])
+    meter.answered(POWER_OFF, 3.0, [])  # not answered: counted as a command only
+    meter.answered(HELLO_ACK, 4.0, [Close(4.5, "bye")])
+    meter.answered(b"\xd3\0\0\0\0", 5.0, [Send(5.5, b"z", "0xd8")])
+    assert (meter.commands, meter.answers) == (3, 4)
+    assert sorted(meter.latency) == ["0x73:f8:d0", "0xd3"]
+    h = meter.latency["0x73:f8:d0"]
+    assert h.count == 2 and h.min == 0.0 and h.max == pytest.approx(0.1)
+    stats = RunStats(commands=1, latency={"0xd3": _hist([1.0])})
+    meter.add_to(stats)
+    meter.answered(b"\xd3\0\0\0\0", 6.0, [Send(6.5, b"z", "0xd8")])
+    assert (stats.commands, stats.answers) == (4, 4)
+    assert stats.latency["0xd3"].count == 2  # a copy: later samples stay in the meter
+    assert stats.latency["0x73:f8:d0"] == h
