@@ -1,9 +1,23 @@
 # Empirical distributions: what was measured, kept so it can be sampled faithfully.
 #
 # Strategy: keep the sorted samples; above ``cap`` samples keep ``cap`` evenly spaced order
-# statistics instead (a quantile sketch that preserves the tails), plus the true count.
+# statistics instead (a quantile summary that preserves the tails), plus the true count.
 # Quantiles and sampling both use the same piecewise-linear inverse CDF, so sampling many
 # times reproduces the captured p50/p95/p99.  Pure: the caller passes the random source.
+#
+# Bounded learning and merging.  A distribution of more than ``cap`` samples also carries a
+# LogSketch (sketch.py) of them, so that models can be merged.  Accuracy, stated:
+#   * up to ``cap`` (2,048) samples: the samples themselves, exact; merging two such
+#     distributions whose counts add up to at most ``cap`` is exact;
+#   * up to EXACT_LIMIT (50,000) samples seen by the learner (``Samples``): the 2,048 values
+#     are the exact order statistics at ranks k/2047, as before: a quantile read back is the
+#     exact one up to the interpolation between neighbouring ranks (1/2047 of the ranks);
+#   * beyond that, and in every merge with more than ``cap`` samples in all: the same 2,048
+#     ranks are read from the sketch, each within sketch.ALPHA (0.1 %) of the true order
+#     statistic (relative), the minimum and maximum exact.  So a p50/p95/p99 (and every
+#     draw of the engine, which samples the same inverse CDF) is within 0.1 % of the value
+#     the exact summary gives.  Merging sketches adds bucket counts: order does not matter,
+#     and merging equals importing at once whenever both go through the sketch.
 from __future__ import annotations
 
 import bisect
@@ -13,9 +27,13 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Distribution", "StratifiedUniform", "sorted_quantile"]
+from cyncsim.replay.model.sketch import LogSketch
+
+__all__ = ["DEFAULT_CAP", "EXACT_LIMIT", "Distribution", "Samples", "StratifiedUniform",
+           "sorted_quantile"]  # fmt: skip
 
 DEFAULT_CAP = 2048
+EXACT_LIMIT = 50_000  # samples a learner keeps exactly per distribution before sketching
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +45,7 @@ class Distribution:
     method: str = "measured"  # measured | aggregate | default
     dropped: int = 0  # measurements left out as ambiguous
     _cache: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    sketch: LogSketch | None = field(default=None, repr=False)  # when count > len(values)
 
     @classmethod
     def from_samples(
@@ -39,10 +58,62 @@ class Distribution:
     ) -> Distribution:
         vals = sorted(float(s) for s in samples)
         n = len(vals)
-        if n > cap:
-            vals = [sorted_quantile(vals, i / (cap - 1)) for i in range(cap)]
         # Rounding to the nanosecond keeps model files byte-identical across platforms.
-        return cls(tuple(round(v, 9) for v in vals), n, method, dropped)
+        if n <= cap:
+            return cls(tuple(round(v, 9) for v in vals), n, method, dropped)
+        picked = tuple(round(sorted_quantile(vals, i / (cap - 1)), 9) for i in range(cap))
+        return cls(picked, n, method, dropped, sketch=LogSketch.of(round(v, 9) for v in vals))
+
+    @classmethod
+    def from_sketch(
+        cls, sketch: LogSketch, *, cap: int = DEFAULT_CAP, method: str = "measured",
+        dropped: int = 0,
+    ) -> Distribution:  # fmt: skip
+        """``cap`` quantiles read from a sketch of more than ``cap`` samples."""
+        if sketch.count <= cap:
+            raise ValueError(f"a sketch of {sketch.count} samples: keep them exactly")
+        vals = tuple(round(v, 9) for v in sketch.quantiles(cap))
+        return cls(vals, sketch.count, method, dropped, sketch=sketch)
+
+    @property
+    def exact(self) -> bool:
+        """True when ``values`` are all the samples."""
+        return len(self.values) == self.count and self.sketch is None
+
+    def to_sketch(self) -> LogSketch:
+        """A sketch of the samples (a copy of the kept one, or built from the values).
+
+        A distribution of a file written before sketches existed (more samples than values,
+        no sketch) spreads its count over its evenly spaced quantiles.
+        """
+        if self.sketch is not None:
+            return self.sketch.copy()
+        n, m = self.count, len(self.values)
+        if m in (n, 0):
+            return LogSketch.of(self.values)
+        weights = [(k + 1) * n // m - k * n // m for k in range(m)]
+        return LogSketch.of(self.values, weights)
+
+    def merge(self, other: Distribution, *, cap: int = DEFAULT_CAP) -> Distribution:
+        """Both distributions as one, as if their samples had been measured together.
+
+        Exact while the samples of both are kept and add up to at most ``cap``; otherwise
+        the sum of both sketches (see the module comment for the accuracy).  Commutative,
+        and associative: merging in any order gives the same distribution.
+        """
+        method = self.method if self.method == other.method else "merged"
+        dropped = self.dropped + other.dropped
+        if not other.count or not self.count:
+            keep = self if self.count else other
+            return Distribution(keep.values, keep.count, method if keep.count else keep.method,
+                                dropped, sketch=keep.sketch)  # fmt: skip
+        if self.exact and other.exact and self.count + other.count <= cap:
+            return Distribution.from_samples(
+                self.values + other.values, cap=cap, method=method, dropped=dropped
+            )
+        sk = self.to_sketch()
+        sk.merge(other.to_sketch() if other.sketch is None else other.sketch)
+        return Distribution.from_sketch(sk, cap=cap, method=method, dropped=dropped)
 
     @classmethod
     def constant(cls, value: float, *, method: str = "default") -> Distribution:
@@ -87,12 +158,15 @@ class Distribution:
         }
 
     def to_obj(self) -> dict[str, object]:
-        return {
+        obj: dict[str, object] = {
             "values": list(self.values),
             "count": self.count,
             "method": self.method,
             "dropped": self.dropped,
         }
+        if self.sketch is not None:
+            obj["sketch"] = self.sketch.to_obj()
+        return obj
 
     @classmethod
     def from_obj(cls, obj: dict[str, object]) -> Distribution:
@@ -106,7 +180,63 @@ class Distribution:
             raise ValueError("distribution dropped count of the wrong type")
         if any(b < a for a, b in itertools.pairwise(vals)) or any(math.isnan(v) for v in vals):
             raise ValueError("distribution values are not sorted numbers")
-        return cls(tuple(float(v) for v in vals), count, method, dropped)
+        sk = obj.get("sketch")
+        sketch = None
+        if sk is not None:
+            if not isinstance(sk, dict) or not vals:
+                raise ValueError("distribution sketch of the wrong type")
+            sketch = LogSketch.from_obj(sk, float(vals[0]), float(vals[-1]))
+            if sketch.count != count:
+                raise ValueError(f"distribution sketch of {sketch.count} samples, count {count}")
+        return cls(tuple(float(v) for v in vals), count, method, dropped, sketch=sketch)
+
+
+class Samples:
+    """What a learner keeps of one distribution while it reads: bounded, mergeable.
+
+    The samples themselves up to ``limit`` (EXACT_LIMIT), a LogSketch beyond; ``build``
+    gives the Distribution (the same as ``Distribution.from_samples`` of every sample while
+    they are kept).
+    """
+
+    __slots__ = ("limit", "sketch", "values")
+
+    def __init__(self, limit: int = EXACT_LIMIT) -> None:
+        self.limit = limit
+        self.values: list[float] | None = []
+        self.sketch: LogSketch | None = None
+
+    def __len__(self) -> int:
+        return len(self.values) if self.values is not None else self._sk().count
+
+    def _sk(self) -> LogSketch:
+        assert self.sketch is not None
+        return self.sketch
+
+    def add(self, v: float) -> None:
+        vals = self.values
+        if vals is not None:
+            vals.append(v)
+            if len(vals) > self.limit:
+                self.sketch = LogSketch.of(round(x, 9) for x in vals)
+                self.values = None
+        else:
+            self._sk().add(round(v, 9))
+
+    def merge(self, other: Samples) -> None:
+        if other.values is not None:
+            for v in other.values:
+                self.add(v)
+            return
+        if self.values is not None:
+            self.sketch = LogSketch.of(round(x, 9) for x in self.values)
+            self.values = None
+        self._sk().merge(other._sk())
+
+    def build(self, *, method: str = "measured", dropped: int = 0) -> Distribution:
+        if self.values is not None:
+            return Distribution.from_samples(self.values, method=method, dropped=dropped)
+        return Distribution.from_sketch(self._sk().copy(), method=method, dropped=dropped)
 
 
 def sorted_quantile(vals: Sequence[float], q: float) -> float:
