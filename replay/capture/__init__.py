@@ -1,4 +1,4 @@
-# Capture readers: MITM text logs, pcap and pcapng, detected from content, not file names.
+# Capture readers: MITM text logs, socat -v -x logs, pcap and pcapng, told from content.
 #
 # ``read_capture`` loads a file, sniffs its format from the first bytes and hands it to the
 # matching reader; every reader returns a CaptureResult of flows and findings, with every
@@ -21,6 +21,7 @@ from cyncsim.replay.capture.model import (
     FlowPacket,
     Sender,
 )
+from cyncsim.replay.capture.socat import read_socat
 from cyncsim.replay.capture.text import read_text
 from cyncsim.replay.errors import CaptureError
 
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 # Flow findings for bytes that were never fed to a FlowBuilder (see capture/tcp.py).
-_NOT_FED = frozenset({"gap", "overlap_conflict", "before_start", "out_of_window"})
+_NOT_FED = frozenset({"gap", "overlap", "overlap_conflict", "before_start", "out_of_window"})
 
 Progress = Callable[[int, int], None]
 
@@ -78,6 +79,8 @@ def read_capture(
     fmt, data = _read_known(p)
     if fmt == "text":
         return read_text(p, data, progress=progress)
+    if fmt == "socat":
+        return read_socat(p, data, progress=progress)
     from cyncsim.replay.capture.pcap import read_pcap
 
     return read_pcap(p, data, cloud_ports=cloud_ports, progress=progress)

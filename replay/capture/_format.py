@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
+from cyncsim.replay.capture.socat import looks_like_socat
 from cyncsim.replay.capture.text import looks_like_text
 from cyncsim.replay.errors import CaptureError
 
@@ -32,7 +33,7 @@ HEAD_BYTES = 256  # enough to tell every format apart
 
 
 def detect_format(head: bytes) -> str:
-    """``pcap``, ``pcapng``, ``text``, ``model`` or ``unknown`` from a file's first bytes."""
+    """``pcap``, ``pcapng``, ``text``, ``socat``, ``model`` or ``unknown`` from the first bytes."""
     if head[:4] in PCAP_MAGICS:
         return "pcap"
     if head[:4] == PCAPNG_MAGIC:
@@ -41,6 +42,8 @@ def detect_format(head: bytes) -> str:
         return "model"
     if looks_like_text(head):
         return "text"
+    if looks_like_socat(head):
+        return "socat"
     return "unknown"
 
 
@@ -50,8 +53,8 @@ def refuse(path: str, head: bytes) -> NoReturn:
         raise CaptureError(path, "file is empty", reason="unknown_format")
     raise CaptureError(
         path,
-        f"unknown format (first bytes {head[:8].hex(' ')}): expected pcap, pcapng or a MITM "
-        "text log",
+        f"unknown format (first bytes {head[:8].hex(' ')}): expected pcap, pcapng, a MITM "
+        "text log or a socat -v -x log",
         reason="unknown_format",
     )
 

@@ -4,10 +4,11 @@
 # Strategy: sans-IO, like the framer: ``feed(data)`` never blocks and never raises for "not
 # yet"; the caller reads however it likes (`cyncsim inspect -` reads a pipe with os.read). The
 # format is told from the first bytes as soon as they decide it: pcap and pcapng from the
-# magic number, a text log from its first complete line, anything else (refused) after
-# HEAD_BYTES.  The records are walked by the very walkers that read a whole file
-# (pcap.open_walker, text.TextWalker), over the unconsumed tail plus the new bytes, with a
-# base offset so that findings and errors carry offsets in the stream as they would in a file.
+# magic number, a text or socat log from its first complete line, anything else (refused)
+# after HEAD_BYTES.  The records are walked by the very walkers that read a whole file
+# (pcap.open_walker, text.TextWalker, socat.SocatWalker), over the unconsumed tail plus the
+# new bytes, with a base offset so that findings and errors carry offsets in the stream as
+# they would in a file.
 #
 # Memory stays bounded however long the stream runs.  Kept: the unconsumed tail (at most one
 # record, whose size the walkers bound), the reassembly and framing state of the connections
@@ -29,6 +30,7 @@ from cyncsim.replay.capture.model import (
     Summary,
 )
 from cyncsim.replay.capture.pcap import Walker, open_walker
+from cyncsim.replay.capture.socat import SocatWalker
 from cyncsim.replay.capture.tcp import TcpReassembler
 from cyncsim.replay.capture.text import TextWalker
 
@@ -59,13 +61,13 @@ class CaptureStream:
     ) -> None:
         self.source = source
         self.cloud_ports = cloud_ports
-        self.format: str | None = None  # pcap, pcapng or text once the first bytes tell
+        self.format: str | None = None  # pcap, pcapng, text or socat once the first bytes tell
         self.totals = Summary([source])  # what the batches handed out so far
         self._buf = b""  # bytes not consumed yet
         self._base = 0  # stream offset of _buf[0]
         self._sink: PacketSink = []
         self._findings: list[Finding] = []
-        self._text: TextWalker | None = None
+        self._text: TextWalker | SocatWalker | None = None  # the line-based formats
         self._walker: Walker | None = None
         self._reasm: TcpReassembler | None = None
         self._dec: FrameDecoder | None = None
@@ -136,7 +138,7 @@ class CaptureStream:
         fmt = detect_format(head)
         # pcap and pcapng are told by their magic number; a text log by its first line, once
         # complete; other bytes are refused only when no more bytes can change the verdict.
-        told = fmt in ("pcap", "pcapng") or (fmt == "text" and b"\n" in head)
+        told = fmt in ("pcap", "pcapng") or (fmt in ("text", "socat") and b"\n" in head)
         if not told and not final and len(head) < HEAD_BYTES:
             return False
         if fmt == "unknown":
@@ -145,6 +147,8 @@ class CaptureStream:
             refuse_model(self.source)
         if fmt == "text":
             self._text = TextWalker(self.source, self._findings, self._sink)
+        elif fmt == "socat":
+            self._text = SocatWalker(self.source, self._findings, self._sink)
         else:
             if len(self._buf) < _PCAP_HEAD and not final:
                 return False
