@@ -5,7 +5,8 @@
 # turns a command for another node or a group into a Relay action, which the Mesh delivers
 # to the nodes it is for after ``delay`` s (the mesh hop), once per node and command within
 # RELAY_WINDOW_S (a node that got the same command directly within that time does not apply
-# it again).  A FleetDevice also counts the packets it reads and writes.
+# it again).  A FleetDevice also counts the packets it reads and writes, and hands its
+# connection the fleet's AnswerMeter (commands, answers, answer latency per request kind).
 # Private module: import the public names from cyncsim.simulator.fleet.
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.payloads import GROUP_BASE, Command, decode_command
 from cyncsim.replay.protocol import FramedPacket, decode_packet, exchange_key
+from cyncsim.replay.stats import AnswerMeter
 from cyncsim.simulator._connection import EngineConnection
 from cyncsim.simulator.device import CyncDeviceSimulator
 from cyncsim.simulator.fleet._members import FleetMember
@@ -98,6 +100,7 @@ class FleetDevice(CyncDeviceSimulator):
         firmware_version: str | None = None,
         variant: str | None = None,
         record: Recorder | None = None,
+        meter: AnswerMeter | None = None,
     ) -> None:
         super().__init__(
             member.device_id,
@@ -117,6 +120,7 @@ class FleetDevice(CyncDeviceSimulator):
         )
         self.member = member
         self.mesh_group = mesh
+        self.meter = meter
         self.packets_in = 0
         self.packets_out = 0
         if mesh is not None:
@@ -124,6 +128,8 @@ class FleetDevice(CyncDeviceSimulator):
 
     def connection_ready(self, conn: EngineConnection) -> bool:
         conn.observer = self._observe
+        if self.meter is not None:
+            conn.answered = self.meter.answered
         return super().connection_ready(conn)
 
     def _observe(self, way: str, data: bytes) -> None:

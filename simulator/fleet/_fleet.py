@@ -7,8 +7,9 @@
 # 127.0.0.254, 127.0.1.1, ...; Linux routes all of 127.0.0.0/8 to lo).  Starting, dialling
 # and stopping run with a concurrency bound; stop() closes everything and is safe twice.
 # Devices of one mesh share one Mesh (node table and command relay).  One recorder file
-# serves the whole fleet.  FleetWorkers (fleet/_workers.py) runs shares of one fleet in
-# spawned processes, each a CyncFleet.
+# serves the whole fleet, and one AnswerMeter counts the commands and answers of all its
+# devices (stats(): a replay.stats.RunStats, mergeable with other fleets').  FleetWorkers
+# (fleet/_workers.py) runs shares of one fleet in spawned processes, each a CyncFleet.
 # Private module: import the public names from cyncsim.simulator.fleet.
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.seeds import draw_root
+from cyncsim.replay.stats import AnswerMeter, RunStats
 from cyncsim.simulator._base import default_model
 from cyncsim.simulator.device import device_ssl_context
 from cyncsim.simulator.fleet._device import RELAY_DELAY_S, FleetDevice, Mesh
 from cyncsim.simulator.fleet._members import (
     MESH_NODES,
     FleetMember,
-    FleetStats,
     Identities,
     format_address,
     generate_members,
@@ -169,6 +170,7 @@ class CyncFleet:
         self.recorder = Recorder(record) if record is not None else None
         handle = _FleetRecording(self.recorder) if self.recorder is not None else None
         self.meshes: dict[int, Mesh] = {}
+        self.meter = AnswerMeter()
         self.devices: list[FleetDevice] = []
         for m in self.members:
             mesh = self.meshes.get(m.mesh) if mesh_relay else None
@@ -186,6 +188,7 @@ class CyncFleet:
                     time_scale=time_scale,
                     variant=variant,
                     record=handle,
+                    meter=self.meter,
                 )
             )
         self.dial_target: tuple[str, int] | None = None
@@ -283,8 +286,10 @@ class CyncFleet:
     def device(self, device_id: bytes) -> FleetDevice | None:
         return next((d for d in self.devices if d.device_id == device_id), None)
 
-    def stats(self) -> FleetStats:
-        out = FleetStats(devices=len(self.devices))
+    def stats(self) -> RunStats:
+        """What the fleet did so far (a snapshot: later traffic does not change it)."""
+        out = RunStats(devices=len(self.devices))
+        self.meter.add_to(out)
         for d in self.devices:
             out.connected += d.connected
             out.connections += d.connections

@@ -1,4 +1,4 @@
-# Fleet identities: who each device of a fleet is, and the fleet's counters.
+# Fleet identities: who each device of a fleet is.
 #
 # Strategy: every identity is drawn from named streams of one SeedTree root, in index
 # order, so one seed gives the same fleet on every run and in every worker process.  The
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from cyncsim.replay.model import DeviceModel
@@ -21,7 +21,6 @@ __all__ = [
     "AUTH_PREFIX",
     "MESH_NODES",
     "FleetMember",
-    "FleetStats",
     "Identities",
     "format_address",
     "generate_members",
@@ -49,50 +48,6 @@ class FleetMember:
     source_host: str | None
     seed: int
     captured: bool = False
-
-
-@dataclass(slots=True)
-class FleetStats:
-    """Counters of a fleet (summed over devices, and over workers by ``merge``).  Packets are
-    counted as the devices read and wrote them, before chaos acted on them."""
-
-    devices: int = 0
-    connected: int = 0
-    connections: int = 0
-    connect_failures: int = 0
-    packets_in: int = 0
-    packets_out: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def faults_total(self) -> int:
-        return sum(self.faults.values())
-
-    def merge(self, other: FleetStats) -> FleetStats:
-        faults = dict(self.faults)
-        for kind, n in other.faults.items():
-            faults[kind] = faults.get(kind, 0) + n
-        return FleetStats(
-            self.devices + other.devices,
-            self.connected + other.connected,
-            self.connections + other.connections,
-            self.connect_failures + other.connect_failures,
-            self.packets_in + other.packets_in,
-            self.packets_out + other.packets_out,
-            faults,
-        )
-
-    def summary(self) -> str:
-        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.faults.items()))
-        return (
-            f"{_n(self.devices, 'device')}, {_n(self.connections, 'connection')}, "
-            f"{_n(self.packets_in, 'packet')} in, {_n(self.packets_out, 'packet')} out, "
-            f"{_n(self.faults_total, 'fault')} injected" + (f" ({kinds})" if kinds else "")
-        )
-
-
-def _n(count: int, what: str) -> str:
-    return f"{count} {what}{'' if count == 1 else 's'}"
 
 
 # ---------------------------------------------------------------------------- identities

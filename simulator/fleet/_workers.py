@@ -4,11 +4,13 @@
 # unique fleet-wide) and gives each worker a contiguous share; each worker runs a CyncFleet
 # of its share in its own event loop and talks to the parent over one Pipe: it sends
 # ("ready", lines) or ("error", message, reason) after starting, and ("stopped", stats) when
-# done; the parent sends "stop" (or "stats").  Workers ignore SIGINT (Ctrl-C reaches the
-# whole process group; the parent decides), stop on SIGTERM, and stop when the pipe closes,
-# so a dead parent leaves no orphans.  The parent stops workers with "stop", then SIGTERM,
-# then SIGKILL, each after a grace time.  A mesh split between two workers does not relay
-# across them.  With ``record``, worker k writes FILE.wk.SUFFIX.
+# done; the parent sends "stop" (or "stats": the worker answers ("stats", stats)).  Stats are
+# replay.stats.RunStats, merged by the parent (counters and latency histograms add up).
+# Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides), stop on
+# SIGTERM, and stop when the pipe closes, so a dead parent leaves no orphans.  The parent
+# stops workers with "stop", then SIGTERM, then SIGKILL, each after a grace time.  A mesh
+# split between two workers does not relay across them.  With ``record``, worker k writes
+# FILE.wk.SUFFIX.
 # Private module: import FleetWorkers from cyncsim.simulator.fleet.
 from __future__ import annotations
 
@@ -28,12 +30,12 @@ from typing import Any
 from cyncsim.replay.chaos import ChaosConfig
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel
+from cyncsim.replay.stats import RunStats
 from cyncsim.simulator._base import default_model
 from cyncsim.simulator.fleet._fleet import CyncFleet
 from cyncsim.simulator.fleet._members import (
     MESH_NODES,
     FleetMember,
-    FleetStats,
     Identities,
     generate_members,
 )
@@ -176,7 +178,7 @@ class _Worker:
         self.conn = conn
         self.lines: list[str] | None = None
         self.error: tuple[str, str] | None = None
-        self.stats: FleetStats | None = None
+        self.stats: RunStats | None = None
         self.stopped = False  # "stopped" received or the pipe closed
         self.exitcode: int | None = None
 
@@ -381,16 +383,16 @@ class FleetWorkers:
     def lines(self) -> list[str]:
         return [line for w in self.workers for line in w.lines or ()]
 
-    def stats(self) -> FleetStats:
-        out = FleetStats()
+    def stats(self) -> RunStats:
+        out = RunStats()
         for w in self.workers:
             if w.stats is not None:
-                out = out.merge(w.stats)
+                out.merge(w.stats)
             elif w.lines is not None:
                 out.devices += len(w.lines)
         return out
 
-    async def refresh_stats(self, timeout: float = 2.0) -> FleetStats:  # noqa: ASYNC109
+    async def refresh_stats(self, timeout: float = 2.0) -> RunStats:  # noqa: ASYNC109
         """Ask every running worker for its current counters."""
         for w in self.workers:
             w.stats = None if not w.stopped else w.stats
