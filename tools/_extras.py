@@ -14,7 +14,13 @@ from cyncsim.replay.errors import CyncError
 __all__ = ["EXTRAS", "require"]
 
 # module -> the extra that installs it
-EXTRAS = {"matplotlib": "report", "dpkt": "bench", "scapy": "bench"}
+EXTRAS = {
+    "matplotlib": "report",
+    "dpkt": "bench",
+    "scapy": "bench",
+    "ray": "ray",
+    "prometheus_client": "metrics",
+}
 
 
 def require(module: str, purpose: str) -> ModuleType:

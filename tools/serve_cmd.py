@@ -29,10 +29,12 @@ from cyncsim.simulator.fleet import (
     MESH_NODES,
     CyncFleet,
     FleetWorkers,
+    RayFleet,
     format_address,
     worker_record_path,
 )
 from cyncsim.simulator.ports import check_loopback
+from cyncsim.tools._serve_engine import add_engine_options, check_engine
 
 __all__ = ["build_chaos", "register", "run"]
 
@@ -191,6 +193,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
         action="store_true",
         help="dial from 127.0.0.1 (default: each device from 127.0.0.2, .3, ...)",
     )
+    add_engine_options(p)
     r = p.add_argument_group("run")
     r.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     r.add_argument("--quiet", action="store_true", help="no line per device")
@@ -242,6 +245,7 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535 or (args.port and args.port + args.devices - 1 > 65535):
         _fail(f"--port {args.port}: devices need ports {args.port}..{args.port + args.devices - 1}")
     check_loopback(args.host)
+    check_engine(args)
     if args.cloud and (args.connect or args.spread or args.devices != 1 or args.workers != 1):
         _fail("--cloud runs one listening cloud: no --connect, --spread, --devices or --workers")
     if args.connect is None and args.tls:
@@ -252,13 +256,14 @@ def _check(args: argparse.Namespace) -> None:
         _fail("--verify, --cafile and --server-name need --connect ... --tls")
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT or [IPV6]:PORT, loopback only."""
+def parse_address(text: str, remote: bool = False) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT, loopback only unless ``remote``."""
     host, sep, port_text = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         _fail(f"--connect {text!r}: expected HOST:PORT, e.g. 127.0.0.1:23779")
-    check_loopback(host)
+    if not remote:
+        check_loopback(host)
     return host, int(port_text)
 
 
@@ -310,7 +315,12 @@ def _table(node: dict[str, Any], key: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace, out: TextIO) -> int:
     _check(args)
-    target = parse_address(args.connect) if args.connect else None
+    remote = args.engine == "ray" and args.allow_remote_controller
+    target = parse_address(args.connect, remote) if args.connect else None
+    if args.engine == "ray":
+        from cyncsim.tools._extras import require
+
+        require("ray", "--engine ray")
     chaos = build_chaos(args)
     model = DeviceModel.load(args.model) if args.model else None
     seed = args.seed if args.seed is not None else secrets.randbits(63)
@@ -383,8 +393,12 @@ async def _serve_cloud(
 
 
 def _runner(
-    args: argparse.Namespace, seed: int, model: DeviceModel | None, chaos: ChaosConfig | None
-) -> CyncFleet | FleetWorkers:
+    args: argparse.Namespace,
+    seed: int,
+    model: DeviceModel | None,
+    chaos: ChaosConfig | None,
+    on_event: Callable[[str], None] | None = None,
+) -> CyncFleet | FleetWorkers | RayFleet:
     common: dict[str, Any] = {
         "seed": seed,
         "time_scale": args.time_scale,
@@ -401,6 +415,14 @@ def _runner(
         "concurrency": args.concurrency,
     }
     try:
+        if args.engine == "ray":
+            return RayFleet(
+                args.devices, args.shards, address=args.ray_address, model=model,
+                restart_shards=args.restart_shards, source_pools=args.source_cidr or (),
+                allow_remote_controller=args.allow_remote_controller,
+                on_event=on_event, log_level=logging.INFO if args.verbose else logging.WARNING,
+                **common,
+            )  # fmt: skip
         if args.workers > 1:
             level = logging.INFO if args.verbose else logging.WARNING
             return FleetWorkers(
@@ -430,7 +452,12 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig.name)
     began = time.monotonic()
-    runner = _runner(args, seed, model, chaos)
+
+    def on_event(line: str) -> None:  # a Ray shard died or came back
+        out.write(f"{PROG}: {line}\n")
+        out.flush()
+
+    runner = _runner(args, seed, model, chaos, on_event)
     stopping = asyncio.ensure_future(stop.wait())
     try:
         if target is None:
@@ -465,9 +492,10 @@ async def _serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     stats = runner.stats()
+    lost = runner.lost_devices() if isinstance(runner, RayFleet) else 0
     out.write(
         f"{PROG}: stopped ({why[0]}) after {time.monotonic() - began:.1f} s: "
-        f"{stats.summary()}; seed {seed}\n"
+        f"{stats.summary()}{f', {lost} devices lost' if lost else ''}; seed {seed}\n"
     )
     out.flush()
     return 0
@@ -476,7 +504,7 @@ async def _serve(
 def _announce(
     args: argparse.Namespace,
     out: TextIO,
-    runner: CyncFleet | FleetWorkers,
+    runner: CyncFleet | FleetWorkers | RayFleet,
     target: tuple[str, int] | None,
 ) -> None:
     if not args.quiet:
@@ -489,7 +517,12 @@ def _announce(
     else:
         what = f"connected to {format_address(*target)}{' over TLS' if args.tls else ''}"
     procs = f" in {args.workers} processes" if args.workers > 1 else ""
-    if args.record and args.workers > 1:
+    if isinstance(runner, RayFleet):
+        procs = f" in {len(runner.shards)} Ray shards"
+    if args.record and isinstance(runner, RayFleet):
+        where = [f"{path} (on {node})" for path, node in runner.record_paths()]
+        out.write(f"{PROG}: recording to {', '.join(where)}\n")
+    elif args.record and args.workers > 1:
         files = ", ".join(str(worker_record_path(args.record, k)) for k in range(args.workers))
         out.write(f"{PROG}: recording to {files}\n")
     elif args.record:

@@ -46,7 +46,7 @@ from cyncsim.simulator.fleet._ray_shard import ShardActor, import_ray
 from cyncsim.simulator.fleet._workers import _Dial, _Options
 from cyncsim.simulator.ports import check_loopback
 
-__all__ = ["POOL_RESOURCE", "RayFleet"]
+__all__ = ["POOL_RESOURCE", "RayFleet", "ray_fleet_row"]
 
 logger = logging.getLogger("cyncsim.fleet")
 POOL_RESOURCE = "cyncsim_pool_{}"  # Ray resource a node running pool p's shards advertises
@@ -201,16 +201,17 @@ class RayFleet:
         if not ray.is_initialized():
             self._init_runtime(ray)
         self._remote = ray.remote(ShardActor)
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(self._start_shard(s) for s in self.shards)),
-                self.startup_timeout,
-            )
-        except TimeoutError:
+        tasks = [asyncio.ensure_future(self._start_shard(s)) for s in self.shards]
+        try:  # (a cancelled start leaves the actors to stop())
+            _, pending = await asyncio.wait(tasks, timeout=self.startup_timeout)
+        finally:
+            for task in tasks:
+                task.cancel()
+        if pending:
             await self.stop()
             raise CyncError(
                 f"ray shards not ready within {self.startup_timeout} s", reason="timeout"
-            ) from None
+            )
         failed = [s for s in self.shards if s.lines is None]
         if failed:
             await self.stop()
@@ -368,3 +369,70 @@ class RayFleet:
         live = [s for s in self.shards if s.actor is not None and not s.dead]
         got = await asyncio.gather(*(s.actor.heartbeat_errors.remote(idle, window) for s in live))
         return [e for errors in got for e in errors]
+
+
+async def ray_fleet_row(
+    devices: int,
+    shards: int,
+    port: int,
+    *,
+    idle: float,
+    time_scale: float,
+    warmup: float,
+    window: float,
+    host: str = "127.0.0.1",
+    seed: int = 41,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """One bench row: a RayFleet of ``devices`` over ``shards`` actors dials host:port,
+    settles ``warmup`` s, then for ``window`` s every shard times its heartbeats (the gap
+    before each 0xD3 minus ``idle``, the learned idle time at this time scale).  Memory and
+    fds per device are the actors' growth since before their fleets were built (driver: this
+    process's growth)."""
+    import time
+
+    from cyncsim.simulator.fleet._ray_shard import _rss_fds
+
+    rss0 = _rss_fds()[0]
+    fleet = RayFleet(devices, shards, seed=seed, time_scale=time_scale, address=address)
+    began = time.perf_counter()
+    try:
+        await fleet.connect(host, port, timeout=120.0)
+        connect_s = time.perf_counter() - began
+        await asyncio.sleep(warmup)
+        before = await fleet.usage()
+        driver = _rss_fds()[0] - rss0
+        t0 = time.perf_counter()
+        errors = sorted(await fleet.heartbeat_errors(idle, window))
+        t1 = time.perf_counter()
+        after = await fleet.usage()
+        stats = await fleet.refresh_stats()
+    finally:
+        await fleet.stop()
+    grown = sum(u["rss"] - u["rss0"] for u in before)
+    cpu = sum(a["cpu"] - b["cpu"] for a, b in zip(after, before, strict=True)) / (t1 - t0)
+
+    def q(p: float) -> float | None:
+        return errors[min(len(errors) - 1, int(p * len(errors)))] * 1e3 if errors else None
+
+    return {
+        "name": f"ray {shards} shards",
+        "engine": "ray",
+        "devices": devices,
+        "processes": shards,
+        "connected": stats.connected,
+        "connect_s": connect_s,
+        "rss_mb": sum(u["rss"] for u in before) / 2**20,
+        "kib_per_device": grown / devices / 1024,
+        "driver_kib_per_device": driver / devices / 1024,
+        "fds_per_device": sum(u["fds"] - u["fds0"] for u in before) / devices,
+        "heartbeats": len(errors),
+        "hb_err_p50_ms": q(0.5),
+        "hb_err_p99_ms": q(0.99),
+        "hb_err_max_ms": errors[-1] * 1e3 if errors else None,
+        "hb_err_min_ms": errors[0] * 1e3 if errors else None,
+        "cpu": cpu,
+        "heartbeats_per_cpu_s": len(errors) / (t1 - t0) / cpu if cpu else None,
+        "packets_in": stats.packets_in,
+        "packets_out": stats.packets_out,
+    }

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -136,9 +137,10 @@ class ShardActor:
         await self._on_loop(self.stopped.wait())
 
     async def usage(self) -> dict[str, Any]:
-        """Memory and fds of this actor process, now and before its fleet was built."""
+        """Memory and fds of this actor process, now and before its fleet was built, and
+        its CPU seconds so far."""
         rss, fds = _rss_fds()
-        return {"pid": os.getpid(), "rss": rss, "fds": fds,
+        return {"pid": os.getpid(), "rss": rss, "fds": fds, "cpu": time.process_time(),
                 "rss0": self.baseline[0], "fds0": self.baseline[1]}  # fmt: skip
 
     async def heartbeat_errors(self, idle: float, window: float) -> list[float]:
