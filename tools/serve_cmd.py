@@ -4,7 +4,8 @@
 # line and exit status 2), build the chaos config (a --chaos TOML/JSON profile, then each
 # command-line chaos option on top of it), run a CyncFleet (or FleetWorkers with
 # --workers), print one line per device, and stop on Ctrl-C, SIGTERM or --duration with a
-# one-line summary and exit status 0.  Loopback only: --host and --connect must be
+# one-line summary and exit status 0; while it runs, tools/_live keeps a status line up to
+# date on a terminal and serves --metrics (Prometheus).  Loopback only: --host and --connect must be
 # 127.0.0.0/8, ::1 or localhost; this project never talks to another host.
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from cyncsim.simulator.fleet import (
     worker_record_path,
 )
 from cyncsim.simulator.ports import check_loopback
+from cyncsim.tools._live import add_live_options, check_live, live_view
 from cyncsim.tools._serve_engine import add_engine_options, check_engine
 
 __all__ = ["build_chaos", "register", "run"]
@@ -198,6 +200,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
     r.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     r.add_argument("--quiet", action="store_true", help="no line per device")
     r.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    add_live_options(r)
     c = p.add_argument_group("chaos (override the --chaos profile; field names in brackets)")
     c.add_argument("--chaos", metavar="FILE", help="chaos profile, TOML or JSON")
     for opt, key, conv, metavar, text in _CHAOS:
@@ -246,6 +249,7 @@ def _check(args: argparse.Namespace) -> None:
         _fail(f"--port {args.port}: devices need ports {args.port}..{args.port + args.devices - 1}")
     check_loopback(args.host)
     check_engine(args)
+    check_live(args)
     if args.cloud and (args.connect or args.spread or args.devices != 1 or args.workers != 1):
         _fail("--cloud runs one listening cloud: no --connect, --spread, --devices or --workers")
     if args.connect is None and args.tls:
@@ -481,7 +485,8 @@ async def _serve(
         else:
             starting.result()
             _announce(args, out, runner, target)
-            await asyncio.wait((stopping,), timeout=args.duration)
+            async with live_view(runner, out, metrics=args.metrics):
+                await asyncio.wait((stopping,), timeout=args.duration)
             if not why:
                 why.append("duration" if args.duration is not None else "stop")
     finally:
