@@ -1,35 +1,40 @@
 # Learning exchanges from captures: which packets answer which, how, and how fast.
 #
-# Strategy, per setup variant (a capture's peer: the real cloud or a local server):
-# 1. Discover response kinds.  For every packet R, look at the other side's packets after it
-#    (until the next packet of R's kind from R's side, at most WINDOW s) and in a window of the
-#    same length before it.  A kind RK answers K when it is much more frequent after K than
-#    before K (lift), so ambient traffic (pings of other devices in a mixed log) is not taken
-#    for an answer.  The typical count of RK per answered K gives repeated responses (f9 52
-#    answers f8 52 twice).
-# 2. Pair.  Each response is matched to the oldest outstanding request of a kind it answers
-#    (FIFO, as a device works through its commands), restricted to requests whose bytes it
-#    echoes once echo fields are known (a first FIFO pass learns them).  In a flow that mixes
+# Strategy, one packet at a time, so that a capture is learned as it is read:
+# 1. Pair (_pairing.py).  Which kinds may answer which is declared (PROTOCOL.md section 8),
+#    with the exchange key where the protocol echoes one; each response is matched to the
+#    oldest outstanding request of a kind it answers under its key (FIFO, as a device works
+#    through its commands), through an index, never a scan.  In a flow that mixes
 #    connections (text logs without conn ids) a response with more than one candidate is
 #    dropped as ambiguous rather than guessed.
-# 3. From the pairs: byte templates (template.py), latency from the request to each response,
-#    and for device answers the FIFO service time S_k = t_k - max(arrival_k, t_{k-1}), which
-#    separates a command's own processing time from the time it waited behind others.
+# 2. From the pairs, per (request kind, response kind, occurrence), bounded as the capture
+#    grows: the latency from the request (dist.Samples: exact while few, a sketch beyond),
+#    the pairs for the byte template (template.py; all of them up to TEMPLATE_PAIRS, a seeded
+#    reservoir beyond), and for device answers the FIFO service time
+#    S_k = t_k - max(arrival_k, t_{k-1}), which separates a command's own processing time
+#    from the time it waited behind others, and the first answer's latency by queue depth.
+# 3. At the end, per setup variant (a capture's peer: the real cloud or a local server), the
+#    sources of that variant are summed and each exchange keeps the responses that answer at
+#    least _MIN_SHARE of its answered requests.
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
-from collections.abc import Iterable
+import random
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cyncsim.replay.capture.model import CLOUD, DEVICE, CaptureResult, Flow, FlowPacket
 from cyncsim.replay.describe import request_key
-from cyncsim.replay.model.dist import Distribution
+from cyncsim.replay.model._pairing import MAX_WAIT, FlowPairer, Pending, candidates, other_side
+from cyncsim.replay.model.dist import Distribution, Samples
 from cyncsim.replay.model.template import Template, learn_template
 from cyncsim.replay.payloads import decode_command, decode_status_report, decode_time_reply
 from cyncsim.replay.protocol import CyncPacket, FramedPacket, PacketType, decode_packet
 
 __all__ = [
     "MAX_WAIT",
+    "ExchangeLearner",
     "ExchangeModel",
     "ResponseModel",
     "learn_exchanges",
@@ -37,10 +42,9 @@ __all__ = [
     "status_answers_command",
 ]
 
-WINDOW = 3.0  # seconds a response may take to count as one
-MAX_WAIT = 10.0  # outstanding requests older than this are given up
-MIN_LIFT = 0.3
 LOCAL_SERVER_DATE = (2024, 3, 10)  # the constant date cync-controller / cync-lan send
+TEMPLATE_PAIRS = 8192  # pairs kept per response kind for its template (a reservoir beyond)
+_MIN_SHARE = 0.3  # a candidate answering fewer of the answered requests is not kept
 
 
 @dataclass(slots=True)
@@ -68,147 +72,17 @@ def source_variant(flows: Iterable[Flow]) -> str:
     """``local`` when the peer behaves like cync-controller/cync-lan, else ``cloud``."""
     for flow in flows:
         for fp in flow.packets:
-            if fp.sender != CLOUD:
-                continue
-            if fp.packet.type == PacketType.CONTROL:
-                return "local"
-            t = decode_time_reply(fp.packet)
-            if t is not None and (t.year, t.month, t.day) == LOCAL_SERVER_DATE:
+            if fp.sender == CLOUD and _local_peer(fp.packet):
                 return "local"
     return "cloud"
 
 
-def _other(side: str) -> str:
-    return CLOUD if side == DEVICE else DEVICE
-
-
-def _sorted_packets(flow: Flow) -> list[FlowPacket]:
-    return sorted(flow.packets, key=lambda fp: fp.ts)  # stable: keeps stream order on ties
-
-
-# Which kinds may answer which (PROTOCOL.md section 8), declared once as data.  Only the
-# candidates are declared: whether, how often, in what order, with which bytes and how fast
-# a kind really answers is learned from the captures, and a candidate the data never shows
-# is left out of the model.  Entries: (request side, request key or prefix*, response keys,
-# how many of each response one request may get).
-_CANDIDATES: tuple[tuple[str, str, tuple[str, ...], int], ...] = (
-    (DEVICE, "0x23", ("0x28",), 1),
-    (DEVICE, "0xc3", ("0xc8",), 1),
-    (DEVICE, "0xd3", ("0xd8",), 1),
-    (DEVICE, "0x43", ("0x48",), 1),
-    (DEVICE, "0x83:*", ("0x88",), 1),
-    (DEVICE, "0x7b", ("0x78",), 1),
-    (CLOUD, "0xa3", ("0xab",), 1),
-    (CLOUD, "0x73", ("0x7b",), 1),  # a malformed 0x73 (no valid frame) still gets its 0x7B
-    (CLOUD, "0x73:f8:*", ("0x7b", "0x73:f9:{op}", "0x83:fa:db"), 2),
-)
-_MIN_SHARE = 0.3  # a candidate answering fewer of the answered requests is not kept
-
-
-def _candidates(side: str, key: str) -> list[tuple[str, int]]:
-    for cside, pattern, rks, times in _CANDIDATES:
-        if cside != side:
-            continue
-        if pattern == key or (pattern.endswith("*") and key.startswith(pattern[:-1])):
-            op = key.rsplit(":", 1)[-1]
-            return [(rk.replace("{op}", op), times if "{op}" in rk else 1) for rk in rks]
-    return []
-
-
-@dataclass(slots=True)
-class _Pending:
-    fp: FlowPacket
-    key: str
-    expected: Counter[str]
-    remaining: Counter[str]
-    depth: dict[str, int] = field(default_factory=dict)  # requests still waiting, at arrival
-
-
-@dataclass(slots=True)
-class _Pair:
-    req: FlowPacket
-    resp: FlowPacket
-    req_key: str
-    occurrence: int
-    outstanding: int
-    device_id: bytes
-    flow: str
-
-
-EchoMap = dict[tuple[str, str], list[tuple[int, int, int]]]  # (req key, resp key) -> ranges
-
-
-def _pair(
-    flows: list[Flow], echoes: EchoMap, repeat: bool
-) -> tuple[list[_Pair], Counter[tuple[str, str]]]:
-    """Match responses to requests; returns the pairs and ambiguous drops per (side, key).
-
-    Without known echo fields (first pass) every request takes one response of each kind;
-    with them (``repeat``) a request may take several of a kind it is linked to by an echo.
-    """
-    pairs: list[_Pair] = []
-    ambiguous: Counter[tuple[str, str]] = Counter()
-    for flow in flows:
-        queues: dict[tuple[str, str], deque[_Pending]] = defaultdict(deque)
-        dev_id = flow.device_id or b""
-        for fp in _sorted_packets(flow):
-            key = request_key(fp.packet)
-            qk = (fp.sender, key)
-            if qk in queues:
-                _match(fp, key, queues[qk], echoes, flow, pairs, ambiguous, dev_id)
-            cands = _candidates(fp.sender, key)
-            if cands:
-                rks: Counter[str] = Counter()
-                for rk, times in cands:
-                    rks[rk] = times if repeat and echoes.get((key, rk)) else 1
-                pend = _Pending(fp, key, Counter(rks), Counter(rks))
-                for rk in sorted(set(rks)):
-                    q = queues[(_other(fp.sender), rk)]
-                    pend.depth[rk] = sum(
-                        1 for p in q if p.remaining[rk] and fp.ts - p.fp.ts <= MAX_WAIT
-                    )
-                    q.append(pend)
-    return pairs, ambiguous
-
-
-def _match(
-    fp: FlowPacket,
-    key: str,
-    queue: deque[_Pending],
-    echoes: EchoMap,
-    flow: Flow,
-    pairs: list[_Pair],
-    ambiguous: Counter[tuple[str, str]],
-    dev_id: bytes,
-) -> None:
-    while queue and (fp.ts - queue[0].fp.ts > MAX_WAIT or not queue[0].remaining[key]):
-        queue.popleft()
-    if not queue:
-        return
-    raw = fp.packet.encode()
-    cands = [p for p in queue if p.remaining[key] and _echo_ok(p, raw, key, echoes)]
-    if not cands:
-        return
-    chosen = cands[0]
-    occurrence = chosen.expected[key] - chosen.remaining[key]
-    chosen.remaining[key] -= 1
-    if not flow.exact and len(cands) > 1:
-        ambiguous[(chosen.fp.sender, chosen.key)] += 1
-    else:
-        depth = chosen.depth.get(key, 0)
-        pairs.append(_Pair(chosen.fp, fp, chosen.key, occurrence, depth, dev_id, flow.id))
-    if not any(chosen.remaining.values()):
-        queue.remove(chosen)
-
-
-def _echo_ok(p: _Pending, raw: bytes, key: str, echoes: EchoMap) -> bool:
-    if key == "0x83:fa:db":
-        return status_answers_command(p.fp.packet, raw)
-    ranges = echoes.get((p.key, key))
-    if not ranges:
+def _local_peer(pkt: CyncPacket) -> bool:
+    """A cloud-side packet only a local server sends."""
+    if pkt.type == PacketType.CONTROL:
         return True
-    req = p.fp.packet.encode()
-    return all(req[src : src + w] == raw[dst : dst + w] for dst, w, src in ranges)
+    t = decode_time_reply(pkt)
+    return t is not None and (t.year, t.month, t.day) == LOCAL_SERVER_DATE
 
 
 def status_answers_command(request: CyncPacket, raw: bytes) -> bool:
@@ -223,137 +97,236 @@ def status_answers_command(request: CyncPacket, raw: bytes) -> bool:
 
 
 def learn_exchanges(result: CaptureResult) -> tuple[list[ExchangeModel], dict[str, str]]:
-    """Exchanges per variant, and the variant of each source."""
-    by_source: dict[str, list[Flow]] = defaultdict(list)
+    """Exchanges per variant, and the variant of each source (of a whole read result)."""
+    learner = ExchangeLearner()
     for flow in result.flows:
         if flow.kind == "cync":
-            by_source[flow.source].append(flow)
-    variants = {src: source_variant(fl) for src, fl in by_source.items()}
-    grouped: dict[str, list[Flow]] = defaultdict(list)
-    for src, fl in sorted(by_source.items()):
-        grouped[variants[src]].extend(fl)
-    out: list[ExchangeModel] = []
-    for variant, flows in sorted(grouped.items()):
-        out.extend(_learn_variant(variant, flows))
-    return out, variants
+            learner.feed_flow(flow)
+    return learner.finish()
 
 
-def _counters(flows: list[Flow]) -> dict[str, dict[int, str]]:
-    """Packet types whose message id steps by one per packet, per sender."""
-    steps: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    for flow in flows:
-        if not flow.exact:
-            continue
-        last: dict[tuple[str, int], int] = {}
-        for fp in flow.packets:
-            pkt = fp.packet
-            if not isinstance(pkt, FramedPacket):
+class _Kind:
+    """What is kept of one (request kind, response kind, occurrence): bounded."""
+
+    __slots__ = ("latency", "n", "pairs", "rng", "sender")
+
+    def __init__(self, name: tuple[str, str, int], sender: str) -> None:
+        self.n = 0
+        self.sender = sender
+        self.latency = Samples()
+        # (order, request, response, flow state) while few; a seeded reservoir beyond.
+        self.pairs: list[tuple[tuple[int, int, int], CyncPacket, CyncPacket, _FlowState]] = []
+        self.rng = random.Random(zlib.crc32(repr(name).encode()))
+
+    def add(self, item: tuple[tuple[int, int, int], CyncPacket, CyncPacket, _FlowState]) -> None:
+        self.n += 1
+        if len(self.pairs) < TEMPLATE_PAIRS:
+            self.pairs.append(item)
+            return
+        j = self.rng.randrange(self.n)
+        if j < TEMPLATE_PAIRS:
+            self.pairs[j] = item
+
+
+@dataclass(slots=True)
+class _Stats:
+    """One source's (or, summed, one variant's) tallies."""
+
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    answered: Counter[tuple[str, str]] = field(default_factory=Counter)
+    ambiguous: dict[tuple[str, str], int] = field(default_factory=dict)
+    kinds: dict[tuple[str, str, int], _Kind] = field(default_factory=dict)
+    service: dict[tuple[str, str], Samples] = field(default_factory=dict)
+    outstanding: dict[tuple[str, str], dict[str, Samples]] = field(default_factory=dict)
+    steps: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    local: bool = False
+
+    def merge(self, other: _Stats) -> None:
+        self.requests.update(other.requests)
+        self.answered.update(other.answered)
+        for k, n in other.ambiguous.items():
+            self.ambiguous[k] = self.ambiguous.get(k, 0) + n
+        for k, kind in other.kinds.items():
+            mine = self.kinds.get(k)
+            if mine is None:
+                self.kinds[k] = kind
                 continue
-            k = (fp.sender, pkt.type)
+            mine.latency.merge(kind.latency)
+            for item in kind.pairs:
+                mine.add(item)
+            mine.n += kind.n - len(kind.pairs)
+        for k, smp in other.service.items():
+            self.service.setdefault(k, Samples()).merge(smp)
+        for k, buckets in other.outstanding.items():
+            mine_b = self.outstanding.setdefault(k, {})
+            for b, smp in buckets.items():
+                mine_b.setdefault(b, Samples()).merge(smp)
+        for k, (n, ok) in other.steps.items():
+            st = self.steps.setdefault(k, [0, 0])
+            st[0] += n
+            st[1] += ok
+        self.local = self.local or other.local
+
+
+class _FlowState:
+    __slots__ = ("flow", "last", "pairer", "prev", "rank", "stats")
+
+    def __init__(self, flow: Flow, rank: int, stats: _Stats, learner: ExchangeLearner) -> None:
+        self.flow = flow
+        self.stats = stats
+        self.rank = rank  # order of first packet; finish() may be told the flows' order
+        self.pairer = FlowPairer(flow.exact, self._pair, stats.ambiguous)
+        self.last: dict[tuple[str, int], int] = {}  # message-id counters, exact flows
+        self.prev: dict[str, float] = {}  # last first-answer time per response kind
+
+    def _pair(self, req: Pending, resp: FlowPacket, rk: str, occ: int, depth: int) -> None:
+        st = self.stats
+        rq = req.fp
+        name = (req.key, rk, occ)
+        kind = st.kinds.get(name)
+        if kind is None:
+            kind = st.kinds[name] = _Kind(name, resp.sender)
+        lat = resp.ts - rq.ts
+        kind.latency.add(lat)
+        kind.add(((0, 0, self.pairer.n), rq.packet, resp.packet, self))
+        if not req.answered:
+            req.answered = True
+            st.answered[(rq.sender, req.key)] += 1
+        if occ:
+            return
+        kr = (req.key, rk)
+        b = "0" if depth == 0 else ("1-4" if depth < 5 else "5+")
+        buckets = st.outstanding.get(kr)
+        if buckets is None:
+            buckets = st.outstanding[kr] = {}
+        smp = buckets.get(b)
+        if smp is None:
+            smp = buckets[b] = Samples()
+        smp.add(lat)
+        if self.flow.exact:
+            prev = self.prev.get(rk, float("-inf"))
+            svc = st.service.get(kr)
+            if svc is None:
+                svc = st.service[kr] = Samples()
+            svc.add(max(0.0, resp.ts - max(rq.ts, prev)))
+            self.prev[rk] = resp.ts
+
+
+class ExchangeLearner:
+    """Learns exchanges from packets fed one at a time, flow by flow or interleaved.
+
+    ``feed(flow, fp)`` for every packet of a Cync flow, in capture-time order within its
+    flow; ``finish()`` gives the exchanges per variant and each source's variant.  What is
+    kept is bounded (see the module comment), whatever the number of packets.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[str, _Stats] = {}
+        self._flows: dict[int, _FlowState] = {}
+        self.packets = 0
+
+    def feed_flow(self, flow: Flow) -> None:
+        for fp in sorted(flow.packets, key=lambda fp: fp.ts):  # stable: stream order on ties
+            self.feed(flow, fp)
+
+    def feed(self, flow: Flow, fp: FlowPacket) -> None:
+        self.packets += 1
+        state = self._flows.get(id(flow))
+        if state is None:
+            st = self._sources.get(flow.source)
+            if st is None:
+                st = self._sources[flow.source] = _Stats()
+            state = self._flows[id(flow)] = _FlowState(flow, len(self._flows), st, self)
+        st = state.stats
+        pkt = fp.packet
+        sender = fp.sender
+        key = request_key(pkt)
+        st.requests[(sender, key)] += 1
+        if sender == CLOUD and not st.local and _local_peer(pkt):
+            st.local = True
+        if state.flow.exact and isinstance(pkt, FramedPacket):
+            k = (sender, pkt.type)
             c = pkt.counter
-            if k in last:
-                steps[k][0] += 1
-                steps[k][1] += (c - last[k]) & 0xFFFF == 1
-            last[k] = c
+            last = state.last.get(k)
+            if last is not None:
+                step = st.steps.get(k)
+                if step is None:
+                    step = st.steps[k] = [0, 0]
+                step[0] += 1
+                step[1] += (c - last) & 0xFFFF == 1
+            state.last[k] = c
+        state.pairer.feed(fp, key)
+
+    def variants(self) -> dict[str, str]:
+        return {src: "local" if st.local else "cloud" for src, st in self._sources.items()}
+
+    def finish(self, order: Sequence[Flow] = ()) -> tuple[list[ExchangeModel], dict[str, str]]:
+        """The exchanges; ``order``: the flows in the reader's order (default: first packet)."""
+        variants = self.variants()
+        ranks = {id(f): i for i, f in enumerate(order)}
+        grouped: dict[str, _Stats] = {}
+        for rank, (src, st) in enumerate(sorted(self._sources.items())):
+            for kind in st.kinds.values():
+                kind.pairs = [
+                    ((rank, ranks.get(id(fs.flow), fs.rank), o[2]), req, resp, fs)
+                    for o, req, resp, fs in kind.pairs
+                ]
+            v = variants[src]
+            if v not in grouped:
+                grouped[v] = _Stats()
+            grouped[v].merge(st)
+        out: list[ExchangeModel] = []
+        for variant, st in sorted(grouped.items()):
+            out.extend(_finish_variant(variant, st))
+        return out, variants
+
+
+def _counters(st: _Stats) -> dict[str, dict[int, str]]:
+    """Packet types whose message id steps by one per packet, per sender."""
     out: dict[str, dict[int, str]] = defaultdict(dict)
-    for (sender, t), (n, ok) in steps.items():
+    for (sender, t), (n, ok) in st.steps.items():
         if n and ok / n >= 0.9:
             out[sender][t] = f"{sender}:0x{t:02x}"
     return out
 
 
-def _learn_variant(variant: str, flows: list[Flow]) -> list[ExchangeModel]:
-    pairs, _ = _pair(flows, {}, repeat=False)
-    counters = _counters(flows)
-    echoes: EchoMap = {}
-    by_kind: dict[tuple[str, str, int], list[_Pair]] = defaultdict(list)
-    for p in pairs:
-        by_kind[(p.req_key, request_key(p.resp.packet), p.occurrence)].append(p)
-    for (k, rk, occ), ps in by_kind.items():
-        if occ:
-            continue
-        tpl = _template(ps, counters.get(ps[0].resp.sender, {}))
-        echoes[(k, rk)] = [
-            (f.start, f.end - f.start, f.source) for f in tpl.fields if f.role == "echo"
-        ]
-    pairs, ambiguous = _pair(flows, echoes, repeat=True)
-    by_kind.clear()
-    for p in pairs:
-        by_kind[(p.req_key, request_key(p.resp.packet), p.occurrence)].append(p)
-    requests: Counter[tuple[str, str]] = Counter()
-    answered: Counter[tuple[str, str]] = Counter()
-    seen: set[int] = set()
-    for flow in flows:
-        for fp in flow.packets:
-            requests[(fp.sender, request_key(fp.packet))] += 1
-    for p in pairs:
-        if id(p.req) not in seen:
-            seen.add(id(p.req))
-            answered[(p.req.sender, p.req_key)] += 1
-    out = []
-    for side, k in sorted(requests):
-        cands = _candidates(side, k)
-        if not cands or not answered[(side, k)]:
-            continue
-        ex = ExchangeModel(k, _other(side), variant, requests[(side, k)], answered[(side, k)])
-        ex.ambiguous = ambiguous[(side, k)]
-        for rk, occ in sorted({(rk, occ) for (kk, rk, occ) in by_kind if kk == k}):
-            ps = by_kind[(k, rk, occ)]
-            if len(ps) < _MIN_SHARE * ex.answered:
-                continue
-            tpl = _template(ps, counters.get(ps[0].resp.sender, {}))
-            lat = Distribution.from_samples(p.resp.ts - p.req.ts for p in ps)
-            share = len(ps) / max(1, ex.answered)
-            ex.responses.append(ResponseModel(rk, tpl, round(min(share, 1.0), 4), lat))
-        if not ex.responses:
-            continue
-        ex.responses.sort(key=lambda r: r.latency.p50)
-        if ex.role == DEVICE:
-            _service_times(ex, by_kind, flows)
-        out.append(ex)
-    return out
-
-
-def _template(ps: list[_Pair], counters: dict[int, str]) -> Template:
+def _template(kind: _Kind, counters: dict[int, str]) -> Template:
+    pairs = sorted(kind.pairs, key=lambda p: p[0])
     return learn_template(
-        [(p.req.packet.encode(), p.resp.packet.encode()) for p in ps],
-        device_ids=[p.device_id for p in ps],
+        [(req.encode(), resp.encode()) for _, req, resp, _ in pairs],
+        device_ids=[state.flow.device_id or b"" for *_, state in pairs],
         counters=counters,
     )
 
 
-def _service_times(
-    ex: ExchangeModel,
-    by_kind: dict[tuple[str, str, int], list[_Pair]],
-    flows: list[Flow],
-) -> None:
-    """FIFO decomposition of device answer times, and the first response by queue depth.
-
-    A device answers the requests of one connection one after another, so the k-th answer
-    of a kind leaves at max(arrival_k, previous answer) + S_k; S_k is what the device itself
-    took.  The sequence runs over every request kind that gets this response kind.
-    """
-    exact = {f.id for f in flows if f.exact}
-    for resp in ex.responses:
-        per_flow: dict[str, list[_Pair]] = defaultdict(list)
-        for (_, rk, occ), ps in by_kind.items():
-            if rk == resp.key and occ == 0:
-                for p in ps:
-                    if p.flow in exact:
-                        per_flow[p.flow].append(p)
-        samples: list[float] = []
-        for ps in per_flow.values():
-            ps.sort(key=lambda p: p.resp.ts)
-            prev = float("-inf")
-            for p in ps:
-                if p.req_key == ex.request:
-                    samples.append(max(0.0, p.resp.ts - max(p.req.ts, prev)))
-                prev = p.resp.ts
-        if samples:
-            resp.service = Distribution.from_samples(samples)
-    first = ex.responses[0]
-    buckets: dict[str, list[float]] = defaultdict(list)
-    for p in by_kind.get((ex.request, first.key, 0), []):
-        b = "0" if p.outstanding == 0 else ("1-4" if p.outstanding < 5 else "5+")
-        buckets[b].append(p.resp.ts - p.req.ts)
-    ex.by_outstanding = {b: Distribution.from_samples(v) for b, v in sorted(buckets.items())}
+def _finish_variant(variant: str, st: _Stats) -> list[ExchangeModel]:
+    counters = _counters(st)
+    out = []
+    for side, k in sorted(st.requests):
+        if not candidates(side, k) or not st.answered[(side, k)]:
+            continue
+        ex = ExchangeModel(
+            k, other_side(side), variant, st.requests[(side, k)], st.answered[(side, k)]
+        )
+        ex.ambiguous = st.ambiguous.get((side, k), 0)
+        for rk, occ in sorted({(rk, occ) for (kk, rk, occ) in st.kinds if kk == k}):
+            kind = st.kinds[(k, rk, occ)]
+            if kind.n < _MIN_SHARE * ex.answered:
+                continue
+            tpl = _template(kind, counters.get(kind.sender, {}))
+            share = kind.n / max(1, ex.answered)
+            ex.responses.append(
+                ResponseModel(rk, tpl, round(min(share, 1.0), 4), kind.latency.build())
+            )
+        if not ex.responses:
+            continue
+        ex.responses.sort(key=lambda r: r.latency.p50)
+        if ex.role == DEVICE:
+            for resp in ex.responses:
+                svc = st.service.get((k, resp.key))
+                if svc is not None and len(svc):
+                    resp.service = svc.build()
+            buckets = st.outstanding.get((k, ex.responses[0].key), {})
+            ex.by_outstanding = {b: smp.build() for b, smp in sorted(buckets.items())}
+        out.append(ex)
+    return out
