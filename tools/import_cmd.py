@@ -1,4 +1,6 @@
-# `cyncsim import CAPTURE... -o MODEL [--json]`: learn a device model from captures.
+# `cyncsim import CAPTURE... -o MODEL [--json] [--into MODEL]`: learn a device model from
+# captures; with --into, merge what the new captures teach into an existing model (without
+# re-reading the captures it was learned from: replay/model/_merge.py).
 from __future__ import annotations
 
 import argparse
@@ -6,14 +8,14 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from cyncsim.replay.capture import load_bytes, read_capture
+from cyncsim.replay.capture import HEAD_BYTES, detect_format, load_bytes, read_capture
 from cyncsim.replay.capture.model import CaptureResult
-from cyncsim.replay.errors import CyncError
+from cyncsim.replay.errors import CyncError, ModelError
 from cyncsim.replay.model import DeviceModel, learn_model
 from cyncsim.tools._capture_args import add_capture_options, cloud_ports
 from cyncsim.tools.progress import progress_callback
 
-__all__ = ["print_model", "register", "run", "show_model_file"]
+__all__ = ["load_base_model", "print_model", "register", "run", "show_model_file"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
@@ -25,12 +27,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
     p.add_argument("captures", nargs="+", metavar="CAPTURE")
     p.add_argument("-o", "--output", metavar="MODEL", help="model file to write (msgpack)")
     p.add_argument("--json", action="store_true", help="print what was learned as JSON")
+    p.add_argument(
+        "--into",
+        metavar="MODEL",
+        help="merge the new captures into this model (written to -o, the file is not changed)",
+    )
     add_capture_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     ports = cloud_ports(args)
+    base = load_base_model(args.into) if args.into else None  # refused before any reading
     result = CaptureResult()
     raw: dict[str, bytes] = {}
     for path in args.captures:
@@ -47,12 +55,26 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             reason="no_packets",
         )
     model = learn_model(result, raw)
+    if base is not None:
+        model = base.merge(model)
     if args.output:
         model.save(args.output)
     print_model(model, out, as_json=args.json)
     if args.output and not args.json:
         out.write(f"model written to {args.output}\n")
     return 0
+
+
+def load_base_model(path: str) -> DeviceModel:
+    """The model ``--into`` names; a capture or another kind of file is one clear error."""
+    fmt = detect_format(load_bytes(path, HEAD_BYTES))
+    if fmt not in ("model", "unknown"):
+        raise ModelError(
+            f"is a {fmt} capture, not a model: --into takes a model written by cyncsim import",
+            path=path,
+            reason="not_a_model",
+        )
+    return DeviceModel.load(path)
 
 
 def _finding_summary(result: CaptureResult) -> str:
@@ -72,6 +94,12 @@ def print_model(model: DeviceModel, out: TextIO, *, as_json: bool) -> None:
         out.write(json.dumps(summary) + "\n")
         return
     out.write(f"sources: {', '.join(str(s['name']) for s in model.sources)}\n")
+    for src in model.sources:  # provenance: what each capture brought
+        sha = str(src.get("sha256", ""))[:12] or "-"
+        out.write(
+            f"  {src['name']}: variant {src.get('variant', 'none')}, {src.get('packets', 0)} "
+            f"packets, sha256 {sha}\n"
+        )
     out.write(
         f"{'variant':<8}{'role':<8}{'request':<14}{'samples':>8}{'p50 ms':>10}{'p95 ms':>10}"
         f"{'p99 ms':>10}  responses\n"

@@ -16,12 +16,18 @@ import msgpack
 
 from cyncsim.replay.capture import CaptureResult, read_captures
 from cyncsim.replay.errors import ModelError
+from cyncsim.replay.model._merge import (
+    merge_behaviour,
+    merge_devices,
+    merge_exchanges,
+    merge_findings,
+)
 from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity, learn_behaviour, learn_devices
 from cyncsim.replay.model.dist import Distribution
 from cyncsim.replay.model.learn import ExchangeModel, ResponseModel, learn_exchanges
 from cyncsim.replay.model.template import Template
 
-__all__ = ["FORMAT", "VERSION", "DeviceModel", "import_captures", "learn_model"]
+__all__ = ["FORMAT", "VERSION", "DeviceModel", "import_captures", "learn_model", "merge_models"]
 
 FORMAT = "cyncsim-model"
 VERSION = 1
@@ -86,6 +92,31 @@ class DeviceModel:
             "sources": self.sources,
             "findings": [{"reason": k, "count": v} for k, v in sorted(self.findings.items())],
         }
+
+    def merge(self, other: DeviceModel) -> DeviceModel:
+        """Both models as one, as if their captures had been imported together (_merge.py).
+
+        Order-free: ``a.merge(b)`` equals ``b.merge(a)``.  A capture both models were learned
+        from (same SHA-256) would be counted twice: that is a ModelError.
+        """
+        mine = {str(s["sha256"]): str(s["name"]) for s in self.sources if s.get("sha256")}
+        twice = sorted(
+            str(s["name"]) for s in other.sources if s.get("sha256") and s["sha256"] in mine
+        )
+        if twice:
+            raise ModelError(
+                f"{', '.join(twice)} already in the model: a capture is merged only once",
+                reason="merge",
+            )
+        return DeviceModel(
+            sources=sorted(
+                self.sources + other.sources, key=lambda s: (str(s["name"]), str(s["sha256"]))
+            ),
+            exchanges=merge_exchanges(self.exchanges, other.exchanges),
+            behaviour=merge_behaviour(self.behaviour, other.behaviour),
+            devices=merge_devices(self.devices, other.devices),
+            findings=merge_findings(self.findings, other.findings),
+        )
 
     # ------------------------------------------------------------------ persistence
     def to_obj(self) -> dict[str, Any]:
@@ -248,6 +279,16 @@ def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = No
         counts[f.reason] += 1
     model.findings = dict(counts)
     return model
+
+
+def merge_models(models: list[DeviceModel]) -> DeviceModel:
+    """All ``models`` as one (in any order: the result is the same)."""
+    if not models:
+        raise ModelError("no models to merge", reason="merge")
+    out = models[0]
+    for m in models[1:]:
+        out = out.merge(m)
+    return out
 
 
 def import_captures(paths: list[str], **kwargs: Any) -> DeviceModel:
