@@ -26,7 +26,7 @@ from cyncsim.simulator.fleet._placement import (
     mesh_shards,
     shard_record_path,
 )
-from cyncsim.simulator.fleet._ray import POOL_RESOURCE, RayFleet
+from cyncsim.simulator.fleet._ray import POOL_RESOURCE, RayFleet, ray_fleet_row
 from cyncsim.simulator.fleet._ray_shard import ShardActor
 from cyncsim.simulator.fleet._workers import FleetWorkers, worker_record_path
 
@@ -49,6 +49,7 @@ __all__ = [
     "loopback_address",
     "mesh_shards",
     "raise_fd_limit",
+    "ray_fleet_row",
     "shard_record_path",
     "worker_record_path",
 ]

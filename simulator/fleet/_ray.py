@@ -393,6 +393,7 @@ async def ray_fleet_row(
 
     from cyncsim.simulator.fleet._ray_shard import _rss_fds
 
+    import_ray()  # the driver's growth then counts the Ray runtime client and the members
     rss0 = _rss_fds()[0]
     fleet = RayFleet(devices, shards, seed=seed, time_scale=time_scale, address=address)
     began = time.perf_counter()
@@ -424,6 +425,7 @@ async def ray_fleet_row(
         "connect_s": connect_s,
         "rss_mb": sum(u["rss"] for u in before) / 2**20,
         "kib_per_device": grown / devices / 1024,
+        "driver_mb": driver / 2**20,
         "driver_kib_per_device": driver / devices / 1024,
         "fds_per_device": sum(u["fds"] - u["fds0"] for u in before) / devices,
         "heartbeats": len(errors),
