@@ -38,6 +38,8 @@ MIN_S = 1e-6  # lower edge of bucket 1 (bucket 0 holds everything below, zeros i
 MAX_S = 1000.0  # values above land in the last bucket (max stays exact)
 GROWTH = 1.02  # each bucket's upper edge is 2 % above its lower edge
 _INV_LOG = 1.0 / math.log(GROWTH)
+_INV_MIN = 1.0 / MIN_S
+_log = math.log
 _LAST = int(math.log(MAX_S / MIN_S) * _INV_LOG) + 1  # index of the last bucket
 _LAYOUT = (MIN_S, GROWTH, _LAST)
 
@@ -45,7 +47,7 @@ _LAYOUT = (MIN_S, GROWTH, _LAST)
 def _index(seconds: float) -> int:
     if seconds < MIN_S:
         return 0
-    return min(_LAST, int(math.log(seconds / MIN_S) * _INV_LOG) + 1)
+    return min(_LAST, int(_log(seconds * _INV_MIN) * _INV_LOG) + 1)
 
 
 def bucket_bounds(index: int) -> tuple[float, float]:
@@ -73,15 +75,23 @@ class LatencyHistogram:
         self.max = -math.inf
 
     def record(self, seconds: float) -> None:
-        """One sample (negative values count as 0)."""
-        seconds = max(seconds, 0.0)
-        i = _index(seconds)
+        """One sample (negative values count as 0).  Called per answered packet: inlined."""
+        if seconds < MIN_S:
+            if seconds < 0.0:  # noqa: PLR1730 (a hot path: no call)
+                seconds = 0.0
+            i = 0
+        else:
+            i = int(_log(seconds * _INV_MIN) * _INV_LOG) + 1
+            if i > _LAST:  # noqa: PLR1730 (a hot path: no call)
+                i = _LAST
         b = self._buckets
         b[i] = b.get(i, 0) + 1
         self.count += 1
         self.sum += seconds
-        self.min = min(self.min, seconds)
-        self.max = max(self.max, seconds)
+        if seconds < self.min:  # noqa: PLR1730 (a hot path: no call)
+            self.min = seconds
+        if seconds > self.max:  # noqa: PLR1730 (a hot path: no call)
+            self.max = seconds
 
     def merge(self, other: LatencyHistogram) -> None:
         """Add ``other``'s samples to this one."""
