@@ -207,3 +207,30 @@ def test_serve_engine_ray_records_per_shard_and_stops_on_sigterm(
     assert "4 devices listening on 127.0.0.1 in 2 Ray shards" in text
     assert re.search(r"stopped \(SIGTERM\) after [\d.]+ s: 4 devices, ", lines[-1])
     assert all(p.exists() for p in shards)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--source-cidr", "127.1.0.0/16"], "--source-cidr needs --engine ray"),
+        (["--restart-shards"], "--restart-shards needs --engine ray"),
+        (["--engine", "ray", "--workers", "2", "--devices", "2"], "no --workers"),
+        (["--engine", "ray", "--shards", "3", "--devices", "2"], "--shards 3"),
+        (["--engine", "ray", "--shards", "1", "--connect", "192.168.1.5:23779"], "not a loopback"),
+        (["--engine", "ray", "--shards", "1", "--source-cidr", "127.1.0.0/16"], "for dialling"),
+        (["--engine", "ray", "--devices", "10"], "1 mesh(es)"),
+        (["--engine", "ray", "--devices", "4", "--mesh-size", "2", "--connect",
+          "127.0.0.1:9", "--source-cidr", "10.0.0.0/16"], "--allow-remote-controller"),
+    ],
+)  # fmt: skip
+def test_engine_options_exit_2_with_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cyncsim.tools.cli import main
+
+    if "ray" in argv:
+        pytest.importorskip("ray", reason="ray is not installed: pip install 'cyncsim[ray]'")
+    code = main(["serve", *argv])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("cyncsim serve: error: ") and needle in err[0], err
