@@ -1,4 +1,5 @@
-# Rebuild the default model shipped in captures/ from the shared real captures.
+# Rebuild the default model shipped in captures/ from the shared real captures: the MITM text
+# logs (capture_*.txt) and the socat -v -x logs (socat/*.txt), in name order.
 #
 # Usage: python -m tools.build_default_model [CAPTURES_DIR]   (make model)
 from __future__ import annotations
@@ -12,6 +13,7 @@ from cyncsim.replay.model import import_captures
 
 def build(captures_dir: Path) -> bytes:
     files = sorted(str(p) for p in captures_dir.glob("capture_*.txt"))
+    files += sorted(str(p) for p in captures_dir.glob("socat/*.txt"))
     if not files:
         raise SystemExit(f"no capture_*.txt files in {captures_dir}")
     return import_captures(files).dumps()

@@ -12,6 +12,11 @@
 #     decimals), and responses under the learner's minimum share of the merged total dropped;
 #   * heartbeat idle: per-connection measurements win over an aggregate-rate estimate, as
 #     when learning;
+#   * device identities: the first fact seen in variant order, as the learner keeps it (two
+#     captures of one variant: the smaller value); a status report in one capture of a mesh
+#     node whose device only another capture names is not recovered (the state may differ);
+#   * requests of a kind that one model saw but never saw answered (it keeps no exchange for
+#     it) are not counted;
 #   * byte templates and connect-script delays: the ones learned from more samples (a
 #     template learned from every pair at once can label a field differently when one model
 #     never saw it vary);
@@ -47,14 +52,19 @@ def _merge_exchange(x: ExchangeModel, y: ExchangeModel) -> ExchangeModel:
         x.request, x.role, x.variant,
         x.requests + y.requests, x.answered + y.answered, x.ambiguous + y.ambiguous,
     )  # fmt: skip
-    counts: dict[str, int] = {}
-    merged: dict[str, ResponseModel] = {}
+    # A kind can answer a request more than once (f9 52 twice): the n-th response of a key
+    # (in the learner's order, by latency) is merged with the other model's n-th.
+    counts: dict[tuple[str, int], int] = {}
+    merged: dict[tuple[str, int], ResponseModel] = {}
     for ex in (x, y):
+        seen: dict[str, int] = {}
         for r in ex.responses:
-            counts[r.key] = counts.get(r.key, 0) + round(r.share * ex.answered)
-            have = merged.get(r.key)
-            merged[r.key] = r if have is None else _merge_response(have, r)
-    for key, r in merged.items():
+            key = (r.key, seen.get(r.key, 0))
+            seen[r.key] = key[1] + 1
+            counts[key] = counts.get(key, 0) + round(r.share * ex.answered)
+            have = merged.get(key)
+            merged[key] = r if have is None else _merge_response(have, r)
+    for key, r in sorted(merged.items()):
         if counts[key] < _MIN_SHARE * out.answered:
             continue
         r.share = round(min(counts[key] / max(1, out.answered), 1.0), 4)
@@ -143,17 +153,17 @@ def merge_devices(a: list[DeviceIdentity], b: list[DeviceIdentity]) -> list[Devi
 
 
 def _merge_device(x: DeviceIdentity, y: DeviceIdentity) -> DeviceIdentity:
-    # Facts both models hold: the one of the model that knows more, ties by value.
-    best = _pick(x, y, lambda d: (d.mesh_node is None, -len(d.firmware), repr(d.to_obj())))
-    other = y if best is x else x
-    firmware = dict(other.firmware) | best.firmware
+    # The learner keeps the first fact seen, reading variants in name order: so does the
+    # merge (within one variant, ties are broken by value).
+    first, second = sorted((x, y), key=lambda d: (d.variant, repr(d.to_obj())))
+    node = first if first.mesh_node is not None else second
     return DeviceIdentity(
-        best.device_id,
-        best.auth_code,
-        min(x.variant, y.variant),
-        dict(sorted(firmware.items())),
-        best.mesh_node if best.mesh_node is not None else other.mesh_node,
-        dict(best.state) if best.mesh_node is not None else dict(other.state),
+        first.device_id,
+        first.auth_code,
+        first.variant,
+        dict(sorted((second.firmware | first.firmware).items())),
+        node.mesh_node,
+        dict(node.state),
     )
 
 
