@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from cyncsim.replay.capture import HEAD_BYTES, detect_format, load_bytes, read_capture
-from cyncsim.replay.capture.model import CaptureResult
+from cyncsim.replay.capture import HEAD_BYTES, detect_format, load_bytes
 from cyncsim.replay.errors import CyncError, ModelError
-from cyncsim.replay.model import DeviceModel, learn_model
+from cyncsim.replay.model import DeviceModel, ModelLearner
+from cyncsim.replay.model.importer import import_files
 from cyncsim.tools._capture_args import add_capture_options, cloud_ports
 from cyncsim.tools.progress import progress_callback
 
@@ -39,22 +39,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
 def run(args: argparse.Namespace, out: TextIO) -> int:
     ports = cloud_ports(args)
     base = load_base_model(args.into) if args.into else None  # refused before any reading
-    result = CaptureResult()
-    raw: dict[str, bytes] = {}
+    # Read and learn in one pass, chunk by chunk: the progress bar covers both, memory stays
+    # bounded, and Ctrl-C leaves nothing behind (the model is written only at the end, to a
+    # temporary file renamed over -o).
+    learner = ModelLearner()
     for path in args.captures:
         with progress_callback(
-            f"reading {Path(path).name}", enabled=False if args.no_progress else None
+            f"reading and learning {Path(path).name}",
+            enabled=False if args.no_progress else None,
         ) as cb:
-            result.extend(read_capture(path, cloud_ports=ports, progress=cb))
-        raw[path] = load_bytes(path)
-    if not any(flow.packets for flow in result.flows):
+            import_files([path], cloud_ports=ports, progress=lambda _p: cb, learner=learner)
+    if not learner.exchanges.packets:
         # An empty model would be written and look like a success: refuse, write nothing.
+        found = ", ".join(f"{n} {reason}" for reason, n in sorted(learner.findings.items()))
         raise CyncError(
             f"nothing to learn: {', '.join(args.captures)} hold no Cync packets"
-            + (f" ({_finding_summary(result)})" if result.findings else ""),
+            + (f" ({found})" if found else ""),
             reason="no_packets",
         )
-    model = learn_model(result, raw)
+    model = learner.finish()
     if base is not None:
         model = base.merge(model)
     if args.output:
@@ -75,13 +78,6 @@ def load_base_model(path: str) -> DeviceModel:
             reason="not_a_model",
         )
     return DeviceModel.load(path)
-
-
-def _finding_summary(result: CaptureResult) -> str:
-    counts: dict[str, int] = {}
-    for f in result.findings:
-        counts[f.reason] = counts.get(f.reason, 0) + 1
-    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
 
 
 def show_model_file(path: str, out: TextIO, *, as_json: bool) -> None:

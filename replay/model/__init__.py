@@ -3,15 +3,9 @@
 # merged model with model (merge_models) as if their captures had been imported together.
 from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity
 from cyncsim.replay.model.dist import Distribution, StratifiedUniform
+from cyncsim.replay.model.importer import ModelLearner, import_captures, learn_model
 from cyncsim.replay.model.learn import ExchangeModel, ResponseModel
-from cyncsim.replay.model.store import (
-    FORMAT,
-    VERSION,
-    DeviceModel,
-    import_captures,
-    learn_model,
-    merge_models,
-)
+from cyncsim.replay.model.store import FORMAT, VERSION, DeviceModel, merge_models
 from cyncsim.replay.model.template import Template, TemplateField
 
 __all__ = [
@@ -22,6 +16,7 @@ __all__ = [
     "DeviceModel",
     "Distribution",
     "ExchangeModel",
+    "ModelLearner",
     "ResponseModel",
     "StratifiedUniform",
     "Template",

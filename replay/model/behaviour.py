@@ -5,18 +5,23 @@
 # time before each 0xD3 is the time since the last packet in either direction.  A flow that
 # mixes connections (text logs without conn ids) cannot say which device was idle; there the
 # heartbeat is estimated from the aggregate rate (devices x span / pings) and labelled so.
+#
+# Learned packet by packet (BehaviourLearner.feed, like learn.ExchangeLearner): per flow only
+# the last times, the hello and the packets of its first CONNECT_SPAN seconds are kept; the
+# measurements go to bounded dist.Samples; per device the first firmware and state seen.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cyncsim.replay.capture.model import CLOUD, DEVICE, Flow, FlowPacket
+from cyncsim.replay.capture.model import DEVICE, Flow, FlowPacket
 from cyncsim.replay.describe import request_key
-from cyncsim.replay.model.dist import Distribution
+from cyncsim.replay.model.dist import Distribution, Samples
 from cyncsim.replay.payloads import decode_status_entries, decode_status_report, firmware_version
 from cyncsim.replay.protocol import HelloPacket, IdPacket, PacketType
 
-__all__ = ["Behaviour", "DeviceIdentity", "learn_behaviour", "learn_devices"]
+__all__ = ["Behaviour", "BehaviourLearner", "DeviceIdentity"]
 
 CONNECT_SPAN = 10.0  # seconds after a hello that count as the connect sequence
 MAX_SCRIPTS = 8
@@ -54,149 +59,292 @@ class Behaviour:
     connect_scripts: list[tuple[int, list[tuple[str, float]]]] = field(default_factory=list)
 
 
-def learn_behaviour(variant: str, flows: list[Flow]) -> Behaviour:
-    beh = Behaviour(variant)
-    idle: list[float] = []
-    status_gaps: list[float] = []
-    aggregate: list[float] = []
-    scripts: Counter[tuple[str, ...]] = Counter()
-    delays: dict[tuple[str, ...], list[list[float]]] = defaultdict(list)
-    hellos: dict[bytes, list[tuple[float, bool]]] = defaultdict(list)
-    for flow in flows:
-        pkts = sorted(flow.packets, key=lambda fp: fp.ts)
-        if not pkts:
-            continue
+_PRE_HELLO = 256  # device packets kept from before a connection's hello (its script)
+Script = tuple[tuple[str, ...], list[float]]
+
+
+class _Flow:
+    """What one flow keeps while it is read."""
+
+    __slots__ = (
+        "answered",
+        "devices",
+        "first_ts",
+        "flow",
+        "hello",
+        "last_by_dev",
+        "last_status",
+        "n",
+        "open",
+        "pings",
+        "pre",
+        "prev_ts",
+        "rank",
+        "script",
+        "scripts",
+    )  # fmt: skip
+
+    def __init__(self, flow: Flow, rank: int) -> None:
+        self.flow = flow
+        self.rank = rank
+        self.n = 0  # packets so far
+        self.prev_ts: float | None = None
+        self.first_ts: float | None = None
+        self.last_status: float | None = None
+        self.answered = False
+        self.hello: tuple[float, bytes] | None = None
+        self.pre: list[tuple[str, float]] = []  # device packets before the hello
+        self.script: list[tuple[str, float]] = []  # device packets after it, within the span
+        # mixed flows: hellos whose connect span is still open, finished scripts, tallies
+        self.open: list[tuple[float, bytes, list[tuple[str, float]]]] = []
+        self.scripts: list[tuple[float, list[tuple[str, float]]]] = []
+        self.last_by_dev: dict[bytes, float] = {}
+        self.pings = 0
+        self.devices: set[bytes] = set()
+
+
+@dataclass(slots=True)
+class _Source:
+    idle: Samples = field(default_factory=Samples)
+    status_gaps: Samples = field(default_factory=Samples)
+    aggregate: Samples = field(default_factory=Samples)
+    hellos: dict[bytes, list[tuple[float, bool]]] = field(default_factory=dict)
+
+
+class BehaviourLearner:
+    """Spontaneous behaviour and device identities, from packets fed one at a time."""
+
+    def __init__(self) -> None:
+        self._flows: dict[int, _Flow] = {}
+        self._sources: dict[str, _Source] = {}
+        # per source: device id -> (identity, first firmware per kind and first state seen,
+        # each with where it was seen: (flow, packet number), to take the first in order)
+        self._devices: dict[str, dict[bytes, _Dev]] = {}
+
+    def feed(self, flow: Flow, fp: FlowPacket) -> None:
+        st = self._flows.get(id(flow))
+        if st is None:
+            st = self._flows[id(flow)] = _Flow(flow, len(self._flows))
+            self._sources.setdefault(flow.source, _Source())
+        src = self._sources[flow.source]
+        pkt = fp.packet
+        ts = fp.ts
+        dev_side = fp.sender == DEVICE
+        st.n += 1
+        if st.first_ts is None:
+            st.first_ts = ts
+        if dev_side:
+            self._identity(flow.source, pkt, st)
         if not flow.exact:
-            pings = sum(1 for fp in pkts if fp.sender == DEVICE and fp.packet.type == 0xD3)
-            devices = {fp.packet.device_id for fp in pkts if isinstance(fp.packet, HelloPacket)}
-            span = pkts[-1].ts - pkts[0].ts
-            if pings and devices:
-                aggregate.append(span * len(devices) / pings)
-            # Connections are mixed: only packets that carry the device's id can be told
-            # apart, so status cadence and connect sequence use those alone.
-            last_by_dev: dict[bytes, float] = {}
-            for fp in pkts:
-                if fp.sender == DEVICE and fp.packet.type == PacketType.STATUS:
-                    dev = getattr(fp.packet, "device_id", b"")
-                    if dev in last_by_dev:
-                        status_gaps.append(fp.ts - last_by_dev[dev])
-                    last_by_dev[dev] = fp.ts
-            for i, fp in enumerate(pkts):
-                if isinstance(fp.packet, HelloPacket):
-                    dev_id = fp.packet.device_id
-                    hellos[dev_id].append((fp.ts, True))
-                    later = [
-                        q
-                        for q in pkts[i + 1 :]
-                        if q.ts - fp.ts <= CONNECT_SPAN
-                        and q.sender == DEVICE
-                        and isinstance(q.packet, IdPacket)
-                        and q.packet.device_id == dev_id
-                    ]
-                    _add_script(scripts, delays, fp.ts, later)
-            continue
-        prev_ts: float | None = None
-        last_status: float | None = None
-        for fp in pkts:
-            if fp.sender == DEVICE and fp.packet.type == PacketType.PING and prev_ts is not None:
-                idle.append(fp.ts - prev_ts)
-            if fp.sender == DEVICE and fp.packet.type == PacketType.STATUS:
-                if last_status is not None:
-                    status_gaps.append(fp.ts - last_status)
-                last_status = fp.ts
-            prev_ts = fp.ts
-        hello = next((fp for fp in pkts if isinstance(fp.packet, HelloPacket)), None)
-        if hello is None:
-            continue
-        assert isinstance(hello.packet, HelloPacket)
-        answered = any(fp.sender == CLOUD for fp in pkts)
-        hellos[hello.packet.device_id].append((hello.ts, answered))
-        if not answered:
-            continue
-        later = [
-            fp
-            for fp in pkts
-            if fp.sender == DEVICE and fp is not hello and fp.ts - hello.ts <= CONNECT_SPAN
+            self._mixed(st, src, fp)
+            st.prev_ts = ts
+            return
+        if dev_side and pkt.type == PacketType.PING and st.prev_ts is not None:
+            src.idle.add(ts - st.prev_ts)
+        if dev_side and pkt.type == PacketType.STATUS:
+            if st.last_status is not None:
+                src.status_gaps.add(ts - st.last_status)
+            st.last_status = ts
+        st.prev_ts = ts
+        if not dev_side:
+            st.answered = True
+            return
+        if st.hello is None:
+            if isinstance(pkt, HelloPacket):
+                st.hello = (ts, pkt.device_id)
+                st.script = [(k, t) for k, t in st.pre if t - ts <= CONNECT_SPAN]
+                st.pre = []
+            elif len(st.pre) < _PRE_HELLO:
+                st.pre.append((request_key(pkt), ts))
+        elif ts - st.hello[0] <= CONNECT_SPAN:
+            st.script.append((request_key(pkt), ts))
+
+    def _mixed(self, st: _Flow, src: _Source, fp: FlowPacket) -> None:
+        pkt, ts = fp.packet, fp.ts
+        while st.open and ts - st.open[0][0] > CONNECT_SPAN:
+            start, _, later = st.open.pop(0)
+            st.scripts.append((start, later))
+        if fp.sender != DEVICE:
+            return
+        if pkt.type == PacketType.PING:
+            st.pings += 1
+        if pkt.type == PacketType.STATUS:
+            dev = getattr(pkt, "device_id", b"")
+            if dev in st.last_by_dev:
+                src.status_gaps.add(ts - st.last_by_dev[dev])
+            st.last_by_dev[dev] = ts
+        if isinstance(pkt, IdPacket):
+            for _, dev_id, later in st.open:
+                if pkt.device_id == dev_id:
+                    later.append((request_key(pkt), ts))
+        if isinstance(pkt, HelloPacket):
+            st.devices.add(pkt.device_id)
+            src.hellos.setdefault(pkt.device_id, []).append((ts, True))
+            st.open.append((ts, pkt.device_id, []))
+
+    def _identity(self, source: str, pkt: object, st: _Flow) -> None:
+        devs = self._devices.setdefault(source, {})
+        if isinstance(pkt, HelloPacket):
+            got = devs.get(pkt.device_id)
+            if got is None:
+                devs[pkt.device_id] = _Dev(DeviceIdentity(pkt.device_id, pkt.auth_code, ""))
+            elif got.identity is None:
+                got.identity = DeviceIdentity(pkt.device_id, pkt.auth_code, "")
+            return
+        if not isinstance(pkt, IdPacket):
+            return
+        dev = devs.get(pkt.device_id)
+        if dev is None:
+            dev = devs[pkt.device_id] = _Dev(None)
+        # Kept twice: the first seen at all (counts when an earlier source saw the hello)
+        # and the first after this source's hello.
+        for seen in (dev.any, dev.after) if dev.identity is not None else (dev.any,):
+            fw = firmware_version(pkt)
+            if fw is not None:
+                _first(seen, fw[0], (st, st.n, fw[1]))
+            if "mesh" in seen and seen["mesh"][0] is st:
+                continue  # the first of this flow is known: later ones come after it
+            for entry in decode_status_entries(pkt):
+                if entry.index == 5:
+                    state = _state(entry.on, entry.brightness, entry.color_temp, entry.rgb)
+                    _first(seen, "mesh", (st, st.n, (entry.node_id, state)))
+                    break
+            else:
+                status = decode_status_report(pkt)
+                if status is not None:
+                    state = _state(status.on, status.brightness, status.color_temp, status.rgb)
+                    _first(seen, "mesh", (st, st.n, (status.node_id, state)))
+
+    def finish(
+        self, variants: dict[str, str], order: Sequence[Flow] = ()
+    ) -> tuple[dict[str, Behaviour], list[DeviceIdentity]]:
+        """Behaviour per variant and the devices; ``order``: the flows in reader order."""
+        ranks = {id(f): i for i, f in enumerate(order)}
+        by_variant: dict[str, list[str]] = defaultdict(list)
+        for src in self._sources:  # in the order the sources were read
+            by_variant[variants.get(src, "cloud")].append(src)
+        flows = sorted(self._flows.values(), key=lambda f: ranks.get(id(f.flow), f.rank))
+        out: dict[str, Behaviour] = {}
+        for v, srcs in sorted(by_variant.items()):
+            out[v] = self._behaviour(v, srcs, [f for f in flows if f.flow.source in srcs])
+        devices: dict[bytes, DeviceIdentity] = {}
+
+        def where(item: tuple[str, _Seen]) -> tuple[int, int]:
+            st, n, _ = item[1]
+            return ranks.get(id(st.flow), st.rank), n
+
+        for v, srcs in sorted(by_variant.items()):
+            for src in srcs:
+                for dev_id, dev in self._devices.get(src, {}).items():
+                    mine = devices.get(dev_id)
+                    if mine is not None:
+                        seen = dev.any  # the hello came in an earlier source
+                    elif dev.identity is not None:
+                        dev.identity.variant = v
+                        mine = devices[dev_id] = dev.identity
+                        seen = dev.after
+                    else:
+                        continue
+                    for k, (_, _, value) in sorted(seen.items(), key=where):
+                        if k != "mesh":
+                            mine.firmware.setdefault(k, str(value))
+                        elif mine.mesh_node is None and isinstance(value, tuple):
+                            mine.mesh_node, mine.state = value
+        return out, [devices[k] for k in sorted(devices)]
+
+    def _behaviour(self, variant: str, srcs: list[str], flows: list[_Flow]) -> Behaviour:
+        beh = Behaviour(variant)
+        idle, gaps, aggregate = Samples(), Samples(), Samples()
+        hellos: dict[bytes, list[tuple[float, bool]]] = defaultdict(list)
+        for name in srcs:
+            src = self._sources[name]
+            idle.merge(src.idle)
+            gaps.merge(src.status_gaps)
+            for dev, seen in src.hellos.items():
+                hellos[dev].extend(seen)
+        scripts: Counter[tuple[str, ...]] = Counter()
+        delays: dict[tuple[str, ...], list[float]] = {}
+        for st in flows:
+            if not st.flow.exact:
+                span = (st.prev_ts or 0.0) - (st.first_ts or 0.0)
+                if st.pings and st.devices:
+                    aggregate.add(span * len(st.devices) / st.pings)
+                done = st.scripts + [(start, later) for start, _, later in st.open]
+                for start, later in done:
+                    _add_script(scripts, delays, start, later)
+                continue
+            if st.hello is None:
+                continue
+            hellos[st.hello[1]].append((st.hello[0], st.answered))
+            if st.answered:
+                _add_script(scripts, delays, st.hello[0], st.script)
+        if len(idle):
+            beh.heartbeat_idle = idle.build(method="per-connection")
+        elif len(aggregate):
+            beh.heartbeat_idle = aggregate.build(method="aggregate-rate")
+        if len(gaps):
+            beh.status_interval = gaps.build()
+        retries = [
+            b[0] - a[0]
+            for seen in hellos.values()
+            for a, b in zip(sorted(seen), sorted(seen)[1:], strict=False)
+            if not a[1]
         ]
-        _add_script(scripts, delays, hello.ts, later)
-    if idle:
-        beh.heartbeat_idle = Distribution.from_samples(idle, method="per-connection")
-    elif aggregate:
-        beh.heartbeat_idle = Distribution.from_samples(aggregate, method="aggregate-rate")
-    if status_gaps:
-        beh.status_interval = Distribution.from_samples(status_gaps)
-    retries = [
-        b[0] - a[0]
-        for seen in hellos.values()
-        for a, b in zip(sorted(seen), sorted(seen)[1:], strict=False)
-        if not a[1]
-    ]
-    if retries:
-        beh.hello_retry = Distribution.from_samples(retries)
-    ranked = sorted(scripts, key=lambda s: (-scripts[s], s))[:MAX_SCRIPTS]
-    beh.connect_scripts = [
-        (scripts[seq], [(k, round(d, 6)) for k, d in zip(seq, delays[seq][0], strict=True)])
-        for seq in ranked
-    ]
-    return beh
+        if retries:
+            beh.hello_retry = Distribution.from_samples(retries)
+        ranked = sorted(scripts, key=lambda s: (-scripts[s], s))[:MAX_SCRIPTS]
+        beh.connect_scripts = [
+            (scripts[seq], [(k, round(d, 6)) for k, d in zip(seq, delays[seq], strict=True)])
+            for seq in ranked
+        ]
+        return beh
+
+
+_Seen = tuple[_Flow, int, object]  # (flow, packet number in it, what was seen)
+
+
+class _Dev:
+    """One device in one source: its hello's identity, and the first firmware and state seen
+    (``any``: at all, ``after``: after the hello; each as (flow, packet number, value))."""
+
+    __slots__ = ("after", "any", "identity")
+
+    def __init__(self, identity: DeviceIdentity | None) -> None:
+        self.identity = identity
+        self.any: dict[str, _Seen] = {}
+        self.after: dict[str, _Seen] = {}
+
+
+def _first(seen: dict[str, _Seen], what: str, new: _Seen) -> None:
+    """Keep the observation that comes first (flows in order of first packet here; finish()
+    sorts by the reader's order)."""
+    old = seen.get(what)
+    if old is None or (old[0].rank, old[1]) > (new[0].rank, new[1]):
+        seen[what] = new
 
 
 def _add_script(
     scripts: Counter[tuple[str, ...]],
-    delays: dict[tuple[str, ...], list[list[float]]],
+    delays: dict[tuple[str, ...], list[float]],
     start: float,
-    later: list[FlowPacket],
+    later: list[tuple[str, float]],
 ) -> None:
-    own = [fp for fp in later if not _is_answer(request_key(fp.packet))]
-    seq = tuple(request_key(fp.packet) for fp in own)
+    own = [(k, ts) for k, ts in later if not _is_answer(k)]
+    seq = tuple(k for k, _ in own)
     scripts[seq] += 1
-    delays[seq].append([fp.ts - start for fp in own])
+    delays.setdefault(seq, [ts - start for _, ts in own])
 
 
 def _is_answer(key: str) -> bool:
     return key in ("0x7b", "0xab") or key.startswith("0x73:f9:")
 
 
-def learn_devices(flows_by_variant: dict[str, list[Flow]]) -> list[DeviceIdentity]:
-    out: dict[bytes, DeviceIdentity] = {}
-    for variant, flows in sorted(flows_by_variant.items()):
-        for flow in flows:
-            for fp in flow.packets:
-                pkt = fp.packet
-                if fp.sender != DEVICE:
-                    continue
-                if isinstance(pkt, HelloPacket):
-                    if pkt.device_id not in out:
-                        out[pkt.device_id] = DeviceIdentity(pkt.device_id, pkt.auth_code, variant)
-                    continue
-                if not isinstance(pkt, IdPacket):
-                    continue
-                dev = out.get(pkt.device_id)
-                if dev is None:
-                    continue
-                fw = firmware_version(pkt)
-                if fw is not None:
-                    dev.firmware.setdefault(fw[0], fw[1])
-                for entry in decode_status_entries(pkt):
-                    if entry.index == 5 and dev.mesh_node is None:
-                        dev.mesh_node = entry.node_id
-                        dev.state = {
-                            "on": int(entry.on),
-                            "brightness": entry.brightness,
-                            "color_temp": entry.color_temp,
-                            "r": entry.rgb[0],
-                            "g": entry.rgb[1],
-                            "b": entry.rgb[2],
-                        }
-                status = decode_status_report(pkt)
-                if status is not None and dev.mesh_node is None:
-                    dev.mesh_node = status.node_id
-                    dev.state = {
-                        "on": int(status.on),
-                        "brightness": status.brightness,
-                        "color_temp": status.color_temp,
-                        "r": status.rgb[0],
-                        "g": status.rgb[1],
-                        "b": status.rgb[2],
-                    }
-    return [out[k] for k in sorted(out)]
+def _state(on: bool, brightness: int, color_temp: int, rgb: tuple[int, int, int]) -> dict[str, int]:
+    return {
+        "on": int(on),
+        "brightness": brightness,
+        "color_temp": color_temp,
+        "r": rgb[0],
+        "g": rgb[1],
+        "b": rgb[2],
+    }

@@ -202,7 +202,7 @@ class Samples:
     __slots__ = ("limit", "sketch", "values")
 
     def __init__(self, limit: int = EXACT_LIMIT) -> None:
-        self.limit = limit
+        self.limit = max(limit, DEFAULT_CAP)  # a sketch is read back only above the cap
         self.values: list[float] | None = []
         self.sketch: LogSketch | None = None
 

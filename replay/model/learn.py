@@ -146,10 +146,10 @@ class _Stats:
         self.answered.update(other.answered)
         for k, n in other.ambiguous.items():
             self.ambiguous[k] = self.ambiguous.get(k, 0) + n
-        for k, kind in other.kinds.items():
-            mine = self.kinds.get(k)
+        for name, kind in other.kinds.items():
+            mine = self.kinds.get(name)
             if mine is None:
-                self.kinds[k] = kind
+                self.kinds[name] = kind
                 continue
             mine.latency.merge(kind.latency)
             for item in kind.pairs:
@@ -161,8 +161,8 @@ class _Stats:
             mine_b = self.outstanding.setdefault(k, {})
             for b, smp in buckets.items():
                 mine_b.setdefault(b, Samples()).merge(smp)
-        for k, (n, ok) in other.steps.items():
-            st = self.steps.setdefault(k, [0, 0])
+        for step, (n, ok) in other.steps.items():
+            st = self.steps.setdefault(step, [0, 0])
             st[0] += n
             st[1] += ok
         self.local = self.local or other.local

@@ -6,15 +6,13 @@
 # the format marker and version and turns any malformed content into one ModelError.
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from cyncsim.replay.capture import CaptureResult, read_captures
 from cyncsim.replay.errors import ModelError
 from cyncsim.replay.model._merge import (
     merge_behaviour,
@@ -22,12 +20,12 @@ from cyncsim.replay.model._merge import (
     merge_exchanges,
     merge_findings,
 )
-from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity, learn_behaviour, learn_devices
+from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity
 from cyncsim.replay.model.dist import Distribution
-from cyncsim.replay.model.learn import ExchangeModel, ResponseModel, learn_exchanges
+from cyncsim.replay.model.learn import ExchangeModel, ResponseModel
 from cyncsim.replay.model.template import Template
 
-__all__ = ["FORMAT", "VERSION", "DeviceModel", "import_captures", "learn_model", "merge_models"]
+__all__ = ["FORMAT", "VERSION", "DeviceModel", "merge_models"]
 
 FORMAT = "cyncsim-model"
 VERSION = 1
@@ -135,8 +133,17 @@ class DeviceModel:
         return data
 
     def save(self, path: str | Path) -> None:
+        """Write the model whole or not at all: a temporary file in the same folder, renamed
+        over ``path`` once complete (an interrupted save leaves no partial model)."""
+        dest = Path(path)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
-            Path(path).write_bytes(self.dumps())
+            data = self.dumps()
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
         except OSError as exc:
             raise ModelError(f"cannot write: {exc.strerror}", path=str(path)) from None
 
@@ -252,35 +259,6 @@ def _from_obj(obj: dict[str, Any]) -> DeviceModel:
     return m
 
 
-def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = None) -> DeviceModel:
-    """Learn a model from already-read captures (``raw_sources`` gives file bytes to hash)."""
-    exchanges, variants = learn_exchanges(result)
-    flows_by_variant: dict[str, list[Any]] = {}
-    for flow in result.flows:
-        if flow.kind == "cync":
-            flows_by_variant.setdefault(variants[flow.source], []).append(flow)
-    model = DeviceModel(exchanges=exchanges)
-    for v, flows in sorted(flows_by_variant.items()):
-        model.behaviour[v] = learn_behaviour(v, flows)
-    model.devices = learn_devices(flows_by_variant)
-    counts: Counter[str] = Counter()
-    for src in result.sources:
-        data = (raw_sources or {}).get(src, b"")
-        packets = sum(len(f.packets) for f in result.flows if f.source == src)
-        model.sources.append(
-            {
-                "name": Path(src).name,
-                "sha256": hashlib.sha256(data).hexdigest() if data else "",
-                "packets": packets,
-                "variant": variants.get(src, "none"),
-            }
-        )
-    for f in result.findings:
-        counts[f.reason] += 1
-    model.findings = dict(counts)
-    return model
-
-
 def merge_models(models: list[DeviceModel]) -> DeviceModel:
     """All ``models`` as one (in any order: the result is the same)."""
     if not models:
@@ -289,13 +267,3 @@ def merge_models(models: list[DeviceModel]) -> DeviceModel:
     for m in models[1:]:
         out = out.merge(m)
     return out
-
-
-def import_captures(paths: list[str], **kwargs: Any) -> DeviceModel:
-    """Read captures and learn a model from them."""
-    try:
-        raw = {p: Path(p).read_bytes() for p in paths}
-    except OSError:
-        raw = {}
-    result = read_captures(paths, **kwargs)
-    return learn_model(result, raw)

@@ -15,7 +15,7 @@ import pytest
 from cyncsim.replay.capture import read_capture
 from cyncsim.replay.conformance import DiffReport
 from cyncsim.replay.conformance.render import render_failure
-from cyncsim.replay.model.store import learn_model
+from cyncsim.replay.model.importer import learn_model
 from cyncsim.replay.session import replay_units
 from cyncsim.simulator.cloud import CyncCloudSimulator
 
@@ -32,7 +32,7 @@ CONFTEST = """
 import pytest_asyncio
 
 from cyncsim.replay.capture import read_capture
-from cyncsim.replay.model.store import learn_model
+from cyncsim.replay.model.importer import learn_model
 from cyncsim.simulator.cloud import CyncCloudSimulator
 
 MODEL = learn_model(read_capture({capture!r}))

@@ -1,0 +1,137 @@
+# From captures to a DeviceModel: learning as the packets are read.
+#
+# Strategy: a ModelLearner takes each packet as the reader frames it (``feed(flow, fp)``) and
+# hands it to the exchange learner (learn.py) and the behaviour learner (behaviour.py), which
+# keep bounded tallies, never the packets.  ``import_files`` reads each file in chunks
+# through capture.stream.CaptureStream (every format the stream reader knows), so memory
+# stays bounded however large the capture; ``learn_model`` learns a result that was already
+# read whole, flow by flow.  Each packet is decoded once, by the reader.  Within a flow,
+# packets are taken in the order they were captured.
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cyncsim.replay.capture import DEFAULT_CLOUD_PORTS, CaptureResult, Finding, Flow, FlowPacket
+from cyncsim.replay.capture.stream import CaptureStream
+from cyncsim.replay.errors import CaptureError
+from cyncsim.replay.model.behaviour import BehaviourLearner
+from cyncsim.replay.model.learn import ExchangeLearner
+from cyncsim.replay.model.store import DeviceModel
+
+__all__ = ["CHUNK", "ModelLearner", "import_captures", "import_files", "learn_model"]
+
+CHUNK = 1 << 20  # bytes read at a time
+Progress = Callable[[int, int], None]
+
+
+class ModelLearner:
+    """A DeviceModel learned from packets fed one at a time, with bounded memory."""
+
+    def __init__(self) -> None:
+        self.exchanges = ExchangeLearner()
+        self.behaviour = BehaviourLearner()
+        self.sources: dict[str, str] = {}  # path -> sha256 of its bytes ("" when unknown)
+        self.findings: Counter[str] = Counter()
+        self.packets: Counter[str] = Counter()  # per source
+        self.order: list[Flow] = []  # flows in the reader's order, when it gives one
+
+    def add_source(self, path: str, sha256: str = "") -> None:
+        self.sources[path] = sha256
+
+    def feed(self, flow: Flow, fp: FlowPacket) -> None:
+        self.packets[flow.source] += 1
+        if flow.kind != "cync":
+            return
+        self.exchanges.feed(flow, fp)
+        self.behaviour.feed(flow, fp)
+
+    def add_findings(self, findings: list[Finding]) -> None:
+        for f in findings:
+            self.findings[f.reason] += 1
+
+    def finish(self) -> DeviceModel:
+        exchanges, variants = self.exchanges.finish(self.order)
+        behaviour, devices = self.behaviour.finish(variants, self.order)
+        model = DeviceModel(exchanges=exchanges, behaviour=behaviour, devices=devices)
+        for src, digest in self.sources.items():
+            model.sources.append(
+                {
+                    "name": Path(src).name,
+                    "sha256": digest,
+                    "packets": self.packets[src],
+                    "variant": variants.get(src, "none"),
+                }
+            )
+        model.findings = dict(self.findings)
+        return model
+
+
+def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = None) -> DeviceModel:
+    """Learn a model from already-read captures (``raw_sources`` gives file bytes to hash)."""
+    learner = ModelLearner()
+    for src in result.sources:
+        data = (raw_sources or {}).get(src, b"")
+        learner.add_source(src, hashlib.sha256(data).hexdigest() if data else "")
+    for flow in result.flows:
+        learner.order.append(flow)
+        if flow.kind != "cync":
+            learner.packets[flow.source] += len(flow.packets)
+            continue
+        for fp in sorted(flow.packets, key=lambda fp: fp.ts):  # stable: stream order on ties
+            learner.feed(flow, fp)
+    learner.add_findings(result.findings)
+    return learner.finish()
+
+
+def import_files(
+    paths: list[str],
+    *,
+    cloud_ports: tuple[int, ...] = DEFAULT_CLOUD_PORTS,
+    progress: Callable[[str], Progress | None] | None = None,
+    learner: ModelLearner | None = None,
+) -> ModelLearner:
+    """Read and learn ``paths`` chunk by chunk; ``progress(path)`` gives a (done, total)
+    callback per file.  Returns the learner (``finish()`` gives the model)."""
+    learner = learner or ModelLearner()
+    for path in paths:
+        cb = progress(path) if progress is not None else None
+        _import_file(path, learner, cloud_ports, cb)
+    return learner
+
+
+def _import_file(
+    path: str, learner: ModelLearner, cloud_ports: tuple[int, ...], cb: Progress | None
+) -> None:
+    stream = CaptureStream(path, cloud_ports=cloud_ports)
+    digest = hashlib.sha256()
+    feed = learner.feed
+    try:
+        fh = Path(path).open("rb")
+    except OSError as exc:
+        raise CaptureError(path, f"cannot read: {exc.strerror or exc}", reason="unreadable") from None
+    with fh:
+        total = Path(path).stat().st_size
+        done = 0
+        while True:
+            chunk = fh.read(CHUNK)
+            batch = stream.feed(chunk) if chunk else stream.close()
+            for flow, fp in batch.packets:
+                feed(flow, fp)
+            learner.add_findings(batch.findings)
+            learner.order.extend(batch.flows)
+            if not chunk:
+                break
+            digest.update(chunk)
+            done += len(chunk)
+            if cb is not None:
+                cb(done, total)
+    learner.add_source(path, digest.hexdigest() if done else "")
+
+
+def import_captures(paths: list[str], **kwargs: Any) -> DeviceModel:
+    """Read captures and learn a model from them."""
+    return import_files(paths, **kwargs).finish()
