@@ -15,9 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cyncsim.replay.capture import DEFAULT_CLOUD_PORTS, CaptureResult, Finding, Flow, FlowPacket
+from cyncsim.replay.capture import (
+    DEFAULT_CLOUD_PORTS,
+    CaptureResult,
+    Finding,
+    Flow,
+    FlowPacket,
+    load_bytes,
+)
 from cyncsim.replay.capture.stream import CaptureStream
-from cyncsim.replay.errors import CaptureError
 from cyncsim.replay.model.behaviour import BehaviourLearner
 from cyncsim.replay.model.learn import ExchangeLearner
 from cyncsim.replay.model.store import DeviceModel
@@ -106,16 +112,13 @@ def import_files(
 def _import_file(
     path: str, learner: ModelLearner, cloud_ports: tuple[int, ...], cb: Progress | None
 ) -> None:
+    load_bytes(path, 0)  # a missing file or a folder: the reader's one clear error
     stream = CaptureStream(path, cloud_ports=cloud_ports)
     digest = hashlib.sha256()
     feed = learner.feed
-    try:
-        fh = Path(path).open("rb")
-    except OSError as exc:
-        raise CaptureError(path, f"cannot read: {exc.strerror or exc}", reason="unreadable") from None
-    with fh:
-        total = Path(path).stat().st_size
-        done = 0
+    total = Path(path).stat().st_size
+    done = 0
+    with Path(path).open("rb") as fh:
         while True:
             chunk = fh.read(CHUNK)
             batch = stream.feed(chunk) if chunk else stream.close()
