@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": (
         "cyncsim.tools.inspect_cmd",
-        "decode captures (pcap, pcapng, MITM text) or show a saved model",
+        "decode captures (pcap, pcapng, MITM text, socat; - reads stdin) or show a model",
     ),
     "import": ("cyncsim.tools.import_cmd", "learn a device model from captures"),
     "serve": (
