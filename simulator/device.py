@@ -101,6 +101,9 @@ class CyncDeviceSimulator(SimulatorBase):
     ``record``: a file (pcapng, or MITM text for ``.txt``) receiving all traffic.
     ``source_host``: loopback address to dial from (127.0.0.2 ...).  Port 0 means
     CYNC_SIM_PORT if set, else any free port; a restart rebinds the same port.
+    ``allow_remote``: the explicit opt-in (``serve --allow-remote-controller``) to dial a
+    controller, and from a source address, outside loopback, for fleets over several machines;
+    without it both must be loopback.
     """
 
     _ours = "device"
@@ -125,6 +128,7 @@ class CyncDeviceSimulator(SimulatorBase):
         state: DeviceState | None = None,
         mesh: dict[int, DeviceState] | None = None,
         hello_attempts: int | None = None,
+        allow_remote: bool = False,
     ) -> None:
         dev = _as_device_id(device_id)
         if seed is None:
@@ -137,7 +141,8 @@ class CyncDeviceSimulator(SimulatorBase):
             record=record,
             name=f"device/{dev.hex()}",
         )
-        if source_host is not None:
+        self.allow_remote = allow_remote
+        if source_host is not None and not allow_remote:
             check_loopback(source_host)
         self.seed = seed
         self.model = model if model is not None else default_model()
@@ -225,7 +230,8 @@ class CyncDeviceSimulator(SimulatorBase):
         ``wait`` the call returns once connected; CyncError(reason="connect_failed") after
         ``timeout`` s (dialling then stops).
         """
-        check_loopback(host)
+        if not self.allow_remote:
+            check_loopback(host)
         loop = self._begin()
         self.engine.wall_offset = time.time() - loop.time()
         ctx = device_ssl_context(verify=verify) if tls is True else (tls or None)

@@ -101,6 +101,7 @@ class FleetDevice(CyncDeviceSimulator):
         variant: str | None = None,
         record: Recorder | None = None,
         meter: AnswerMeter | None = None,
+        allow_remote: bool = False,
     ) -> None:
         super().__init__(
             member.device_id,
@@ -117,6 +118,7 @@ class FleetDevice(CyncDeviceSimulator):
             record=record,
             source_host=member.source_host,
             mesh=mesh.states if mesh is not None else None,
+            allow_remote=allow_remote,
         )
         self.member = member
         self.mesh_group = mesh

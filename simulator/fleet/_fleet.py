@@ -140,8 +140,10 @@ class CyncFleet:
         variant: str | None = None,
         members: Sequence[FleetMember] | None = None,
         concurrency: int = 256,
+        allow_remote: bool = False,
     ) -> None:
-        check_loopback(host)
+        check_loopback(host)  # where the devices listen: always loopback
+        self.allow_remote = allow_remote  # the opt-in to dial a controller beyond loopback
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency} must be >= 1")
         if not relay_delay_s >= 0:
@@ -189,6 +191,7 @@ class CyncFleet:
                     variant=variant,
                     record=handle,
                     meter=self.meter,
+                    allow_remote=allow_remote,
                 )
             )
         self.dial_target: tuple[str, int] | None = None
@@ -224,7 +227,8 @@ class CyncFleet:
         """Every device dials host:port (each from its source address) and keeps dialling
         when the link drops.  CyncError(reason="connect_failed") names how many devices
         got no connection within ``timeout`` s; the others stay connected."""
-        check_loopback(host)
+        if not self.allow_remote:
+            check_loopback(host)
         ctx = device_ssl_context(verify=verify, cafile=cafile) if tls is True else tls
         self._begin(1)
         self.dial_target = (host, port)

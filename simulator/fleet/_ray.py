@@ -151,7 +151,7 @@ class RayFleet:
         self.address = address
         self._opts = _Options(
             None, seed, time_scale, chaos_config, None, host, port, spread, mesh_relay,
-            firmware_version, variant, concurrency, log_level,
+            firmware_version, variant, concurrency, log_level, allow_remote_controller,
         )  # fmt: skip
         self.shards = [
             _Shard(k, share, None if record is None else str(shard_record_path(record, k)))

@@ -98,6 +98,7 @@ class ShardActor:
                 record=opts.record, host=opts.host, port=opts.port, spread=opts.spread,
                 mesh_relay=opts.mesh_relay, firmware_version=opts.firmware_version,
                 variant=opts.variant, concurrency=opts.concurrency,
+                allow_remote=opts.allow_remote,
             )  # fmt: skip
             if dial is None:
                 await fleet.start()

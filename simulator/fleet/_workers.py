@@ -63,6 +63,7 @@ class _Options:
     variant: str | None
     concurrency: int
     log_level: int
+    allow_remote: bool = False  # the opt-in to dial a controller beyond loopback
 
 
 @dataclass(frozen=True)
