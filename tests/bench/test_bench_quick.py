@@ -5,6 +5,7 @@
 # bench tests on their own before the others, so the suites have the machine to themselves.
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -202,11 +203,11 @@ def test_overhead_rows(quick_run: tuple[dict[str, Any], str]) -> None:
 def test_fleet_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     suite = _suite(quick_run, "fleet")
     size = fleet.SPEC.quick
-    rows = suite["rows"]
-    one_process = [r for r in rows if not r["workers"]]
+    rows = [r for r in suite["rows"] if r["engine"] != "ray"]
+    one_process = [r for r in rows if r["engine"] == "process"]
     assert [r["devices"] for r in one_process] == list(size.devices)
     assert one_process[0]["name"] == f"{size.devices[0]:,} devices"
-    assert all(r["time_scale"] == size.time_scale for r in rows)
+    assert all(r["time_scale"] == size.time_scale for r in suite["rows"])
     for r in rows:
         assert r["connected"] == r["devices"]
         assert r["loop_late_p99_ms"] >= 0
@@ -216,10 +217,21 @@ def test_fleet_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         if r["heartbeats"]:
             assert r[f"{view}_p50_ms"] <= r[f"{view}_p99_ms"] <= r[f"{view}_max_ms"]
         if r["workers"]:
-            assert r["devices"] == size.worker_devices
+            assert r["devices"] == size.worker_devices and r["engine"] == "workers"
             assert r["hb_err_p99_ms"] is None and r["processes"] == r["workers"]
         else:
             assert r["processes"] == 1
+    ray = [r for r in suite["rows"] if r["engine"] == "ray"]
+    if importlib.util.find_spec("ray") is None:
+        assert not ray and any(n.startswith("no ray row") for n in suite["notes"])
+    else:  # the ray row: its shards' own heartbeat timing, memory of actors and driver
+        (r,) = ray
+        shards, per_shard = size.ray
+        assert r["processes"] == shards and r["devices"] == r["connected"] == shards * per_shard
+        assert r["heartbeats"] > 0 and r["packets_in"] > 0
+        assert r["hb_err_min_ms"] <= r["hb_err_p50_ms"] <= r["hb_err_p99_ms"] <= r["hb_err_max_ms"]
+        assert r["kib_per_device"] > 0 and r["driver_kib_per_device"] is not None
+        assert math.isclose(r["connect_per_s"], r["devices"] / r["connect_s"])
     assert suite["params"]["time_scale"] == size.time_scale
     idle = fleet.expected_idle(size.time_scale)[0]
     assert math.isclose(suite["params"]["heartbeat_idle_s"], idle)

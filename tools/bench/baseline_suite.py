@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import CpuMeter, command_summary, open_lane, run_commands
+from cyncsim.tools.bench.simkit import CpuMeter, command_summary, lanes
 from cyncsim.tools.bench.stats import learned_summary
 
 __all__ = ["SPEC", "TARGET_P99_MS", "TARGET_SUCCESS", "Size", "run"]
@@ -51,26 +51,22 @@ async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[st
     """Row ``name``: ``n`` commands at the learned latency, or (no delay) a warm-up and then
     ``n`` toggles ``repeats`` times at time_scale 0."""
     light, no_delay = name == "light", name == "no delay"
-    lane = await open_lane(index, seed=SEED, time_scale=0.0 if no_delay else 1.0)
     key = "0x73:f8:f0" if light else "0x73:f8:d0"
     rates, cpu = list[float](), list[float]()
-    try:
+    async with lanes(1, first=index, seed=SEED, time_scale=0.0 if no_delay else 1.0) as (lane,):
         if no_delay:
-            await run_commands(lane, min(n, 100))  # warm-up: caches, first-use costs
+            await lane.commands(min(n, 100))  # warm-up: caches, first-use costs
             lane.results.clear()
         retx0 = lane.transport.stats.retransmissions
-        for i in range(repeats if no_delay else 1):
-            if no_delay:
-                log(f"  baseline: no-delay round {i + 1}/{repeats}")
+        for i in range(repeats):
+            log(f"  baseline: {name} round {i + 1}/{repeats}")
             meter = CpuMeter()
-            await run_commands(lane, n, light=light)
+            await lane.commands(n, light=light)
             rates.append(n / meter.stop().wall_s)
             cpu.append(meter.utilisation)
         retx = lane.transport.stats.retransmissions - retx0
-    finally:
-        await lane.close()
     row = {"name": name, "request": key, "time_scale": 0.0 if no_delay else 1.0}
-    row |= command_summary(lane.results, retx) | {"per_s": statistics.median(rates)}
+    row |= command_summary([lane], retx) | {"per_s": statistics.median(rates)}
     if no_delay:
         row["cpu_utilisation"] = statistics.median(cpu)
         return row | {"per_s_samples": rates, "repeats": repeats}
@@ -112,8 +108,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         f"commands through ReliableTransport (defaults: ack timeout {toggle['ack_timeout_s']} s,"
         f" {toggle['max_retries']} retries) to one simulated device, one outstanding"
     )
-    params: dict[str, Any] = {"learned_commands": size.learned, "no_delay_commands": size.no_delay}
-    params |= {"repeats": opts.repeats, "seed": SEED}
+    params = {**asdict(size), "repeats": opts.repeats, "seed": SEED}
     params["model"] = "shipped default model (variant: cloud, toggles use the local f8 d0)"
     notes = [
         f"toggle: measured p99 {toggle['p99_ms']:.1f} ms, {toggle['vs_learned_p99']:.3f}x the "

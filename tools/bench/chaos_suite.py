@@ -17,14 +17,7 @@ from typing import Any
 
 from cyncsim import ChaosConfig, DeviceModel, load_default_model
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import (
-    Lane,
-    command_summary,
-    device_view,
-    loop_health,
-    open_lane,
-    run_commands,
-)
+from cyncsim.tools.bench.simkit import command_summary, device_view, lanes, loop_health
 from cyncsim.tools.bench.stats import learned_summary
 
 __all__ = ["DEFAULT_TIMEOUT", "ROWS", "SPEC", "TIMEOUT_RULE", "Row", "Size", "chaos_config", "run"]
@@ -130,32 +123,15 @@ def chaos_model() -> DeviceModel:
     return cloud_variant_model(load_default_model())
 
 
-async def _lane(row: Row, index: int, n: int, ack_timeout: float) -> Lane:
-    lane = await open_lane(
-        index,
-        seed=SEED + index,
-        model=chaos_model(),
-        time_scale=1.0,
-        chaos_config=chaos_config(row, index, n),
-        ack_timeout_seconds=ack_timeout,
-        max_retries=row.max_retries,
-        handshake_timeout_seconds=60.0,
-    )
-    try:
-        await run_commands(lane, n)
-    finally:
-        await lane.close()
-    return lane
-
-
 async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, Any]:
     timeout = DEFAULT_TIMEOUT if row.default_timeout else rule_timeout
-    lanes = await asyncio.gather(
-        *(_lane(row, r * 100 + i, size.per_lane, timeout) for i in range(size.lanes))
-    )
-    results = [res for lane in lanes for res in lane.results]
+    kw: dict[str, Any] = {"model": chaos_model(), "time_scale": 1.0, "ack_timeout_seconds": timeout}
+    kw |= {"max_retries": row.max_retries, "handshake_timeout_seconds": 60.0}
+    chaos = functools.partial(chaos_config, row, commands=size.per_lane)  # by lane number
+    async with lanes(size.lanes, first=r * 100, seed=SEED, chaos=chaos, **kw) as group:
+        await asyncio.gather(*(lane.commands(size.per_lane) for lane in group))
     faults: collections.Counter[str] = collections.Counter()
-    for policy in (lane.device.chaos_policy for lane in lanes):
+    for policy in (lane.device.chaos_policy for lane in group):
         faults.update(policy.fault_counts() if policy is not None else {})
     return {
         "name": row.name,
@@ -166,9 +142,9 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
         "ack_timeout_s": timeout,
         "max_retries": row.max_retries,
         "lanes": size.lanes,
-        **command_summary(results, sum(ln.transport.stats.retransmissions for ln in lanes)),
-        "applied": sum(lane.device.state.toggle_count for lane in lanes),
-        "duplicate_acks": sum(lane.transport.stats.duplicate_acks for lane in lanes),
+        **command_summary(group),
+        "applied": sum(lane.device.state.toggle_count for lane in group),
+        "duplicate_acks": sum(lane.transport.stats.duplicate_acks for lane in group),
         "faults": dict(faults),
         "success_target": row.success_target,
         "p99_target_ms": row.p99_target_ms,

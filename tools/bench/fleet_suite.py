@@ -2,13 +2,15 @@
 #
 # Strategy: fresh spawned processes.  The controller (a CyncCloudSimulator, gc paused during
 # a row) notes the gap before each 0xD3 it reads, its loop lateness and CPU.  Per row a fleet
-# process dials it with a CyncFleet (or FleetWorkers), settles, takes its RSS delta per device,
-# then times a window of heartbeats: time since the last packet minus the learned idle time.
+# process dials it with a CyncFleet, FleetWorkers or (the ray row) a RayFleet of 2 shards,
+# settles, takes its RSS delta per device, then times a window of heartbeats: time since the
+# last packet minus the learned idle time.
 # Targets: 10,000 devices in one process under 1 GB, heartbeat error p99 under 50 ms.
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import math
 import multiprocessing
 import os
@@ -18,8 +20,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cyncsim import CyncCloudSimulator, CyncFleet, load_default_model
-from cyncsim.simulator.fleet import FleetWorkers, raise_fd_limit
+from cyncsim import CyncCloudSimulator, CyncError, CyncFleet, load_default_model
+from cyncsim.simulator.fleet import FleetWorkers, raise_fd_limit, ray_fleet_row
+from cyncsim.tools._extras import require
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import (
     Child,
@@ -36,6 +39,7 @@ TARGET_RSS_MB = 1024.0
 TARGET_HEARTBEAT_P99_MS = 50.0
 SEED = 41
 HOST = "127.0.0.1"
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +49,14 @@ class Size:
     time_scale: float
     warmup_s: float  # after the last device connected, on top of one heartbeat idle time
     window_s: float  # heartbeats measured; at least 2.2 idle times (every device pings twice)
+    ray: tuple[int, int]  # the ray row: shards, devices per shard
     real_cadence: tuple[int, ...] = ()  # one-process rows at time_scale 1.0
 
 
 SPEC = SuiteSpec(
     "fleet",
-    full=Size((1000, 5000, 10_000), 10_000, 0.2, 2.0, 15.0, (10_000,)),
-    quick=Size((200, 500), 500, 0.1, 1.0, 5.0),
+    full=Size((1000, 5000, 10_000), 10_000, 0.2, 2.0, 15.0, (2, 1000), (10_000,)),
+    quick=Size((200, 500), 500, 0.1, 1.0, 5.0, (2, 200)),
     columns=[
         Column("name", "fleet"),
         Column("time_scale", "scale", ".1f"),
@@ -61,6 +66,7 @@ SPEC = SuiteSpec(
         Column("connect_per_s", "dials/s", ",.0f"),
         Column("rss_mb", "RSS MB", ",.1f"),
         Column("kib_per_device", "KiB/device", ",.1f"),
+        Column("driver_kib_per_device", "driver KiB/dev", ",.1f"),
         Column("heartbeats", "heartbeats", ",d"),
         *Column.latency("hb_err_", "hb err ", spec=",.2f"),
         Column("ctrl_err_p99_ms", "at ctrl p99 ms", ",.1f"),
@@ -129,12 +135,13 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
         window = [c for c in cpu if t0 <= c[0] <= t1]
         in_window = [x for t, x in late if t0 <= t <= t1]
         at_ctrl = [g - idle for t, g in gaps if t0 <= t <= t1]
+        used = math.nan
+        if len(window) > 1:
+            used = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
         return {
             "heartbeats": len(at_ctrl),  # a worker row's; a one-process row counts its own
             **summary(at_ctrl, prefix="ctrl_err_"),
-            "controller_cpu": (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
-            if len(window) > 1
-            else math.nan,
+            "controller_cpu": used,
             "controller_late_p99_ms": percentile(in_window, 0.99) * 1e3,
             "controller_late_max_ms": max(in_window, default=math.nan) * 1e3,
         }
@@ -177,15 +184,25 @@ def _steal() -> tuple[int, int]:
 
 def fleet_row(
     n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
-) -> tuple[dict[str, Any], tuple[float, float]]:
+) -> tuple[Row, tuple[float, float] | None]:
     """Entry point of a fleet process (one row): connect, settle, measure, stop; the row's
-    fleet figures and its measuring window (wall times)."""
-    return asyncio.run(_fleet_row(n, workers, time_scale, port, warmup, window))
+    fleet figures and its measuring window (wall times).  ``workers`` -K: K ray shards."""
+    if workers >= 0:
+        return asyncio.run(_fleet_row(n, workers, time_scale, port, warmup, window))
+    idle = expected_idle(time_scale)[0]
+    row = asyncio.run(
+        ray_fleet_row(
+            n, -workers, port, idle=idle, time_scale=time_scale, warmup=warmup, window=window
+        )
+    )  # the shards time their own heartbeats: no window for the controller's view
+    per_cpu_s = row["heartbeats_per_cpu_s"]
+    row |= {"workers": 0, "connect_per_s": n / row["connect_s"]}
+    return row | {"us_per_heartbeat": 1e6 / per_cpu_s if per_cpu_s else None}, None
 
 
 async def _fleet_row(
     n: int, workers: int, time_scale: float, port: int, warmup: float, window: float
-) -> tuple[dict[str, Any], tuple[float, float]]:
+) -> tuple[Row, tuple[float, float]]:
     load_default_model()  # loaded before the baseline, as every worker loads it too
     gc.collect()
     rss0, idle = process_rss_bytes() or 0, expected_idle(time_scale)[0]
@@ -219,7 +236,11 @@ async def _fleet_row(
         stats = await fleet.refresh_stats() if workers else fleet.stats()
     finally:
         await fleet.stop()
-    row = {
+    ticks = steal1[1] - steal0[1]
+    hb = summary(device or [], prefix="hb_err_") | {"hb_err_min_ms": min(device or [math.nan])}
+    hb["hb_err_min_ms"] *= 1e3
+    return {
+        "engine": "workers" if workers else "process",
         "devices": n,
         "processes": max(workers, 1),
         "workers": workers,
@@ -230,39 +251,39 @@ async def _fleet_row(
         "baseline_rss_mb": rss0 / 2**20,
         "kib_per_device": (rss - rss0 * max(workers, 1)) / n / 1024,
         **({"heartbeats": len(device)} if device is not None else {}),
-        **summary(device or [], prefix="hb_err_"),
-        "hb_err_min_ms": min(device) * 1e3 if device else None,
+        **(dict.fromkeys(hb) if device is None else hb),
         "cpu": sum(cpu) / (t1 - t0),
         "cpu_max_process": max(cpu) / (t1 - t0),
         "us_per_device_s": sum(cpu) / (t1 - t0) / n * 1e6,
-        **{k: health[k] for k in ("loop_late_p99_ms", "loop_late_max_ms")},
-        "steal": (steal1[0] - steal0[0]) / (steal1[1] - steal0[1])
-        if steal1[1] > steal0[1]
-        else math.nan,
+        "steal": (steal1[0] - steal0[0]) / ticks if ticks > 0 else math.nan,
         "packets_in": stats.packets_in,
         "packets_out": stats.packets_out,
-        **{k: health[k] for k in ("gc_collections", "gc_full_collections", "gc_longest_ms")},
-    }
-    if device is None:
-        row |= dict.fromkeys(summary([], prefix="hb_err_"))
-    return row, (t0, t1)
+        **{k: v for k, v in health.items() if k.startswith(("loop_late", "gc_"))},
+    }, (t0, t1)
+
+
+def _plan(size: Size) -> list[tuple[str, int, int, float]]:
+    """(name, devices, workers (-1: ray), time scale) of each row."""
+    ts, cores = size.time_scale, len(os.sched_getaffinity(0))
+    plan = [(f"{n:,} devices", n, 0, ts) for n in size.devices]
+    for w in sorted({2, min(4, cores)} - {1}) if cores > 1 else []:
+        plan.append((f"{size.worker_devices:,}, {w} workers", size.worker_devices, w, ts))
+    shards, per_shard = size.ray
+    if importlib.util.find_spec("ray") is not None:
+        plan.append(
+            (f"{shards * per_shard:,}, ray {shards} shards", shards * per_shard, -shards, ts)
+        )
+    return plan + [(f"{n:,} devices, real cadence", n, 0, 1.0) for n in size.real_cadence]
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     size = SPEC.size(opts)
     ts = size.time_scale
     idle, constant = expected_idle(ts)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    worker_counts = sorted({2, min(4, cores or 1)} - {1}) if (cores or 1) > 1 else []
-    plan = [(f"{n:,} devices", n, 0, ts) for n in size.devices]
-    plan += [
-        (f"{size.worker_devices:,}, {w} workers", size.worker_devices, w, ts) for w in worker_counts
-    ]
-    plan += [(f"{n:,} devices, real cadence", n, 0, 1.0) for n in size.real_cadence]
     controllers: dict[float, Child] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     try:
-        for name, n, workers, scale in plan:
+        for name, n, workers, scale in _plan(size):
             if scale not in controllers:
                 log(f"fleet: starting a controller (time_scale {scale})")
                 controllers[scale] = Child(controller_main, scale, SEED, name="the controller")
@@ -273,63 +294,63 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
             warmup, window = row_idle + size.warmup_s, max(size.window_s, 2.2 * row_idle)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 args = (n, workers, scale, controller.ready, warmup, window)
-                got, (t0, t1) = pool.submit(fleet_row, *args).result(timeout=900)
-            row: dict[str, Any] = {"name": name, "time_scale": scale}
-            row |= controller.ask(("stats", t0, t1, row_idle)) | got
-            hb = row["heartbeats"]
-            row["us_per_heartbeat"] = row["cpu"] * (t1 - t0) / hb * 1e6 if hb else None
+                got, span = pool.submit(fleet_row, *args).result(timeout=900)
+            row: Row = {"name": name, "time_scale": scale}
+            row |= ({} if span is None else controller.ask(("stats", *span, row_idle))) | got
+            if span is not None:
+                hb = row["heartbeats"]
+                row["us_per_heartbeat"] = (
+                    row["cpu"] * (span[1] - span[0]) / hb * 1e6 if hb else None
+                )
             rows.append(row)
     finally:
         for controller in controllers.values():
             controller.stop()
-    in_process = [r for r in rows if not r["workers"]]
-    biggest = max(in_process, key=lambda r: (r["devices"], -r["time_scale"]))
+    one = {(r["devices"], r["time_scale"]): r for r in rows if r["engine"] == "process"}
+    biggest = max(one.values(), key=lambda r: (r["devices"], -r["time_scale"]))
     name = f"RSS of {biggest['devices']:,} devices in one process"
     checks = [Check(name, biggest["rss_mb"], TARGET_RSS_MB, "<=", " MB", ",.0f")]
-    for r in (r for r in in_process if r["devices"] == biggest["devices"]):
+    for r in (r for r in one.values() if r["devices"] == biggest["devices"]):
         rate = "" if r["time_scale"] == 1.0 else f" ({1 / r['time_scale']:g}x the real rate)"
         name, p99 = f"{r['name']} heartbeat error p99{rate}", r["hb_err_p99_ms"]
         checks.append(Check(name, p99, TARGET_HEARTBEAT_P99_MS, "<=", " ms", ",.2f"))
     missing = sum(r["devices"] - r["connected"] for r in rows)
     checks.append(Check("devices connected (all rows)", missing, 0, "<=", " missing", ",d"))
-    one = next(
-        (r for r in in_process if r["devices"] == size.worker_devices and r["time_scale"] == ts),
-        None,
-    )
     for r in rows:
-        if r["workers"] and one is not None:
-            r["connect_speedup"] = r["connect_per_s"] / one["connect_per_s"]
-            r["busiest_vs_one"] = r["cpu_max_process"] / one["cpu_max_process"]
-            r["ctrl_err_p99_vs_one"] = r["ctrl_err_p99_ms"] / one["ctrl_err_p99_ms"]
+        if r["engine"] == "workers" and (base := one.get((r["devices"], ts))) is not None:
+            r["connect_speedup"] = r["connect_per_s"] / base["connect_per_s"]
+            r["busiest_vs_one"] = r["cpu_max_process"] / base["cpu_max_process"]
+            r["ctrl_err_p99_vs_one"] = r["ctrl_err_p99_ms"] / base["ctrl_err_p99_ms"]
     title = (
         f"dial-mode fleets against one CyncCloudSimulator (its own process), time_scale "
         f"{ts} (heartbeat every {idle:.2f} s idle)"
         + (" and 1.0 (real cadence)" if size.real_cadence else "")
     )
     params: dict[str, Any] = {"time_scale": ts, "heartbeat_idle_s": idle}
-    params["heartbeat_constant"] = constant
-    params |= {"warmup_s": size.warmup_s, "window_s": size.window_s, "seed": SEED, "cores": cores}
+    params |= {"heartbeat_constant": constant, "warmup_s": size.warmup_s, "seed": SEED}
+    params |= {"window_s": size.window_s, "cores": len(os.sched_getaffinity(0))}
     return SPEC.result(opts, title, rows, checks, params, _notes(rows, size, idle, constant))
 
 
-def _notes(rows: list[dict[str, Any]], size: Size, idle: float, constant: bool) -> list[str]:
+def _notes(rows: list[Row], size: Size, idle: float, constant: bool) -> list[str]:
     notes = [
         f"heartbeat idle time {idle / size.time_scale:.1f} s, {idle:.2f} s at time_scale "
         f"{size.time_scale}; hb err at each device connection, 'at ctrl' as the controller "
         "reads it (two loopback hops added; the only view of worker rows); memory: settled RSS "
-        "minus the RSS before the fleet, per device",
-        "the learned idle time is one value: the error is timer and write lateness"
-        if constant
-        else "the learned idle time is not one value: errors include its spread",
+        "minus the RSS before the fleet, per device (ray: the actors', the driver's apart)",
+        "the learned idle time is "
+        + ("one value: the error is timer and write lateness" if constant else "not one value"),
     ]
+    if importlib.util.find_spec("ray") is None:
+        try:
+            require("ray", "the ray row")
+        except CyncError as exc:
+            notes.append(f"no ray row: {exc}")
     for r in rows:
-        if r["steal"] > 0.02:
+        if r.get("steal", 0) > 0.02:
             notes.append(f"{r['name']}: the hypervisor took {r['steal']:.1%} of the CPU")
-        if r["gc_full_collections"]:
-            notes.append(
-                f"{r['name']}: {r['gc_full_collections']} full collection(s), the longest "
-                f"{r['gc_longest_ms']:.0f} ms"
-            )
+        if r.get("gc_full_collections"):
+            notes.append(f"{r['name']}: {r['gc_full_collections']} full collection(s)")
         if "connect_speedup" in r:
             notes.append(
                 f"{r['name']}: dials {r['connect_speedup']:.2f}x as fast as one process, busiest "

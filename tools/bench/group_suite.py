@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import NODE, LockMeter, command_summary, open_lane
+from cyncsim.tools.bench.simkit import NODE, LockMeter, command_summary, lanes
 from cyncsim.tools.bench.stats import summary
 
 __all__ = ["DEVICES", "SPEC", "Size", "run"]
@@ -46,34 +46,25 @@ SPEC = SuiteSpec(
 
 
 async def _row(name: str, time_scale: float, rounds: int) -> dict[str, Any]:
-    lanes = await asyncio.gather(
-        *(open_lane(i, seed=SEED, time_scale=time_scale) for i in range(DEVICES))
-    )
-    loop = asyncio.get_running_loop()
-    times: list[float] = []
-    meter = LockMeter()
-    try:
+    loop, times, meter = asyncio.get_running_loop(), list[float](), LockMeter()
+    async with lanes(DEVICES, seed=SEED, time_scale=time_scale) as group:
         with meter.active():
             for r in range(rounds):
                 start = loop.time()
-                results = await asyncio.gather(
-                    *(lane.transport.send_toggle_command(NODE, bool(r % 2)) for lane in lanes)
-                )
+                sends = (lane.transport.send_toggle_command(NODE, bool(r % 2)) for lane in group)
+                results = await asyncio.gather(*sends)
                 times.append(loop.time() - start)
-                for lane, res in zip(lanes, results, strict=True):
+                for lane, res in zip(group, results, strict=True):
                     lane.results.append(res)
-        dist = lanes[0].device.engine.view.split("0x73:f8:d0").acks[0].delay
-    finally:
-        await asyncio.gather(*(lane.close() for lane in lanes))
-    results = [res for lane in lanes for res in lane.results]
+        dist = group[0].device.engine.view.split("0x73:f8:d0").acks[0].delay
     row: dict[str, Any] = {
         "name": name,
         "time_scale": time_scale,
         "devices": DEVICES,
         "rounds": rounds,
         **summary(times, prefix="round_"),
-        **command_summary(results, sum(ln.transport.stats.retransmissions for ln in lanes)),
-        "retries": sum(res.retry_count for res in results),
+        **command_summary(group),
+        "retries": sum(res.retry_count for lane in group for res in lane.results),
         "lock_acquisitions": meter.acquisitions,
         "lock_held_ms": meter.held_s * 1e3,
         "round_samples_ms": [t * 1e3 for t in times],

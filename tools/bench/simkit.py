@@ -35,13 +35,12 @@ __all__ = [
     "command_packet",
     "command_summary",
     "device_view",
+    "lanes",
     "lateness_monitor",
     "loop_health",
     "loop_lateness",
-    "open_lane",
     "process_cpu_seconds",
     "process_rss_bytes",
-    "run_commands",
 ]
 
 NODE = 1  # mesh node of every lane's device (its own node: commands are applied)
@@ -49,56 +48,64 @@ NODE = 1  # mesh node of every lane's device (its own node: commands are applied
 
 @dataclass(slots=True)
 class Lane:
-    """One simulated device and the transport driving it."""
+    """One simulated device and the transport driving it, one command outstanding."""
 
     device: CyncDeviceSimulator
     transport: ReliableTransport
     results: list[Result] = field(default_factory=list)
 
-    async def close(self) -> None:
-        await self.transport.close()
-        await self.device.stop()
+    async def commands(self, n: int, *, light: bool = False) -> None:
+        """``n`` commands, one at a time: toggles (f8 d0) or brightness changes (f8 f0)."""
+        for i in range(n):
+            if light:
+                res = await self.transport.send_light_state(NODE, brightness=10 + i % 90)
+            else:
+                res = await self.transport.send_toggle_command(NODE, bool(i % 2))
+            self.results.append(res)
 
 
-async def open_lane(
-    index: int, *, seed: int, model: DeviceModel | None = None, time_scale: float = 1.0, **kw: Any
-) -> Lane:
-    """A listening device (id 0x5100_0000 + index, node 1; ``chaos_config`` goes to it) and a
-    handshaken transport (the other keywords go to ReliableTransport)."""
-    chaos = kw.pop("chaos_config", None)
-    seed = seed * 1000 + index
-    device = CyncDeviceSimulator(
-        0x51000000 + index,
-        model=model,
-        seed=seed,
-        time_scale=time_scale,
-        chaos_config=chaos,
-        mesh_node=NODE,
-    )
-    await device.start()
-    transport = ReliableTransport("127.0.0.1", device.port, seed=seed + 500, **kw)
-    try:
+@contextlib.asynccontextmanager
+async def lanes(
+    count: int, *, seed: int, first: int = 0, chaos: Any = None, **kw: Any
+) -> AsyncIterator[list[Lane]]:
+    """``count`` lanes numbered from ``first``, opened at once, closed on exit: listening
+    devices (id 0x5100_0000 + number, node 1; ``model``, ``time_scale`` and ``chaos(number)``
+    go to them) and handshaken transports (the other keywords go to ReliableTransport)."""
+    dev_kw = {k: kw.pop(k) for k in ("model", "time_scale") if k in kw}
+    opened: dict[int, Lane] = {}
+
+    async def open_one(number: int) -> None:
+        chaos_config = chaos(number) if chaos is not None else None
+        device = CyncDeviceSimulator(
+            0x51000000 + number,
+            seed=seed * 1000 + number,
+            chaos_config=chaos_config,
+            mesh_node=NODE,
+            **dev_kw,
+        )
+        await device.start()
+        transport = ReliableTransport(
+            "127.0.0.1", device.port, seed=seed * 1000 + number + 500, **kw
+        )
+        opened[number] = Lane(device, transport)
         await transport.connect()
         await transport.handshake(timeout=30.0)
-    except BaseException:
-        await Lane(device, transport).close()
-        raise
-    return Lane(device, transport)
+
+    try:
+        await asyncio.gather(*(open_one(first + i) for i in range(count)))
+        yield [opened[first + i] for i in range(count)]
+    finally:
+        for lane in opened.values():
+            await lane.transport.close()
+            await lane.device.stop()
 
 
-async def run_commands(lane: Lane, n: int, *, light: bool = False) -> list[Result]:
-    """``n`` commands, one at a time: toggles (f8 d0) or brightness changes (f8 f0)."""
-    for i in range(n):
-        if light:
-            res = await lane.transport.send_light_state(NODE, brightness=10 + i % 90)
-        else:
-            res = await lane.transport.send_toggle_command(NODE, bool(i % 2))
-        lane.results.append(res)
-    return lane.results
-
-
-def command_summary(results: list[Result], retransmissions: int) -> dict[str, Any]:
-    """Latency of the acknowledged commands (standard summary), success, retransmissions."""
+def command_summary(lanes: list[Lane], retransmits: int | None = None) -> dict[str, Any]:
+    """Latency of the acknowledged commands (standard summary), success, retransmissions
+    (default: the lanes' transports' so far)."""
+    results = [r for lane in lanes for r in lane.results]
+    if retransmits is None:
+        retransmits = sum(lane.transport.stats.retransmissions for lane in lanes)
     ok = [r.latency_s for r in results if r.success]
     reasons = collections.Counter(r.reason for r in results if not r.success)
     return {
@@ -106,8 +113,8 @@ def command_summary(results: list[Result], retransmissions: int) -> dict[str, An
         "acked": len(ok),
         "success": rate(len(ok), len(results)),
         **summary(ok),
-        "retransmits": retransmissions,
-        "retransmit_rate": rate(retransmissions, len(results)),
+        "retransmits": retransmits,
+        "retransmit_rate": rate(retransmits, len(results)),
         "retried_commands": sum(1 for r in results if r.retry_count),
         "timeouts": reasons.get("timeout", 0),
         "failures": dict(sorted(reasons.items())),
