@@ -206,19 +206,10 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
 def _notes(rows: list[dict[str, Any]], p: dict[str, Any]) -> list[str]:
     notes = [
         f"device 0x7B (real-cloud variant) p50 {p['learned_p50_ms']:.0f} ms, p99 "
-        f"{p['learned_p99_ms']:.0f} ms; the process used {p['cpu_utilisation']:.0%} of a core "
-        f"over {p['wall_s']:.0f} s, loop timers late by {p['loop_late_p99_ms']:.1f} ms (p99)",
+        f"{p['learned_p99_ms']:.0f} ms; {p['cpu_utilisation']:.0%} of a core over "
+        f"{p['wall_s']:.0f} s, loop timers late by {p['loop_late_p99_ms']:.1f} ms (p99)",
     ]
-    for row in rows:
-        q, attempts = row["min_retransmit_rate"], row["max_retries"] + 1
-        if row["loss"]:
-            notes.append(
-                f"{row['name']}: expected success 1 - q^{attempts} = {1 - q**attempts:.2%} "
-                f"(q = {q:.1%}, a round trip lost), measured {row['success']:.2%}"
-            )
-        elif row["retransmit_rate"] > 0.05:
-            notes.append(
-                f"{row['name']}: retransmit rate {row['retransmit_rate']:.1%}: ACKs slower than "
-                f"the {row['ack_timeout_s']:.2f} s timeout"
-            )
+    for row in (r for r in rows if r["loss"]):  # q: a round trip lost
+        q, tries = row["min_retransmit_rate"], row["max_retries"] + 1
+        notes.append(f"{row['name']}: expected success 1 - q^{tries} = {1 - q**tries:.2%}")
     return notes

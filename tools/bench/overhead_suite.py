@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import selectors
 import socket
@@ -152,13 +153,8 @@ def serve_main(
     ctl: Connection, kind: str, count: int, request: int, answer: bytes, profile: bool
 ) -> None:
     """A server process: serve until "stop"; with ``profile``, send its cProfile summary."""
-
-    def serve() -> None:
-        asyncio.run(_serve(ctl, kind, count, request, answer))
-
-    if not profile:
-        serve()
-    ctl.send(profile_by_file(serve, top=15) if profile else None)
+    serve = functools.partial(asyncio.run, _serve(ctl, kind, count, request, answer))
+    ctl.send(profile_by_file(serve, top=15) if profile else serve())
 
 
 def _server(kind: str, count: int, request: int, answer: bytes, profile: bool = False) -> Child:
@@ -289,38 +285,26 @@ def _engine_feed(calls: int) -> Any:
 
 
 def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
+    """Per server the medians of the rounds: a 1-connection row and a many-connection row."""
     med = {
-        kind: {k: statistics.median(r[kind][k] for r in rounds) for k in rounds[0][kind]}
-        for kind in SERVERS
+        k: {f: statistics.median(r[k][f] for r in rounds) for f in rounds[0][k]} for k in SERVERS
     }
-    floor, buffered = med["floor"], med["buffered"]
-    one = [
-        {
+    rows: list[dict[str, Any]] = []
+    for kind, m in med.items():
+        one: dict[str, Any] = {
             "name": kind,
             "connections": 1,
             "p50_us": m["p50_us"],
             "p99_us": m["p99_us"],
-            "per_s": 1e6 / m["mean_us"],
-            "p50_vs_floor": m["p50_us"] / floor["p50_us"],
-            "p50_vs_buffered": m["p50_us"] / buffered["p50_us"],
-            "p50_samples_us": [r[kind]["p50_us"] for r in rounds],
         }
-        for kind, m in med.items()
-    ]
-    many = [
-        {
-            "name": kind,
-            "connections": size.connections,
-            "per_s": m["rate"],
-            "rate_vs_floor": m["rate"] / floor["rate"],
-            "rate_vs_buffered": m["rate"] / buffered["rate"],
-            "rate_samples": [r[kind]["rate"] for r in rounds],
-            "client_cpu": m["client_cpu"],
-            "server_cpu": m["server_cpu"],
-        }
-        for kind, m in med.items()
-    ]
-    return one + many
+        many: dict[str, Any] = {"name": kind, "connections": size.connections, "per_s": m["rate"]}
+        for base in ("floor", "buffered"):
+            one[f"p50_vs_{base}"] = m["p50_us"] / med[base]["p50_us"]
+            many[f"rate_vs_{base}"] = m["rate"] / med[base]["rate"]
+        one |= {"per_s": 1e6 / m["mean_us"], "p50_samples_us": [r[kind]["p50_us"] for r in rounds]}
+        many |= {"rate_samples": [r[kind]["rate"] for r in rounds], "client_cpu": m["client_cpu"]}
+        rows += [one, many | {"server_cpu": m["server_cpu"]}]
+    return sorted(rows, key=lambda r: r["connections"])  # the 1-connection rows first
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
@@ -350,16 +334,9 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     engine = measure(_engine_feed(calls), opts.repeats, verify)
     engine_us = engine.median / calls * 1e6
     rows = _rows(rounds, size)
-    rows.append(
-        {
-            "name": "engine only",
-            "connections": 0,
-            "p50_us": engine_us,
-            "per_s": calls / engine.median,
-            "what": "DeviceEngine.receive of a toggle, in-process (median of repeats, per call)",
-            "samples_s": list(engine.samples),
-        }
-    )
+    what = "DeviceEngine.receive of a toggle, in-process (median of repeats, per call)"
+    rows.append({"name": "engine only", "connections": 0, "p50_us": engine_us, "what": what})
+    rows[-1] |= {"per_s": calls / engine.median, "samples_s": list(engine.samples)}
     by = {(r["name"], r["connections"]): r for r in rows}
     sim1, buf1 = by[("simulator", 1)], by[("buffered", 1)]
     many = f"simulator rate / buffered rate ({size.connections} conns)"
