@@ -6,10 +6,13 @@
 # packet boundary) are skipped one at a time until a plausible header, and every skipped run
 # is recorded in ``findings`` with its stream offset (when the run ends, or at ``flush``; a run
 # cut across ``feed`` calls is one finding), so no byte is lost silently and the result does
-# not depend on how the stream was chunked.
+# not depend on how the stream was chunked.  ``feed_spans`` frames the same way without
+# decoding, for callers that hand the packets' bytes on to be decoded once, later (a simulated
+# device's engine).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.protocol import (
@@ -83,6 +86,20 @@ class PacketFramer:
     def feed(self, data: bytes) -> list[CyncPacket]:
         return [pkt for _, pkt in self.feed_with_offsets(data)]
 
+    def _whole(self, data: bytes) -> bool:
+        """True when nothing is held and ``data`` is exactly one whole packet (the usual TCP
+        segment): the fast paths below frame it without the scan."""
+        n = len(data)
+        return not (
+            self._buf
+            or self._run is not None
+            or self._held
+            or n < HEADER_LEN
+            or data[_RES0]
+            or data[_RES1]
+            or HEADER_LEN + ((data[_LEN0] << 8) | data[_LEN1]) != n
+        )
+
     def feed_whole(self, data: bytes) -> CyncPacket | None:
         """Fast path for callers that mostly get one whole packet per chunk (TCP segments).
 
@@ -91,17 +108,10 @@ class PacketFramer:
         and return None, and the caller hands ``data`` to ``feed_with_offsets``.  The outcome
         is the same as ``feed_with_offsets(data)``, errors included.
         """
-        if self._buf or self._run is not None or self._held:
-            return None
-        n = len(data)
-        if (
-            n < HEADER_LEN
-            or data[_RES0]
-            or data[_RES1]
-            or HEADER_LEN + ((data[_LEN0] << 8) | data[_LEN1]) != n
-        ):
+        if not self._whole(data):
             return None
         base = self._base
+        n = len(data)
         self._base = base + n
         try:
             return decode_body(data[0], bytes(data[HEADER_LEN:]), self.strict)
@@ -115,8 +125,31 @@ class PacketFramer:
         pkt = self.feed_whole(data)
         if pkt is not None:
             return [(base, pkt)]
+        return self._scan(data, True)
+
+    def feed_spans(self, data: bytes) -> list[tuple[int, int]]:
+        """The (stream offset, length) of each packet completed by ``data``, not decoded.
+
+        For callers that hand the packets' bytes on (a simulated device decodes each one
+        once, in its engine): the same packets, skipped runs and findings as a non-strict
+        ``feed_with_offsets``, at a fraction of the cost.  A strict framer must decode a
+        packet to judge it, so it refuses (ValueError).
+        """
+        if self.strict:
+            raise ValueError("feed_spans needs a non-strict framer (strict ones decode)")
+        data = bytes(data)
+        if self._whole(data):
+            base = self._base
+            self._base = base + len(data)
+            return [(base, len(data))]
+        return self._scan(data, False)
+
+    def _scan(self, data: bytes, decode: bool) -> list[tuple[int, Any]]:
+        """Frame ``data`` after what is buffered: (offset, packet) with ``decode``, else
+        (offset, length); skipped runs go to ``findings``."""
+        base = self._base
         buf = self._buf + data if self._buf else data
-        out = self._held
+        out: list[tuple[int, Any]] = self._held  # (strict only) decoded before an error
         self._held = []
         pos = 0
         n = len(buf)
@@ -144,6 +177,10 @@ class PacketFramer:
             end = body + ((buf[pos + _LEN0] << 8) | buf[pos + _LEN1])
             if end > n:
                 break
+            if not decode:
+                out.append((base + pos, end - pos))
+                pos = end
+                continue
             # The header is checked here (reserved bytes zero, length fits), so only the body is
             # left to decode: same result as decode_packet(buf[pos:end]), one slice fewer.
             try:

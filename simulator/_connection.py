@@ -1,6 +1,7 @@
 # One TCP (or TLS) connection driven by a replay engine: framing, timing, chaos, recording.
 #
-# Strategy: an asyncio.Protocol hands what it reads to a PacketStream (simulator/_stream.py:
+# Strategy: an asyncio.BufferedProtocol (reads go into one buffer per thread: no allocation
+# per read) hands what it reads to a PacketStream (simulator/_stream.py:
 # replay.framer.PacketFramer cuts the packets, noise is skipped and counted, and a header that
 # claims more than the owner accepts is reported in one log line and skipped), so nothing read
 # is ever a reason to reset the connection.  Each packet goes to the engine at once, or, under
@@ -33,6 +34,7 @@ import heapq
 import itertools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -58,6 +60,20 @@ WRITE_LOW = 16 * 1024  # ... and take them again below this
 WRITE_STALL_S = 1.0  # a write buffer full this long: the peer is not reading, close (RST)
 CLOSE_GRACE_S = 1.0  # a closed connection whose last bytes the peer does not take: abort
 CHUNK = 1024  # bytes framed at a time (the longest packet a device takes in)
+READ_SIZE = 64 * 1024  # bytes one read takes at most (into the thread's read buffer)
+_thread = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """The read buffer of this thread's connections.  asyncio (and uvloop) call get_buffer,
+    fill the buffer and call buffer_updated with nothing in between, and buffer_updated copies
+    the bytes out first, so one buffer per thread (per event loop) serves every connection:
+    no 256 KiB allocation per read, as a plain Protocol's reads make, and no buffer per
+    connection in a fleet of thousands."""
+    view: memoryview | None = getattr(_thread, "view", None)
+    if view is None:
+        view = _thread.view = memoryview(bytearray(READ_SIZE))
+    return view
 
 
 class ConnectionOwner(Protocol):
@@ -103,7 +119,7 @@ class _RecordingSink:
         return self.transport.is_closing()
 
 
-class EngineConnection(asyncio.Protocol):
+class EngineConnection(asyncio.BufferedProtocol):
     """Moves bytes between a socket and ``engine``; ``inbound`` is the chaos direction of
     what is read (to_device for a device, from_device for a cloud); ``max_packet`` is the
     longest packet accepted (a longer header is reported and skipped as noise)."""
@@ -129,6 +145,7 @@ class EngineConnection(asyncio.Protocol):
         # (request, arrival, engine's actions): for a fleet's stats (replay.stats.AnswerMeter)
         self.answered: Callable[[bytes, float, list[Action]], None] | None = None
         self.loop = asyncio.get_running_loop()
+        self._view = _read_buffer()
         self.transport: asyncio.Transport | None = None
         self._out: ChaosWriter | _RecordingSink | asyncio.Transport | None = None
         self._stream = PacketStream(max_packet, self._oversize)
@@ -223,7 +240,14 @@ class EngineConnection(asyncio.Protocol):
         self.active = True
         self._apply(self.engine.connection_made(now), now)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._view[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """What was read (also for callers that feed bytes without a socket)."""
         if self.record is not None:
             self.record.data("in", data, time.time())
         self._inbox.put(data)
@@ -251,7 +275,12 @@ class EngineConnection(asyncio.Protocol):
         self._draining = True
         try:
             now, inbox = self.loop.time(), self._inbox
-            while self.active and not self.congested:
+            while self.active:
+                # congested needs a schedule, a full write buffer or chaos: test those first
+                if (
+                    self._heap or self._writing_paused or isinstance(self._out, ChaosWriter)
+                ) and self.congested:
+                    break
                 packet = inbox.get()
                 if packet is None:
                     break
@@ -274,16 +303,17 @@ class EngineConnection(asyncio.Protocol):
 
     def _set_reading(self) -> None:
         """Reading is paused while a chaos stall is on or something read is held."""
+        paused = self._stalled or self._backlogged
+        if paused == self._reading_paused:
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        paused = self._stalled or self._backlogged
-        if paused != self._reading_paused:
-            self._reading_paused = paused
-            if paused:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
+        self._reading_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _write_stalled(self) -> None:
         self._write_stall = None
@@ -391,7 +421,11 @@ class EngineConnection(asyncio.Protocol):
             elif type(a) is Relay:
                 self.owner.relay(self, a)
         if batch:
-            self._write_many(batch)
+            out = self._out
+            if self.observer is not None or isinstance(out, ChaosWriter):
+                self._write_many(batch)
+            elif out is not None and not out.is_closing():  # one write (one syscall)
+                out.write(batch[0] if len(batch) == 1 else b"".join(batch))
         if not run:
             return
         if self._heap and self._heap[0][0] <= now:

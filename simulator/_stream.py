@@ -1,24 +1,24 @@
-# The bytes a connection reads, cut into whole packets by replay.framer.PacketFramer, with a
-# limit on how long a packet may be.
+# The bytes a connection reads, cut into whole packets by replay.framer.PacketFramer, with a limit
+# on how long a packet may be.
 #
-# Strategy: PacketFramer finds the packets (and skips, as noise, bytes that cannot start one);
-# this class only hands on each packet's own bytes, sliced from what was read at the offset the
-# framer reports (the framer keeps a suffix of the stream, so the bytes it holds back are
-# mirrored here as ``pending``), and enforces ``limit``: a header that claims more, whether
-# its packet came whole or the header waits for the rest, is reported once through
-# ``on_oversize`` and its first byte is skipped as noise; framing resumes one byte later with a
-# fresh framer, exactly as it does after any other stray byte.  The outcome does not depend on
-# how the stream was cut into reads, what one connection holds back never exceeds ``limit``
-# bytes however the peer lies, and a lying header costs no packet after it.  PacketQueue holds
-# what a connection read while it cannot take more packets (backpressure) and frames it a
-# chunk at a time, so what is held stays bytes, not a read's worth of packets.
-# Pure: no asyncio; private to simulator/.
+# Strategy: PacketFramer finds the packets (and skips, as noise, bytes that cannot start one)
+# without decoding them (``feed_spans``: the engine decodes each packet, once); this class only
+# hands on each packet's own bytes (a read that is exactly one packet, as is usual, as it is),
+# sliced from what was read at the offset the framer reports (the framer keeps a suffix of the
+# stream, so the bytes it holds back are mirrored here as ``pending``), and enforces ``limit``: a
+# header that claims more, whether its packet came whole or the header waits for the rest, is
+# reported once through ``on_oversize`` and its first byte is skipped as noise; framing resumes one
+# byte later with a fresh framer, exactly as it does after any other stray byte.  The outcome does
+# not depend on how the stream was cut into reads, what one connection holds back never exceeds
+# ``limit`` bytes however the peer lies, and a lying header costs no packet after it.  PacketQueue
+# holds what a connection read while it cannot take more packets (backpressure) and frames it a
+# chunk at a time, so what is held stays bytes, not a read's worth of packets. Pure: no asyncio;
+# private to simulator/.
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
 
-from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.protocol import HEADER, HEADER_LEN
 
@@ -53,21 +53,28 @@ class PacketStream:
     def feed(self, data: bytes) -> list[bytes]:
         """The packets completed by ``data``; never raises for what a peer sends."""
         out: list[bytes] = []
+        limit = self.limit
         while True:
             framer = self._framer
             base = framer.offset  # stream offset of stream[0]
-            stream = self._pending + data if self._pending else data
-            try:
-                found = framer.feed_with_offsets(data)
-            except PacketDecodeError:  # strict framers only; kept for safety: drop the packet
-                found = framer.feed_with_offsets(b"")
+            pending = self._pending
+            found = framer.feed_spans(data)  # boundaries only: the engine decodes each packet
+            if (
+                not pending
+                and len(found) == 1
+                and found[0][1] == len(data) <= limit
+                and not framer.findings
+            ):
+                out.append(data)  # the usual read: exactly one whole packet, nothing skipped
+                return out
+            stream = pending + data if pending else data
             cut = -1  # where in ``stream`` a header claims more than the limit
-            for offset, _ in found:
+            for offset, length in found:
                 start = offset - base
-                end = start + HEADER_LEN + HEADER.unpack_from(stream, start)[2]
-                if end - start > self.limit:  # it came whole, but is too long all the same
+                if length > limit:  # it came whole, but is too long all the same
                     cut = start
                     break
+                end = start + length
                 out.append(stream if start == 0 and end == len(stream) else stream[start:end])
             if cut < 0:
                 held = framer.buffered
@@ -76,7 +83,7 @@ class PacketStream:
                 if held < HEADER_LEN:
                     return out
                 cut = len(stream) - held  # a header waits for its packet: is it too long?
-                if HEADER_LEN + HEADER.unpack_from(stream, cut)[2] <= self.limit:
+                if HEADER_LEN + HEADER.unpack_from(stream, cut)[2] <= limit:
                     return out
             else:
                 self._count_skipped(framer, base + cut)

@@ -1,11 +1,12 @@
 # The part of the replay engine both roles share: the Engine base class.
 #
-# Strategy: pure and sans-IO, like the whole engine.  Engine holds the model view, the seeded
-# delay stream and the per-connection departure bookkeeping, renders learned response plans
-# into timed Send actions (``_respond``: queued per response kind for a device, in order for
-# the cloud, counters never overtaking each other) and dispatches each whole packet through a
-# table by packet type that the roles fill.  Randomness comes from named streams of one
-# replay.seeds.SeedTree ("engine/<name>/delay", "engine/<name>/behaviour").
+# Strategy: pure and sans-IO, like the whole engine.  Engine holds the model view, the seeded delay
+# stream and the per-connection departure bookkeeping, renders learned response plans into timed
+# Send actions (``_respond``: queued per response kind for a device, in order for the cloud,
+# counters never overtaking each other) and dispatches each whole packet through a table by packet
+# type that the roles fill.  ``receive`` and ``_respond`` are the hot path of every answer, written
+# for it: comparisons, not max(); no per-packet work nobody reads.  Randomness comes from named
+# streams of one replay.seeds.SeedTree ("engine/<name>/delay", "engine/<name>/behaviour").
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ __all__ = ["DEDUP_WINDOW", "INF", "Engine"]
 
 INF = math.inf
 DEDUP_WINDOW = 64  # recent (id, message id, sequence) of commands kept for duplicate detection
+_new_tuple = tuple.__new__
 
 
 class Engine:
@@ -107,22 +109,33 @@ class Engine:
         scaled = self.time_scale != 0
         queued = self._queued
         free, slots = self._free_at, self._counter_out
+        # The hot path of every answer: max() spelt as comparisons, Send made as the tuple
+        # it is (tuple.__new__: no Python-level __new__), each a fraction of the call.
         for plan in plans:
             key = plan.key
             delay = self.sample_delay(plan) if scaled else 0.0
             if queued and plan.queued:
-                at = max(now, free.get(key, -INF)) + delay
-                free[key] = at = max(at, prev)
+                f = free.get(key, -INF)
+                at = (f if f > now else now) + delay
+                at = max(at, prev)
+                free[key] = at
             else:
-                at = self._last_out = max(now + delay, self._last_out, prev)
+                at = now + delay
+                at = max(at, self._last_out)
+                at = max(at, prev)
+                self._last_out = at
                 if queued:  # a device sends the answers of one kind in order, queued or not
-                    free[key] = at = max(at, free.get(key, -INF))
+                    f = free.get(key, -INF)
+                    at = max(at, f)
+                    free[key] = at
             tpl = plan.template
-            if tpl.counter:
-                at = max(at, slots.get(tpl.counter, -INF))
-                slots[tpl.counter] = at
+            counter = tpl.counter
+            if counter:
+                f = slots.get(counter, -INF)
+                at = max(at, f)
+                slots[counter] = at
             prev = at
-            out.append(Send(at, tpl.render(request, ctx), key))
+            out.append(_new_tuple(Send, (at, tpl.render(request, ctx), key)))
         return out
 
     def _counter_slot(self, counter: str, at: float) -> float:
@@ -133,9 +146,11 @@ class Engine:
         return at
 
     def _sent(self, actions: list[Action]) -> list[Action]:
+        last = self.last_traffic
         for a in actions:
-            if type(a) is Send and a.at > self.last_traffic:
-                self.last_traffic = a.at
+            if type(a) is Send and a.at > last:
+                last = a.at
+        self.last_traffic = last
         return actions
 
     # ------------------------------------------------------------------ public API

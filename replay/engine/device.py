@@ -271,21 +271,26 @@ class DeviceEngine(Engine):
         if len(data) < ID_PREFIX.end:
             self._count("undecodable")
             return []
-        self._count("commands")
-        frame = pkt.frame if isinstance(pkt, FramedPacket) else None
-        if frame is not None and not frame.checksum_ok:
-            frame = None  # a bad checksum: treated as malformed (acked, not executed)
+        stats = self.stats  # the hot path: counters, dedup window and context inline
+        stats["commands"] = stats.get("commands", 0) + 1
+        # A bad checksum is treated as malformed (acked, not executed).  receive() decoded
+        # ``pkt`` itself, non-strictly: with a frame, its only possible defect is a bad checksum.
+        frame = pkt.frame if isinstance(pkt, FramedPacket) and pkt.defect is None else None
         ident = data[_IDENT]
         foreign = not ident.startswith(self.device_id)
-        duplicate = ident in self._recent_set
+        recent = self._recent_set
+        duplicate = ident in recent
         if not duplicate:
-            self._remember(ident)
-        ctx = self._context(now)
+            self._recent.append(ident)
+            recent.add(ident)
+            if len(self._recent) > DEDUP_WINDOW:
+                recent.discard(self._recent.popleft())
+        ctx = self._ctx
+        ctx.wall = now + self.wall_offset
         if frame is None or frame.kind != FrameKind.REQUEST:
             self._count("malformed" if frame is None else "unknown")
             return self._respond(data, self.view.acks(None), now, ctx)
-        key = frame_key(frame.kind, frame.opcode)
-        split = self.view.split(key)
+        split = self.view.split(frame_key(frame.kind, frame.opcode))
         if not split.known:
             self._count("unknown")  # no learned result: the 0x7b alone, as for injections
         if foreign or duplicate:
@@ -299,12 +304,6 @@ class DeviceEngine(Engine):
         if command.target != self.mesh_node:
             out.append(Relay(now, command.target, command))
         return out
-
-    def _remember(self, ident: bytes) -> None:
-        self._recent.append(ident)
-        self._recent_set.add(ident)
-        if len(self._recent) > DEDUP_WINDOW:
-            self._recent_set.discard(self._recent.popleft())
 
     def _targets_me(self, target: int) -> bool:
         if target >= GROUP_BASE:

@@ -5,8 +5,9 @@
 # fleet of 10,000 devices shares them) into a short list of ops over the exemplar: constant
 # runs, echo ranges, identity, counter, state, clock, mesh table (adjacent constant and echo
 # fields merged).  Each dynamic op becomes a small closure made at compile time; rendering
-# copies the tuple of constant parts, lets the closures fill their slots and joins once.  No
-# code is generated.  Lengths and the frame checksum are recomputed with the codec's layout
+# copies the tuple of constant parts, lets the closures fill their slots and joins once.  A
+# run of state fields (a 0x83 status) is one closure that keeps what it rendered per (node,
+# state), so a status costs one lookup, not a call per field.  No code is generated.  Lengths and the frame checksum are recomputed with the codec's layout
 # and ``frame_checksum`` (what a non-strict decode and a re-encode with checksum=None give):
 # a fixed-size framed answer needs only its checksum, a variable-size one (the f9 52 mesh
 # table) its lengths too.
@@ -49,6 +50,7 @@ _CONST, _ECHO, _IDENT, _COUNTER, _STATE, _CLOCK, _MESH = range(7)
 _Op = tuple[int, int, int, bytes, str]
 # After the join: return as is, recompute the frame checksum, or fix lengths and checksum.
 _AS_IS, _CHECKSUM, _FINISH = range(3)
+_STATE_CACHE = 4096  # rendered state runs kept per template
 
 
 @dataclass(slots=True)
@@ -198,6 +200,31 @@ def _state_part(fn: _StateFn, seg: bytes) -> _Part:
     return state
 
 
+def _state_block(items: list[tuple[_StateFn | None, bytes]]) -> _Part:
+    """One slot for a run of state fields (and the constants between them): what they render
+    depends only on the node and its state, so it is kept per (node, state) (bounded; a
+    template is shared by a whole fleet) and a status costs one lookup, not a call per field."""
+    cache: dict[tuple[object, ...], bytes] = {}
+
+    def block(r: bytes, x: RenderContext) -> bytes:
+        node, st = x.node, x.state
+        key: tuple[object, ...] = (node, st.on, st.brightness, st.color_temp, st.rgb, st.online)
+        try:
+            got = cache.get(key)
+        except TypeError:  # an unhashable field (a list for rgb): render it as it is
+            got, key = None, ()
+        if got is None:
+            got = b"".join(
+                seg if fn is None else (s if len(s := fn(node, st)) == len(seg) else seg)
+                for fn, seg in items
+            )
+            if key and len(cache) < _STATE_CACHE:
+                cache[key] = got
+        return got
+
+    return block
+
+
 def _clock_part(seg: bytes) -> _Part:
     def clock(r: bytes, x: RenderContext) -> bytes:
         return _clock_body(seg, x.wall)
@@ -277,6 +304,25 @@ def _ops(key: str, tpl: Template) -> tuple[list[_Op], bool]:
     return ops, finish
 
 
+def _state_run(ops: list[_Op]) -> tuple[int, int] | None:
+    """Indexes of the first and last op of the longest run of state fields (with constants
+    between them) holding two state fields or more; None when there is none."""
+    best: tuple[int, int] | None = None
+    start = last = -1
+    count = 0
+    for i, op in enumerate([*ops, (_CLOCK, 0, 0, b"", "")]):  # a sentinel ends the last run
+        if op[0] == _STATE and op[4] in _STATE_FIELDS:
+            if start < 0:
+                start, count = i, 0
+            count += 1
+            last = i
+        elif op[0] != _CONST and start >= 0:
+            if count >= 2 and (best is None or last - start > best[1] - best[0]):
+                best = (start, last)
+            start = -1
+    return best
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledTemplate:
     """A learned template ready to render: constant parts, the closures filling the dynamic
@@ -298,6 +344,15 @@ class CompiledTemplate:
         fills = [(i, part) for i, op in enumerate(ops) if (part := _part(op)) is not None]
         slots = {i for i, _ in fills}
         parts = tuple(b"" if i in slots else op[3] for i, op in enumerate(ops))
+        block = _state_run(ops)
+        if block is not None:  # one slot (the run's first) renders the whole run
+            first, last = block
+            items = [(_STATE_FIELDS.get(op[4]) if op[0] == _STATE else None, op[3])
+                     for op in ops[first : last + 1]]  # fmt: skip
+            fills = [f for f in fills if not first <= f[0] <= last]
+            fills.append((first, _state_block(items)))
+            fills.sort(key=lambda f: f[0])
+            parts = tuple(b"" if first <= i <= last else p for i, p in enumerate(parts))
         ex = tpl.exemplar
         if any(op[0] == _MESH for op in ops):
             post = _FINISH
