@@ -46,15 +46,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
     p.add_argument("suite", choices=[*SUITES, "all"], metavar="SUITE", help="suite name or all")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true", help="reduced sizes (under a minute)")
-    p.add_argument(
-        "--repeats", type=_positive, default=3, metavar="N", help="runs per measurement (3)"
-    )
-    p.add_argument(
-        "--captures",
-        type=Path,
-        metavar="DIR",
-        help="shared MITM captures folder (default: $CYNCSIM_CAPTURES or ../shared/captures)",
-    )
+    p.add_argument("--repeats", type=_positive, default=3, metavar="N", help="runs of each (3)")
+    where = "default: $CYNCSIM_CAPTURES or ../shared/captures"
+    p.add_argument("--captures", type=Path, metavar="DIR", help=f"MITM captures folder ({where})")
     p.add_argument("--profile", action="store_true", help="add a cProfile summary where useful")
     p.add_argument("--check", action="store_true", help="exit status 1 when a target is missed")
     p.set_defaults(func=run)

@@ -235,8 +235,11 @@ def plot_overhead(suite: Suite, out: Path) -> Path:
 
 def plot_fleet(suite: Suite, out: Path) -> Path:
     scale = suite["params"]["time_scale"]
-    rows = [r for r in suite["rows"] if not r.get("workers") and r["time_scale"] == scale]
-    real = [r for r in suite["rows"] if not r.get("workers") and r["time_scale"] == 1.0]
+    one = [r for r in suite["rows"] if r.get("engine", "process") == "process"]
+    rows, real = (
+        [r for r in one if r["time_scale"] == scale],
+        [r for r in one if r["time_scale"] == 1],
+    )
     fig, (a, b) = _pyplot().subplots(1, 2, figsize=(10, 3.6))
     n = [r["devices"] for r in rows]
     a.plot(n, [r["kib_per_device"] for r in rows], "o-", color="tab:blue")
