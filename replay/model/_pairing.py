@@ -14,9 +14,9 @@
 # the key of a request is computed once, when it arrives.
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from cyncsim.replay.capture.model import CLOUD, DEVICE, FlowPacket
 from cyncsim.replay.payloads import decode_command, decode_status_report
@@ -121,15 +121,27 @@ def other_side(side: str) -> str:
     return CLOUD if side == DEVICE else DEVICE
 
 
-@dataclass(slots=True, eq=False)
 class Pending:
-    fp: FlowPacket
-    key: str
-    seq: int  # arrival order within the flow
-    expected: dict[str, int]
-    remaining: dict[str, int]
-    depth: dict[str, int] = field(default_factory=dict)  # requests still waiting, at arrival
-    answered: bool = False
+    """One request waiting for its responses (``expected`` is shared by the requests of a
+    kind on a flow: read only)."""
+
+    __slots__ = ("answered", "depth", "expected", "fp", "key", "remaining", "seq")
+
+    def __init__(
+        self,
+        fp: FlowPacket,
+        key: str,
+        seq: int,  # arrival order within the flow
+        expected: dict[str, int],
+        remaining: dict[str, int],
+    ) -> None:
+        self.fp = fp
+        self.key = key
+        self.seq = seq
+        self.expected = expected
+        self.remaining = remaining
+        self.depth: dict[str, int] = {}  # requests still waiting, at arrival
+        self.answered = False
 
 
 class _Queue:
@@ -140,13 +152,14 @@ class _Queue:
     def __init__(self, rk: str) -> None:
         self.rk = rk
         self.buckets: dict[object, deque[Pending]] = {}
-        self.order: deque[tuple[Pending, object]] = deque()  # arrival order, for expiry
+        # (arrival time, request, key) in arrival order, for expiry
+        self.order: deque[tuple[float, Pending, object]] = deque()
         self.live = 0  # entries still expecting this response, not expired
 
     def expire(self, now: float) -> None:
         order, rk = self.order, self.rk
-        while order and now - order[0][0].fp.ts > MAX_WAIT:
-            p, key = order.popleft()
+        while order and now - order[0][0] > MAX_WAIT:
+            _, p, key = order.popleft()
             if p.remaining.get(rk, 0) > 0:
                 self.live -= 1
             bucket = self.buckets.get(key)
@@ -157,28 +170,34 @@ class _Queue:
                     del self.buckets[key]
 
     def add(self, p: Pending, key: object) -> None:
-        self.order.append((p, key))
+        self.order.append((p.fp.ts, p, key))
         bucket = self.buckets.get(key)
         if bucket is None:
             self.buckets[key] = bucket = deque()
         bucket.append(p)
         self.live += 1
 
-    def first_two(self, key: object) -> list[Pending]:
-        """The oldest two requests under ``key`` still expecting this response."""
+    def first(self, key: object) -> Pending | None:
+        """The oldest request under ``key`` still expecting this response."""
         bucket = self.buckets.get(key)
         if not bucket:
-            return []
+            return None
         rk = self.rk
         while bucket and bucket[0].remaining.get(rk, 0) <= 0:
             bucket.popleft()
-        out: list[Pending] = []
-        for p in bucket:
-            if p.remaining.get(rk, 0) > 0:
-                out.append(p)
-                if len(out) == 2:
-                    break
-        return out
+        return bucket[0] if bucket else None
+
+    def first_two(self, key: object) -> list[Pending]:
+        """The oldest two requests under ``key`` still expecting this response."""
+        p = self.first(key)
+        if p is None:
+            return []
+        bucket = self.buckets[key]
+        rk = self.rk
+        for q in itertools.islice(bucket, 1, None):
+            if q.remaining.get(rk, 0) > 0:
+                return [p, q]
+        return [p]
 
     def consume(self, p: Pending) -> None:
         p.remaining[self.rk] -= 1
@@ -187,40 +206,60 @@ class _Queue:
 
 
 Match = Callable[[Pending, FlowPacket, str, int, int], None]  # (req, resp, rk, occ, depth)
+# What a packet of one (sender, key) does on a flow, worked out once: the queue it answers
+# (with how its echo key is read) and, for a request, the response kinds it waits for.
+_Adds = tuple[tuple[str, _Queue, KeyOf | None], ...]
+_Plan = tuple[tuple[_Queue, KeyOf | None] | None, _Adds, dict[str, int]]
 
 
 class FlowPairer:
     """Pairs the packets of one flow as they come (in capture-time order)."""
 
-    __slots__ = ("ambiguous", "exact", "n", "on_pair", "queues")
+    __slots__ = ("ambiguous", "exact", "n", "on_pair", "plans", "queues")
 
     def __init__(self, exact: bool, on_pair: Match, ambiguous: dict[tuple[str, str], int]):
         self.exact = exact
         self.on_pair = on_pair
         self.ambiguous = ambiguous  # (request side, request key) -> responses dropped
         self.queues: dict[tuple[str, str], tuple[_Queue, KeyOf | None]] = {}
+        self.plans: dict[tuple[str, str], _Plan] = {}
         self.n = 0
 
-    def feed(self, fp: FlowPacket, key: str) -> None:
-        pkt = fp.packet
-        self.n += 1
-        q = self.queues.get((fp.sender, key))
-        if q is not None:
-            self._match(fp, key, q[0], q[1])
-        cands = candidates(fp.sender, key)
-        if not cands:
-            return
-        rks = {rk: (times if keys else 1) for rk, times, keys in cands}
-        pend = Pending(fp, key, self.n, dict(rks), dict(rks))
-        side = other_side(fp.sender)
+    def _plan(self, sender: str, key: str) -> _Plan:
+        cands = candidates(sender, key)
+        side = other_side(sender)
+        adds = []
         for rk, _times, keys in sorted(cands, key=lambda c: c[0]):
             entry = self.queues.get((side, rk))
             if entry is None:
                 entry = self.queues[(side, rk)] = (_Queue(rk), keys[1] if keys else None)
-            queue = entry[0]
-            queue.expire(fp.ts)
-            pend.depth[rk] = queue.live
-            ikey = keys[0](pkt) if keys else b""
+                self.plans.clear()  # a response of that kind now has a queue to answer
+            adds.append((rk, entry[0], keys[0] if keys else None))
+        expected = {rk: (times if keys else 1) for rk, times, keys in cands}
+        plan = (self.queues.get((sender, key)), tuple(adds), expected)
+        self.plans[(sender, key)] = plan
+        return plan
+
+    def feed(self, fp: FlowPacket, key: str) -> None:
+        self.n += 1
+        plan = self.plans.get((fp.sender, key))
+        if plan is None:
+            plan = self._plan(fp.sender, key)
+        match, adds, expected = plan
+        if match is not None:
+            self._match(fp, key, match[0], match[1])
+        if not adds:
+            return
+        pkt = fp.packet
+        ts = fp.ts
+        pend = Pending(fp, key, self.n, expected, expected.copy())
+        depth = pend.depth
+        for rk, queue, keyof in adds:
+            order = queue.order
+            if order and ts - order[0][0] > MAX_WAIT:
+                queue.expire(ts)
+            depth[rk] = queue.live
+            ikey = keyof(pkt) if keyof is not None else b""
             if ikey is None:
                 # No key to be echoed (malformed, not a command): never matched, but it
                 # waits as today's FIFO did, so the depth of later requests counts it.
@@ -228,21 +267,31 @@ class FlowPairer:
             queue.add(pend, ikey)
 
     def _match(self, fp: FlowPacket, rk: str, queue: _Queue, keyof: KeyOf | None) -> None:
-        queue.expire(fp.ts)
+        order = queue.order
+        if order and fp.ts - order[0][0] > MAX_WAIT:
+            queue.expire(fp.ts)
         if not queue.live:
             return
-        if keyof is None:
-            cands = queue.first_two(b"")
-        else:
+        k: object = b""
+        if keyof is not None:
             k = keyof(fp.packet)
             if k is None:
                 return
-            cands = queue.first_two(k)
+        if self.exact:  # the oldest is taken: no need to know whether there are others
+            chosen = queue.first(k)
             if rk == "0x83:fa:db":  # group commands answer any node: oldest of both
+                group = queue.first(_GROUP)
+                if group is not None and (chosen is None or group.seq < chosen.seq):
+                    chosen = group
+            if chosen is None:
+                return
+        else:
+            cands = queue.first_two(k)
+            if rk == "0x83:fa:db" and keyof is not None:
                 cands = sorted(cands + queue.first_two(_GROUP), key=lambda p: p.seq)[:2]
-        if not cands:
-            return
-        chosen = cands[0]
+            if not cands:
+                return
+            chosen = cands[0]
         occurrence = chosen.expected[rk] - chosen.remaining[rk]
         depth = chosen.depth.get(rk, 0)
         queue.consume(chosen)

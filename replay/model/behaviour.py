@@ -19,7 +19,14 @@ from cyncsim.replay.capture.model import DEVICE, Flow, FlowPacket
 from cyncsim.replay.describe import request_key
 from cyncsim.replay.model.dist import Distribution, Samples
 from cyncsim.replay.payloads import decode_status_entries, decode_status_report, firmware_version
-from cyncsim.replay.protocol import HelloPacket, IdPacket, PacketType
+from cyncsim.replay.protocol import (
+    CyncPacket,
+    FramedPacket,
+    FrameKind,
+    HelloPacket,
+    IdPacket,
+    PacketType,
+)
 
 __all__ = ["Behaviour", "BehaviourLearner", "DeviceIdentity"]
 
@@ -82,6 +89,7 @@ class _Flow:
         "rank",
         "script",
         "scripts",
+        "src",
     )  # fmt: skip
 
     def __init__(self, flow: Flow, rank: int) -> None:
@@ -101,6 +109,7 @@ class _Flow:
         self.last_by_dev: dict[bytes, float] = {}
         self.pings = 0
         self.devices: set[bytes] = set()
+        self.src: _Source  # set by the learner when it first sees the flow
 
 
 @dataclass(slots=True)
@@ -125,30 +134,32 @@ class BehaviourLearner:
         st = self._flows.get(id(flow))
         if st is None:
             st = self._flows[id(flow)] = _Flow(flow, len(self._flows))
-            self._sources.setdefault(flow.source, _Source())
-        src = self._sources[flow.source]
+            st.src = self._sources.setdefault(flow.source, _Source())
+        src = st.src
         pkt = fp.packet
         ts = fp.ts
         dev_side = fp.sender == DEVICE
         st.n += 1
         if st.first_ts is None:
             st.first_ts = ts
-        if dev_side:
+        ptype = pkt.type
+        if dev_side and _may_identify(pkt, ptype):
             self._identity(flow.source, pkt, st)
         if not flow.exact:
             self._mixed(st, src, fp)
             st.prev_ts = ts
             return
-        if dev_side and pkt.type == PacketType.PING and st.prev_ts is not None:
-            src.idle.add(ts - st.prev_ts)
-        if dev_side and pkt.type == PacketType.STATUS:
-            if st.last_status is not None:
-                src.status_gaps.add(ts - st.last_status)
-            st.last_status = ts
-        st.prev_ts = ts
         if not dev_side:
+            st.prev_ts = ts
             st.answered = True
             return
+        if ptype == PacketType.PING and st.prev_ts is not None:
+            src.idle.values.append(ts - st.prev_ts)  # spilled by spill(), once per chunk
+        elif ptype == PacketType.STATUS:
+            if st.last_status is not None:
+                src.status_gaps.values.append(ts - st.last_status)
+            st.last_status = ts
+        st.prev_ts = ts
         if st.hello is None:
             if isinstance(pkt, HelloPacket):
                 st.hello = (ts, pkt.device_id)
@@ -158,6 +169,13 @@ class BehaviourLearner:
                 st.pre.append((request_key(pkt), ts))
         elif ts - st.hello[0] <= CONNECT_SPAN:
             st.script.append((request_key(pkt), ts))
+
+    def spill(self) -> None:
+        """Fold the sample buffers past their limit into sketches (bounded memory)."""
+        for src in self._sources.values():
+            src.idle.spill()
+            src.status_gaps.spill()
+            src.aggregate.spill()
 
     def _mixed(self, st: _Flow, src: _Source, fp: FlowPacket) -> None:
         pkt, ts = fp.packet, fp.ts
@@ -198,8 +216,8 @@ class BehaviourLearner:
             dev = devs[pkt.device_id] = _Dev(None)
         # Kept twice: the first seen at all (counts when an earlier source saw the hello)
         # and the first after this source's hello.
+        fw = firmware_version(pkt)
         for seen in (dev.any, dev.after) if dev.identity is not None else (dev.any,):
-            fw = firmware_version(pkt)
             if fw is not None:
                 _first(seen, fw[0], (st, st.n, fw[1]))
             if "mesh" in seen and seen["mesh"][0] is st:
@@ -298,6 +316,17 @@ class BehaviourLearner:
             for seq in ranked
         ]
         return beh
+
+
+def _may_identify(pkt: CyncPacket, ptype: int) -> bool:
+    """Whether _identity could learn anything from a device packet: a hello, a 0x43, or a
+    report frame (firmware, status); for any other packet it keeps nothing."""
+    if isinstance(pkt, FramedPacket):
+        f = pkt.frame
+        return (f is not None and f.kind == FrameKind.REPORT) or ptype == PacketType.STATUS
+    if isinstance(pkt, HelloPacket):
+        return True
+    return ptype == PacketType.STATUS and isinstance(pkt, IdPacket)
 
 
 _Seen = tuple[_Flow, int, object]  # (flow, packet number in it, what was seen)

@@ -62,7 +62,7 @@ class Distribution:
         if n <= cap:
             return cls(tuple(round(v, 9) for v in vals), n, method, dropped)
         picked = tuple(round(sorted_quantile(vals, i / (cap - 1)), 9) for i in range(cap))
-        return cls(picked, n, method, dropped, sketch=LogSketch.of(round(v, 9) for v in vals))
+        return cls(picked, n, method, dropped, sketch=LogSketch.of(_rounded(vals)))
 
     @classmethod
     def from_sketch(
@@ -196,47 +196,58 @@ class Samples:
 
     The samples themselves up to ``limit`` (EXACT_LIMIT), a LogSketch beyond; ``build``
     gives the Distribution (the same as ``Distribution.from_samples`` of every sample while
-    they are kept).
+    they are kept).  ``values`` is also the buffer a hot loop may append to directly
+    (``values.append``, no call into this class), provided it calls ``spill()`` now and then
+    (the importer does once per chunk): between spills the buffer holds at most the samples
+    of one chunk beyond the limit, and ``build`` spills first, so the result is the same.
     """
 
     __slots__ = ("limit", "sketch", "values")
 
     def __init__(self, limit: int = EXACT_LIMIT) -> None:
         self.limit = max(limit, DEFAULT_CAP)  # a sketch is read back only above the cap
-        self.values: list[float] | None = []
+        self.values: list[float] = []  # exact samples, or (once sketched) not folded in yet
         self.sketch: LogSketch | None = None
 
     def __len__(self) -> int:
-        return len(self.values) if self.values is not None else self._sk().count
-
-    def _sk(self) -> LogSketch:
-        assert self.sketch is not None
-        return self.sketch
+        return len(self.values) + (self.sketch.count if self.sketch is not None else 0)
 
     def add(self, v: float) -> None:
         vals = self.values
-        if vals is not None:
-            vals.append(v)
-            if len(vals) > self.limit:
-                self.sketch = LogSketch.of(round(x, 9) for x in vals)
-                self.values = None
+        vals.append(v)
+        if self.sketch is not None or len(vals) > self.limit:
+            self.spill()
+
+    def spill(self) -> None:
+        """Fold the buffered samples into the sketch once there are more than ``limit``."""
+        vals = self.values
+        if not vals or (self.sketch is None and len(vals) <= self.limit):
+            return
+        add = LogSketch.of(_rounded(vals))
+        if self.sketch is None:
+            self.sketch = add
         else:
-            self._sk().add(round(v, 9))
+            self.sketch.merge(add)
+        self.values = []
 
     def merge(self, other: Samples) -> None:
-        if other.values is not None:
-            for v in other.values:
-                self.add(v)
-            return
-        if self.values is not None:
-            self.sketch = LogSketch.of(round(x, 9) for x in self.values)
-            self.values = None
-        self._sk().merge(other._sk())
+        self.values.extend(other.values)
+        if other.sketch is not None:
+            if self.sketch is None:
+                self.sketch = other.sketch.copy()
+            else:
+                self.sketch.merge(other.sketch)
+        self.spill()
 
     def build(self, *, method: str = "measured", dropped: int = 0) -> Distribution:
-        if self.values is not None:
+        self.spill()
+        if self.sketch is None:
             return Distribution.from_samples(self.values, method=method, dropped=dropped)
-        return Distribution.from_sketch(self._sk().copy(), method=method, dropped=dropped)
+        return Distribution.from_sketch(self.sketch.copy(), method=method, dropped=dropped)
+
+
+def _rounded(vals: list[float]) -> list[float]:
+    return [round(x, 9) for x in vals]
 
 
 def sorted_quantile(vals: Sequence[float], q: float) -> float:

@@ -23,6 +23,7 @@ from cyncsim.replay.capture import (
     FlowPacket,
     load_bytes,
 )
+from cyncsim.replay.capture.model import gc_paused
 from cyncsim.replay.capture.stream import CaptureStream
 from cyncsim.replay.model.behaviour import BehaviourLearner
 from cyncsim.replay.model.learn import ExchangeLearner
@@ -54,6 +55,21 @@ class ModelLearner:
             return
         self.exchanges.feed(flow, fp)
         self.behaviour.feed(flow, fp)
+
+    def feed_batch(self, source: str, packets: list[tuple[Flow, FlowPacket]]) -> None:
+        """``feed`` for each of a reader's batch (all of ``source``), then the sample
+        buffers spilled: the learner's hot loop."""
+        self.packets[source] += len(packets)
+        exchanges, behaviour = self.exchanges.feed, self.behaviour.feed
+        for flow, fp in packets:
+            if flow.kind == "cync":
+                exchanges(flow, fp)
+                behaviour(flow, fp)
+        self.spill()
+
+    def spill(self) -> None:
+        self.exchanges.spill()
+        self.behaviour.spill()
 
     def add_findings(self, findings: list[Finding]) -> None:
         for f in findings:
@@ -89,6 +105,7 @@ def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = No
             continue
         for fp in sorted(flow.packets, key=lambda fp: fp.ts):  # stable: stream order on ties
             learner.feed(flow, fp)
+        learner.spill()
     learner.add_findings(result.findings)
     return learner.finish()
 
@@ -103,9 +120,10 @@ def import_files(
     """Read and learn ``paths`` chunk by chunk; ``progress(path)`` gives a (done, total)
     callback per file.  Returns the learner (``finish()`` gives the model)."""
     learner = learner or ModelLearner()
-    for path in paths:
-        cb = progress(path) if progress is not None else None
-        _import_file(path, learner, cloud_ports, cb)
+    with gc_paused():  # what is learned is kept; the rest is freed by reference counting
+        for path in paths:
+            cb = progress(path) if progress is not None else None
+            _import_file(path, learner, cloud_ports, cb)
     return learner
 
 
@@ -115,15 +133,14 @@ def _import_file(
     load_bytes(path, 0)  # a missing file or a folder: the reader's one clear error
     stream = CaptureStream(path, cloud_ports=cloud_ports)
     digest = hashlib.sha256()
-    feed = learner.feed
+    feed = learner.feed_batch
     total = Path(path).stat().st_size
     done = 0
     with Path(path).open("rb") as fh:
         while True:
             chunk = fh.read(CHUNK)
             batch = stream.feed(chunk) if chunk else stream.close()
-            for flow, fp in batch.packets:
-                feed(flow, fp)
+            feed(path, batch.packets)
             learner.add_findings(batch.findings)
             learner.order.extend(batch.flows)
             if not chunk:

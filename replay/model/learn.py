@@ -140,6 +140,22 @@ class _Stats:
     outstanding: dict[tuple[str, str], dict[str, Samples]] = field(default_factory=dict)
     steps: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     local: bool = False
+    cells: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # requests, as fed
+
+    def count_requests(self) -> None:
+        for k, cell in self.cells.items():
+            if cell[0]:
+                self.requests[k] += cell[0]
+                cell[0] = 0
+
+    def spill(self) -> None:
+        for kind in self.kinds.values():
+            kind.latency.spill()
+        for smp in self.service.values():
+            smp.spill()
+        for buckets in self.outstanding.values():
+            for smp in buckets.values():
+                smp.spill()
 
     def merge(self, other: _Stats) -> None:
         self.requests.update(other.requests)
@@ -155,12 +171,18 @@ class _Stats:
             for item in kind.pairs:
                 mine.add(item)
             mine.n += kind.n - len(kind.pairs)
-        for k, smp in other.service.items():
-            self.service.setdefault(k, Samples()).merge(smp)
+        for k, smp in other.service.items():  # taken over where this has none (no copy)
+            if k in self.service:
+                self.service[k].merge(smp)
+            else:
+                self.service[k] = smp
         for k, buckets in other.outstanding.items():
             mine_b = self.outstanding.setdefault(k, {})
             for b, smp in buckets.items():
-                mine_b.setdefault(b, Samples()).merge(smp)
+                if b in mine_b:
+                    mine_b[b].merge(smp)
+                else:
+                    mine_b[b] = smp
         for step, (n, ok) in other.steps.items():
             st = self.steps.setdefault(step, [0, 0])
             st[0] += n
@@ -169,7 +191,7 @@ class _Stats:
 
 
 class _FlowState:
-    __slots__ = ("flow", "last", "pairer", "prev", "rank", "stats")
+    __slots__ = ("flow", "last", "outstanding", "pairer", "plans", "prev", "rank", "stats")
 
     def __init__(self, flow: Flow, rank: int, stats: _Stats, learner: ExchangeLearner) -> None:
         self.flow = flow
@@ -178,6 +200,10 @@ class _FlowState:
         self.pairer = FlowPairer(flow.exact, self._pair, stats.ambiguous)
         self.last: dict[tuple[str, int], int] = {}  # message-id counters, exact flows
         self.prev: dict[str, float] = {}  # last first-answer time per response kind
+        # per sender, per key: (its request count cell, its counter key or None, may it be
+        # a local server's packet) -- worked out on the first packet of that kind
+        self.plans: dict[str, dict[str, _Plan]] = {DEVICE: {}, CLOUD: {}}
+        self.outstanding: dict[tuple[str, str], _Outstanding] = {}
 
     def _pair(self, req: Pending, resp: FlowPacket, rk: str, occ: int, depth: int) -> None:
         st = self.stats
@@ -187,29 +213,75 @@ class _FlowState:
         if kind is None:
             kind = st.kinds[name] = _Kind(name, resp.sender)
         lat = resp.ts - rq.ts
-        kind.latency.add(lat)
-        kind.add(((0, 0, self.pairer.n), rq.packet, resp.packet, self))
+        kind.latency.values.append(lat)  # the importer spills the buffers once per chunk
+        # the reservoir of template pairs (_Kind.add, with the item made only when kept)
+        n = kind.n = kind.n + 1
+        pairs = kind.pairs
+        if len(pairs) < TEMPLATE_PAIRS:
+            pairs.append(((0, 0, self.pairer.n), rq.packet, resp.packet, self))
+        else:
+            j = kind.rng.randrange(n)
+            if j < TEMPLATE_PAIRS:
+                pairs[j] = ((0, 0, self.pairer.n), rq.packet, resp.packet, self)
         if not req.answered:
             req.answered = True
             st.answered[(rq.sender, req.key)] += 1
         if occ:
             return
         kr = (req.key, rk)
-        b = "0" if depth == 0 else ("1-4" if depth < 5 else "5+")
-        buckets = st.outstanding.get(kr)
-        if buckets is None:
-            buckets = st.outstanding[kr] = {}
-        smp = buckets.get(b)
-        if smp is None:
-            smp = buckets[b] = Samples()
-        smp.add(lat)
-        if self.flow.exact:
-            prev = self.prev.get(rk, float("-inf"))
+        out = self.outstanding.get(kr)
+        if out is None:
+            out = self.outstanding[kr] = _Outstanding(st, kr, self.flow.exact)
+        out.by_depth(depth).values.append(lat)
+        svc = out.service
+        if svc is not None:
+            prev = self.prev.get(rk)
+            start = rq.ts if prev is None or prev < rq.ts else prev
+            svc.values.append(max(0.0, resp.ts - start))
+            self.prev[rk] = resp.ts
+
+
+class _Outstanding:
+    """The samples one (request kind, first response kind) feeds on one flow."""
+
+    __slots__ = ("buckets", "kr", "service", "st")
+
+    def __init__(self, st: _Stats, kr: tuple[str, str], exact: bool) -> None:
+        self.st = st
+        self.kr = kr
+        self.buckets = st.outstanding.setdefault(kr, {})
+        self.service: Samples | None = None
+        if exact:
             svc = st.service.get(kr)
             if svc is None:
                 svc = st.service[kr] = Samples()
-            svc.add(max(0.0, resp.ts - max(rq.ts, prev)))
-            self.prev[rk] = resp.ts
+            self.service = svc
+
+    def by_depth(self, depth: int) -> Samples:
+        b = "0" if depth == 0 else ("1-4" if depth < 5 else "5+")
+        smp = self.buckets.get(b)
+        if smp is None:
+            smp = self.buckets[b] = Samples()
+        return smp
+
+
+_Plan = tuple[list[int], tuple[str, int] | None, bool]
+_PLAIN_KEYS = tuple(f"0x{t:02x}" for t in range(256))
+_FRAMED_KEYS: dict[tuple[int, int, int], str] = {}
+
+
+def packet_key(pkt: CyncPacket) -> str:
+    """describe.request_key, from a table instead of formatting a string per packet."""
+    if isinstance(pkt, FramedPacket):
+        f = pkt.frame
+        if f is not None:
+            k = (pkt.type, f.kind, f.opcode)
+            got = _FRAMED_KEYS.get(k)
+            if got is None:
+                got = _FRAMED_KEYS[k] = request_key(pkt)
+            return got
+    t = pkt.type
+    return _PLAIN_KEYS[t] if 0 <= t < 256 else request_key(pkt)
 
 
 class ExchangeLearner:
@@ -228,34 +300,60 @@ class ExchangeLearner:
     def feed_flow(self, flow: Flow) -> None:
         for fp in sorted(flow.packets, key=lambda fp: fp.ts):  # stable: stream order on ties
             self.feed(flow, fp)
+        self.spill()
+
+    def _state(self, flow: Flow) -> _FlowState:
+        st = self._sources.get(flow.source)
+        if st is None:
+            st = self._sources[flow.source] = _Stats()
+        state = self._flows[id(flow)] = _FlowState(flow, len(self._flows), st, self)
+        return state
+
+    def _plan(self, state: _FlowState, sender: str, key: str, pkt: CyncPacket) -> _Plan:
+        st = state.stats
+        cell = st.cells.get((sender, key))
+        if cell is None:
+            cell = st.cells[(sender, key)] = [0]
+        t = pkt.type
+        counter = (sender, t) if state.flow.exact else None
+        maybe_local = sender == CLOUD and t in (PacketType.CONTROL, PacketType.TIME_REPLY)
+        plan = state.plans[sender][key] = (cell, counter, maybe_local)
+        return plan
 
     def feed(self, flow: Flow, fp: FlowPacket) -> None:
         self.packets += 1
         state = self._flows.get(id(flow))
         if state is None:
-            st = self._sources.get(flow.source)
-            if st is None:
-                st = self._sources[flow.source] = _Stats()
-            state = self._flows[id(flow)] = _FlowState(flow, len(self._flows), st, self)
-        st = state.stats
+            state = self._state(flow)
         pkt = fp.packet
         sender = fp.sender
-        key = request_key(pkt)
-        st.requests[(sender, key)] += 1
-        if sender == CLOUD and not st.local and _local_peer(pkt):
-            st.local = True
-        if state.flow.exact and isinstance(pkt, FramedPacket):
-            k = (sender, pkt.type)
+        key = packet_key(pkt)
+        plan = state.plans[sender].get(key)
+        if plan is None:
+            plan = self._plan(state, sender, key, pkt)
+        cell, counter, maybe_local = plan
+        cell[0] += 1
+        if maybe_local:
+            st = state.stats
+            if not st.local and _local_peer(pkt):
+                st.local = True
+        if counter is not None and isinstance(pkt, FramedPacket):
             c = pkt.counter
-            last = state.last.get(k)
+            last = state.last.get(counter)
             if last is not None:
-                step = st.steps.get(k)
+                steps = state.stats.steps
+                step = steps.get(counter)
                 if step is None:
-                    step = st.steps[k] = [0, 0]
+                    step = steps[counter] = [0, 0]
                 step[0] += 1
                 step[1] += (c - last) & 0xFFFF == 1
-            state.last[k] = c
+            state.last[counter] = c
         state.pairer.feed(fp, key)
+
+    def spill(self) -> None:
+        """Fold the sample buffers past their limit into sketches (bounded memory)."""
+        for st in self._sources.values():
+            st.spill()
 
     def variants(self) -> dict[str, str]:
         return {src: "local" if st.local else "cloud" for src, st in self._sources.items()}
@@ -266,6 +364,8 @@ class ExchangeLearner:
         ranks = {id(f): i for i, f in enumerate(order)}
         grouped: dict[str, _Stats] = {}
         for rank, (src, st) in enumerate(sorted(self._sources.items())):
+            st.spill()
+            st.count_requests()
             for kind in st.kinds.values():
                 kind.pairs = [
                     ((rank, ranks.get(id(fs.flow), fs.rank), o[2]), req, resp, fs)

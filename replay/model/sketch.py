@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 
 __all__ = ["ALPHA", "LogSketch"]
@@ -45,9 +46,19 @@ class LogSketch:
     @classmethod
     def of(cls, values: Iterable[float], weights: Iterable[int] | None = None) -> LogSketch:
         sk = cls()
-        if weights is None:
-            for v in values:
-                sk.add(v)
+        if weights is None:  # in bulk: the same buckets as adding one at a time
+            vals = values if isinstance(values, list) else list(values)
+            if not vals:
+                return sk
+            log, k = math.log, _INV_LN_GAMMA
+            pos = [math.ceil(log(v) * k) for v in vals if v > 0.0]
+            neg = [math.ceil(log(-v) * k) for v in vals if v < 0.0]
+            for buckets, idx in ((sk.pos, pos), (sk.neg, neg)):
+                for i, c in Counter(idx).items():
+                    buckets[i] = c
+            sk.zero = len(vals) - len(pos) - len(neg)
+            sk.count = len(vals)
+            sk.lo, sk.hi = min(vals), max(vals)
         else:
             for v, w in zip(values, weights, strict=True):
                 sk.add(v, w)
