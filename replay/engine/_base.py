@@ -109,31 +109,29 @@ class Engine:
         scaled = self.time_scale != 0
         queued = self._queued
         free, slots = self._free_at, self._counter_out
-        # The hot path of every answer: max() spelt as comparisons, Send made as the tuple
-        # it is (tuple.__new__: no Python-level __new__), each a fraction of the call.
+        # The hot path of every answer: max() spelt as conditional expressions (not as if
+        # statements, which ruff turns back into max() calls), Send made as the tuple it is
+        # (tuple.__new__: no Python-level __new__), each a fraction of the call.
         for plan in plans:
             key = plan.key
             delay = self.sample_delay(plan) if scaled else 0.0
             if queued and plan.queued:
                 f = free.get(key, -INF)
                 at = (f if f > now else now) + delay
-                at = max(at, prev)
-                free[key] = at
+                free[key] = at = prev if prev > at else at
             else:
                 at = now + delay
-                at = max(at, self._last_out)
-                at = max(at, prev)
-                self._last_out = at
+                last = self._last_out
+                at = last if last > at else at
+                self._last_out = at = prev if prev > at else at
                 if queued:  # a device sends the answers of one kind in order, queued or not
                     f = free.get(key, -INF)
-                    at = max(at, f)
-                    free[key] = at
+                    free[key] = at = f if f > at else at
             tpl = plan.template
             counter = tpl.counter
             if counter:
                 f = slots.get(counter, -INF)
-                at = max(at, f)
-                slots[counter] = at
+                slots[counter] = at = f if f > at else at
             prev = at
             out.append(_new_tuple(Send, (at, tpl.render(request, ctx), key)))
         return out
@@ -168,7 +166,8 @@ class Engine:
 
     def receive(self, data: bytes, now: float) -> list[Action]:
         """One whole packet (its bytes) arrived at ``now``; returns what to do."""
-        self.last_traffic = max(self.last_traffic, now)
+        last = self.last_traffic
+        self.last_traffic = now if now > last else last
         stats = self.stats
         stats["received"] = stats.get("received", 0) + 1
         if len(data) < HEADER.size:
@@ -178,7 +177,9 @@ class Engine:
             pkt: CyncPacket | None = decode_packet(data, strict=False)
         except PacketDecodeError:
             pkt = None
-        handler = self._handlers.get(data[0], self._on_generic)
+        handler = self._handlers.get(data[0])
+        if handler is None:
+            handler = self._on_generic
         return self._sent(handler(data, pkt, now))
 
     def _on_generic(self, data: bytes, pkt: CyncPacket | None, now: float) -> list[Action]:

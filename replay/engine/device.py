@@ -239,8 +239,14 @@ class DeviceEngine(Engine):
     def next_deadline(self) -> float:
         if not self.connected:
             return INF
-        t = min(self._hello_due, self._status_due, self.last_traffic + self._hb_idle)
-        return min(t, self._script[0][0]) if self._script else t
+        t = self.last_traffic + self._hb_idle  # asked after every packet: no min() calls
+        hello, status = self._hello_due, self._status_due
+        t = hello if hello < t else t
+        t = status if status < t else t
+        if self._script:
+            first = self._script[0][0]
+            t = first if first < t else t
+        return t
 
     def _script_step(self, key: str, now: float) -> list[Action]:
         if key == "0x43":

@@ -1,16 +1,16 @@
-# Learned byte templates compiled for rendering: an answer is its exemplar with the fields
-# filled in from the request, the engine's identity, counters, state and wall clock.
+# Learned byte templates compiled for rendering: an answer is its exemplar with the fields filled in
+# from the request, the engine's identity, counters, state and wall clock.
 #
-# Strategy: each learned Template is compiled once (a ModelView holds the compiled ones, so a
-# fleet of 10,000 devices shares them) into a short list of ops over the exemplar: constant
-# runs, echo ranges, identity, counter, state, clock, mesh table (adjacent constant and echo
-# fields merged).  Each dynamic op becomes a small closure made at compile time; rendering
-# copies the tuple of constant parts, lets the closures fill their slots and joins once.  A
-# run of state fields (a 0x83 status) is one closure that keeps what it rendered per (node,
-# state), so a status costs one lookup, not a call per field.  No code is generated.  Lengths and the frame checksum are recomputed with the codec's layout
-# and ``frame_checksum`` (what a non-strict decode and a re-encode with checksum=None give):
-# a fixed-size framed answer needs only its checksum, a variable-size one (the f9 52 mesh
-# table) its lengths too.
+# Strategy: each learned Template is compiled once (a ModelView holds the compiled ones, so a fleet
+# of 10,000 devices shares them) into a short list of ops over the exemplar: constant runs, echo
+# ranges, identity, counter, state, clock, mesh table (adjacent constant and echo fields merged).
+# Each dynamic op becomes a small closure made at compile time; rendering copies the tuple of
+# constant parts, lets the closures fill their slots and joins once.  A run of state fields (a 0x83
+# status) is one closure that keeps what it rendered per (node, state), so a status costs one
+# lookup, not a call per field.  No code is generated.  Lengths and the frame checksum are
+# recomputed with the codec's layout and ``frame_checksum`` (what a non-strict decode and a
+# re-encode with checksum=None give): a fixed-size framed answer needs only its checksum, a
+# variable-size one (the f9 52 mesh table) its lengths too.
 from __future__ import annotations
 
 import datetime
