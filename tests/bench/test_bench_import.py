@@ -38,7 +38,8 @@ from cyncsim.tools.bench.common import (
 from cyncsim.tools.bench.import_suite import dpkt_parse, pcap_slice, struct_floor, text_row
 from cyncsim.tools.cli import main
 
-SEGMENT_ROWS = ["reader", "dpkt", "floor", "scapy"]
+SEGMENT_ROWS = ["reader", "import", "dpkt", "floor", "scapy"]
+SCALE = "scale: cyncsim import of generated pcaps, each in a fresh process"
 pytestmark = pytest.mark.bench
 
 
@@ -70,12 +71,30 @@ def test_bench_import_quick_writes_well_formed_json(tmp_path: Path) -> None:
         assert _close(row["vs_dpkt"], row["per_s"] / rows["dpkt"]["per_s"])
         assert _close(row["vs_floor"], row["per_s"] / rows["floor"]["per_s"])
     checks = {c["name"]: c for c in obj["checks"]}
-    assert [c["target"] for c in obj["checks"]] == [100_000, 3.0, 0.4]
+    assert [c["target"] for c in obj["checks"]] == [100_000, 3.0, 0.4, 100_000, 3.0, 1.2, 1024]
     assert _close(checks["reader segments/s"]["value"], rows["reader"]["per_s"])
     assert _close(checks["reader / dpkt"]["value"], rows["reader"]["vs_dpkt"])
     assert _close(checks["reader / floor"]["value"], rows["reader"]["vs_floor"])
+    assert _close(checks["import segments/s"]["value"], rows["import"]["per_s"])
+    assert _close(checks["import / dpkt"]["value"], rows["import"]["vs_dpkt"])
     for c in obj["checks"]:
-        assert c["passed"] is (c["value"] >= c["target"])
+        assert c["passed"] is (
+            c["value"] >= c["target"] if c["op"] == ">=" else c["value"] <= c["target"]
+        )
+    # the scale table: 200k and 1M segments at --quick (5M at full size), each imported in a
+    # child process; time per segment and peak RSS
+    scale = obj["details"][SCALE]
+    assert [round(r["segments"], -3) for r in scale] == [200_000, 1_000_000]
+    assert params["scale_segments"] == [200_000, 1_000_000]
+    for r in scale:
+        assert r["packets"] > 0 and r["seconds"] > 0 and 0 < r["peak_rss_mb"] < 4096
+        assert _close(r["us_per_segment"], r["seconds"] / r["segments"] * 1e6)
+    fastest = min(r["us_per_segment"] for r in scale)
+    assert _close(
+        checks["scale: slowest / fastest time per segment"]["value"],
+        max(r["us_per_segment"] for r in scale) / fastest,
+    )
+    assert _close(checks["scale: peak RSS"]["value"], max(r["peak_rss_mb"] for r in scale))
     assert obj["passed"] is all(c["passed"] for c in obj["checks"])
     text = rows["text"]
     files = sorted(shared_captures_dir().glob("*.txt")) if shared_captures_dir().is_dir() else []
@@ -89,7 +108,8 @@ def test_bench_import_quick_writes_well_formed_json(tmp_path: Path) -> None:
     assert "== bench import (quick)" in printed
     for name in SEGMENT_ROWS:
         assert f"\n{name} " in printed
-    assert "reader / dpkt >= 3.00x" in printed
+    assert "reader / dpkt >= 3.00x" in printed and "import / dpkt >= 3.00x" in printed
+    assert SCALE in printed
 
 
 def test_unknown_suite_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:

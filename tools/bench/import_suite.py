@@ -1,13 +1,20 @@
-# `cyncsim bench import`: how fast captures are read, next to what others do with the file.
+# `cyncsim bench import`: how fast captures are read and learned, next to what others do
+# with the file.
 #
-# Strategy: one generated pcap is read in interleaved rounds by read_capture (reader), dpkt
-# down to the TCP payload, a struct walk over the record headers (floor) and scapy's rdpcap
-# (on a slice); each result is checked outside the clock.  The text reader reads the shared
-# MITM logs.  dpkt and scapy come with the `cyncsim[bench]` extra.
+# Strategy: one generated pcap is read in interleaved rounds by read_capture (reader), by
+# the whole `cyncsim import` path (import: read, reassemble, decode, learn, write the
+# model), dpkt down to the TCP payload, a struct walk over the record headers (floor) and
+# scapy's rdpcap (on a slice); each result is checked outside the clock.  The text reader
+# reads the shared MITM logs.  The scale table imports generated pcaps of 200k, 1M and (full
+# size only) 5M segments, each in a fresh child process that reports its time and peak RSS
+# (VmHWM).  dpkt and scapy come with the `cyncsim[bench]` extra.
 from __future__ import annotations
 
+import json
 import logging
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,6 +23,7 @@ from typing import Any
 from cyncsim import CaptureResult, CyncError, read_capture
 from cyncsim.replay.capture import accounting_errors, detect_format
 from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
+from cyncsim.replay.model.importer import import_files
 from cyncsim.tools._extras import require
 from cyncsim.tools.bench.common import (
     BenchOptions,
@@ -31,11 +39,22 @@ from cyncsim.tools.bench.common import (
     profile_by_file,
 )
 
-__all__ = ["SPEC", "dpkt_parse", "pcap_slice", "run", "struct_floor", "text_row"]
+__all__ = [
+    "SPEC",
+    "dpkt_parse",
+    "import_model",
+    "pcap_slice",
+    "run",
+    "scale_rows",
+    "struct_floor",
+    "text_row",
+]
 
-TARGET_RATE = 100_000.0  # segments per second, end to end
+TARGET_RATE = 100_000.0  # segments per second, reader and end to end
 TARGET_VS_DPKT = 3.0
 TARGET_VS_FLOOR = 0.4
+SCALE_FLAT = 1.2  # the slowest time per segment over the fastest, across the scale sizes
+SCALE_RSS_MB = 1024.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +62,14 @@ class Size:
     segments: int
     connections: int
     scapy_segments: int
+    scale: tuple[int, ...]
 
 
+SCALE = "scale: cyncsim import of generated pcaps, each in a fresh process"
 SPEC = SuiteSpec(
     "import",
-    full=Size(200_000, 20, 20_000),
-    quick=Size(20_000, 20, 2_000),
+    full=Size(200_000, 20, 20_000, (200_000, 1_000_000, 5_000_000)),
+    quick=Size(20_000, 20, 2_000, (200_000, 1_000_000)),
     columns=[
         Column("name", "reader"),
         Column("what", "does"),
@@ -59,9 +80,20 @@ SPEC = SuiteSpec(
         Column("vs_dpkt", "vs dpkt", ".2f"),
         Column("vs_floor", "vs floor", ".3f"),
     ],
+    details={
+        SCALE: [
+            Column("segments", "segments", ",d"),
+            Column("packets", "packets", ",d"),
+            Column("seconds", "import s", ".2f"),
+            Column("us_per_segment", "us/segment", ".2f"),
+            Column("vs_smallest", "vs smallest", ".2f"),
+            Column("peak_rss_mb", "peak RSS MB", ",.0f"),
+        ]
+    },
 )
 _WHAT = {
     "reader": "read_capture: reassembly + decode + flows",
+    "import": "cyncsim import: read + reassembly + decode + learn + write",
     "dpkt": "pcap.Reader + Ethernet(...).data.data.data",
     "floor": "struct walk over the record headers",
     "scapy": "rdpcap on the first segments",
@@ -109,6 +141,65 @@ def dpkt_parse(path: Path) -> tuple[int, int]:
             payload += len(dpkt.ethernet.Ethernet(frame).data.data.data)
             frames += 1
     return frames, payload
+
+
+def import_model(path: Path, out: Path) -> int:
+    """What `cyncsim import PATH -o OUT` does (read, learn, write); the packets learned."""
+    model = import_files([str(path)]).finish()
+    model.save(out)
+    return sum(int(src["packets"]) for src in model.sources)
+
+
+# Run in a fresh interpreter: the import's own time and the process's peak RSS.
+_CHILD = """
+import json, sys, time
+from pathlib import Path
+from cyncsim.tools.bench.import_suite import import_model
+t = time.perf_counter()
+packets = import_model(Path(sys.argv[1]), Path(sys.argv[2]))
+seconds = time.perf_counter() - t
+hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")]
+print(json.dumps({"seconds": seconds, "packets": packets,
+                  "peak_rss_kb": int(hwm[0].split()[1]) if hwm else None}))
+"""
+
+
+def scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> list[dict[str, Any]]:
+    """One fresh-process import per size: seconds, time per segment, peak RSS (VmHWM)."""
+    rows: list[dict[str, Any]] = []
+    for segments in sizes:
+        pcap, out = workdir / f"import-scale-{segments}.pcap", workdir / "import-scale.model"
+        log(f"import: scale, generating {segments:,} segments")
+        stats = generate_benchmark_pcap(pcap, segments, conns, seed=0)
+        log(f"import: scale, importing {stats['segments']:,} segments in a child process")
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(pcap), str(out)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        finally:
+            pcap.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
+        if proc.returncode:
+            raise _fail(f"scale import of {segments:,} segments: {proc.stderr.strip()[-300:]}")
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        if got["packets"] != stats["packets"]:
+            raise _fail(f"scale import learned {got['packets']} packets of {stats['packets']}")
+        rss = got["peak_rss_kb"]
+        rows.append(
+            {
+                "segments": stats["segments"],
+                "packets": stats["packets"],
+                "seconds": got["seconds"],
+                "us_per_segment": got["seconds"] / stats["segments"] * 1e6,
+                "peak_rss_mb": None if rss is None else rss / 1024,
+            }
+        )
+    fastest = min(r["us_per_segment"] for r in rows)
+    for r in rows:
+        r["vs_smallest"] = r["us_per_segment"] / rows[0]["us_per_segment"]
+        r["vs_fastest"] = r["us_per_segment"] / fastest
+    return rows
 
 
 def _version(dist: str) -> str | None:
@@ -197,12 +288,17 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
 
         return verify
 
-    log(f"import: reader, dpkt, floor, scapy ({size.scapy_segments:,} segments), interleaved")
+    model_out = opts.workdir / "import-bench.model"
+    log(
+        f"import: reader, import, dpkt, floor, scapy ({size.scapy_segments:,} segments), "
+        "interleaved"
+    )
     cases: dict[str, Case] = {
         "reader": (
             lambda: read_capture(pcap),
             lambda got: _check_reader(got, stats, size.connections, full=False),
         ),
+        "import": (lambda: import_model(pcap, model_out), expect("import", stats["packets"])),
         "dpkt": (lambda: dpkt_parse(pcap), expect("dpkt", (segments, stats["payload_bytes"]))),
         "floor": (lambda: struct_floor(pcap), expect("the struct walk", segments)),
         "scapy": (lambda: len(rdpcap(str(part))), expect("scapy", sliced)),
@@ -214,16 +310,27 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         _row(name, _WHAT[name], sliced if name == "scapy" else segments, "segments", timing)
         for name, timing in timings.items()
     ]
-    dpkt_rate, floor_rate = rows[1]["per_s"], rows[2]["per_s"]
+    by_name = {row["name"]: row for row in rows}
+    dpkt_rate, floor_rate = by_name["dpkt"]["per_s"], by_name["floor"]["per_s"]
     for row in rows:
         row["vs_dpkt"] = row["per_s"] / dpkt_rate
         row["vs_floor"] = row["per_s"] / floor_rate
-    reader = rows[0]
+    reader, imported = by_name["reader"], by_name["import"]
+    scale = scale_rows(opts.workdir, size.scale, size.connections, log)
+    peak = [r["peak_rss_mb"] for r in scale if r["peak_rss_mb"] is not None]
     checks = [
         Check("reader segments/s", reader["per_s"], TARGET_RATE, unit=" seg/s", spec=",.0f"),
         Check("reader / dpkt", reader["vs_dpkt"], TARGET_VS_DPKT, unit="x", spec=".2f"),
         Check("reader / floor", reader["vs_floor"], TARGET_VS_FLOOR, unit="x", spec=".3f"),
-    ]
+        Check("import segments/s", imported["per_s"], TARGET_RATE, unit=" seg/s", spec=",.0f"),
+        Check("import / dpkt", imported["vs_dpkt"], TARGET_VS_DPKT, unit="x", spec=".2f"),
+        Check(
+            "scale: slowest / fastest time per segment",
+            max(r["vs_fastest"] for r in scale), SCALE_FLAT, op="<=", unit="x", spec=".2f",
+        ),
+        Check("scale: peak RSS", max(peak, default=0.0), SCALE_RSS_MB, op="<=", unit=" MB",
+              spec=",.0f"),
+    ]  # fmt: skip
     title = (
         f"{segments:,} TCP segments over {size.connections} connections "
         f"({stats['packets']:,} Cync packets), median of {opts.repeats}"
@@ -240,8 +347,13 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     notes = [f"text row skipped: {text['reason']}"] if text.get("status") == "skipped" else []
     if opts.quick:
         notes.append("quick size: fixed costs weigh more; judge targets on a full run")
-    result = SPEC.result(opts, title, [*rows, text], checks, params, notes)
+    params["scale_segments"] = list(size.scale)
+    details = {SCALE: scale}
+    result = SPEC.result(opts, title, [*rows, text], checks, params, notes, details)
     if opts.profile:
-        log("import: profiling the reader once")
+        log("import: profiling the reader once, and the import once")
         result.add_profile(profile_by_file(lambda: read_capture(pcap)), "one read_capture")
+        result.add_profile(
+            profile_by_file(lambda: import_model(pcap, model_out)), "one cyncsim import"
+        )
     return result
