@@ -23,7 +23,6 @@ from cyncsim.replay.engine.view import (
     DEFAULT_HEARTBEAT_S,
     DEFAULT_RECONNECT_S,
     ModelView,
-    frame_key,
 )
 from cyncsim.replay.model import DeviceModel, Distribution
 from cyncsim.replay.payloads import (
@@ -296,7 +295,7 @@ class DeviceEngine(Engine):
         if frame is None or frame.kind != FrameKind.REQUEST:
             self._count("malformed" if frame is None else "unknown")
             return self._respond(data, self.view.acks(None), now, ctx)
-        split = self.view.split(frame_key(frame.kind, frame.opcode))
+        split = self.view.frame_split(frame.kind, frame.opcode)
         if not split.known:
             self._count("unknown")  # no learned result: the 0x7b alone, as for injections
         if foreign or duplicate:
@@ -318,7 +317,10 @@ class DeviceEngine(Engine):
 
     def _apply(self, command: Command) -> bool:
         """Apply a command to this node if it is addressed to it; True when applied."""
-        if not self._targets_me(command.target):
+        target = command.target  # _targets_me, inline
+        if not (
+            target - GROUP_BASE in self.groups if target >= GROUP_BASE else target == self.mesh_node
+        ):
             return False
         st = self.state
         if isinstance(command, PowerCommand):

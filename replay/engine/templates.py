@@ -40,6 +40,7 @@ _LENGTH = HEADER["length"]  # bytes after the header, BE16
 _MARKER_AT = FRAME_HEAD["marker"].offset
 _OPCODE_AT = FRAME_HEAD["opcode"].offset
 _FRAME_LENGTH = FRAME_HEAD["frame_length"].slice  # frame data bytes, LE16
+_FRAME_LENGTH0 = FRAME_HEAD["frame_length"].offset
 _DATA_AT = FRAME_HEAD.end
 _CHECKSUM_AT = FRAME_TAIL["checksum"].offset  # negative: from the end
 _FRAME_MIN = FRAME_HEAD.end + FRAME_TAIL.size  # a whole frame: head, no data, tail
@@ -375,6 +376,8 @@ class CompiledTemplate:
         if post == _AS_IS:
             return d
         if post == _CHECKSUM:
-            cs = frame_checksum(d[_OPCODE_AT], d[_FRAME_LENGTH], d[_DATA_AT:_CHECKSUM_AT])
+            # frame_checksum(opcode, the LE16 length, data), written out: one call fewer
+            cs = d[_OPCODE_AT] + d[_FRAME_LENGTH0] + d[_FRAME_LENGTH0 + 1]
+            cs = (cs + sum(d[_DATA_AT:_CHECKSUM_AT])) & 0xFF
             return d[:_CHECKSUM_AT] + bytes((cs, d[-1]))
         return finish_packet(d)

@@ -88,6 +88,7 @@ class ModelView:
     strict_keys: frozenset[str] = frozenset()
     _plans: dict[str, tuple[ResponsePlan, ...] | None] = field(default_factory=dict)
     _splits: dict[str, CommandPlans] = field(default_factory=dict)
+    _frame_splits: dict[int, CommandPlans] = field(default_factory=dict)
     ack: ResponsePlan | None = None  # the 0x7b answer to any 0x73 (device role)
     report: ResponsePlan | None = None  # a learned 0x83 fa db status template
     heartbeat: Distribution | None = None
@@ -161,6 +162,15 @@ class ModelView:
         """The 0x7b among ``plans``, else the model's general 0x7b answer to a 0x73."""
         got = tuple(p for p in plans or () if p.key == "0x7b")
         return got or ((self.ack,) if self.ack is not None else ())
+
+    def frame_split(self, kind: int, opcode: int) -> CommandPlans:
+        """``split(frame_key(kind, opcode))``, cached by the two bytes (once per command)."""
+        got = self._frame_splits.get(kind << 8 | opcode)
+        if got is None:
+            got = self.split(frame_key(kind, opcode))
+            if len(self._frame_splits) < _PLAN_CACHE_SIZE:
+                self._frame_splits[kind << 8 | opcode] = got
+        return got
 
     def split(self, key: str) -> CommandPlans:
         """``plans(key)`` for a 0x73 request, split by case (cached)."""
