@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim import CyncCloudSimulator, CyncDeviceSimulator, PacketType
+from cyncsim.replay.engine.actions import Send
 from cyncsim.replay.engine.state import firmware_report
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
 from cyncsim.replay.protocol import CyncPacket, exchange_key
@@ -98,17 +99,16 @@ def _msg_id(number: int) -> bytes:
     return (number % 0xFFFF + 1).to_bytes(2, "big") + b"\0"
 
 
-def status_report(number: int) -> bytes:
-    """A 0x83 fa db status report of node 1 with message id ``number``."""
-    report = StatusReport(1, bool(number % 2), 50, 50, (255, 255, 255))
-    return build_report(DEVICE_ID, _msg_id(number), report).encode()
+def _status(i: int) -> bytes:  # a 0x83 fa db status report of node 1
+    report = StatusReport(1, bool(i % 2), 50, 50, (255, 255, 255))
+    return build_report(DEVICE_ID, _msg_id(i), report).encode()
 
 
 _HELLO = build_hello(DEVICE_ID, b"1e07d0000000abcd").encode()
 _REQUESTS: dict[str, Callable[[int], bytes]] = {
     "0x23": lambda i: _HELLO,
     "0xd3": lambda i: build_simple(PacketType.PING).encode(),
-    "0x83:fa:db": status_report,
+    "0x83:fa:db": _status,
     "0x83:fa:00": lambda i: firmware_report(DEVICE_ID, _msg_id(i), "device", "10052"),
     "0x73:f8:d0": lambda i: command_packet(DEVICE_ID, i),
     "0x73:f8:f0": lambda i: command_packet(DEVICE_ID, i, light=True),
@@ -126,28 +126,22 @@ class TimerAudit:
         self.loop = asyncio.get_running_loop()
 
     def attach(self, sim: Any) -> Any:
-        """Audit every connection of ``sim`` (a device or cloud simulator) from its start."""
+        """Audit every connection of ``sim`` (a device or cloud simulator) from its start,
+        through a connection's hooks: ``answered`` (the engine's actions), ``observer``."""
         ready = sim.connection_ready
 
         def connection_ready(conn: Any) -> bool:
-            self.watch(conn.engine)
+            conn.answered = self.answered
             conn.observer = self.observe  # instead of a cloud's own log of every packet
             return bool(ready(conn))
 
         setattr(sim, "connection_ready", connection_ready)  # noqa: B010 (on purpose)
         return sim
 
-    def watch(self, engine: Any) -> None:
-        receive, pending = engine.receive, self._pending
-
-        def audited(data: bytes, now: float) -> list[Any]:
-            actions: list[Any] = receive(data, now)
-            for a in actions:  # a Send action: data to write at loop time ``at``
-                if hasattr(a, "at") and isinstance(getattr(a, "data", None), bytes):
-                    pending.setdefault(a.data, collections.deque()).append((now, a.at, a.key))
-            return actions
-
-        setattr(engine, "receive", audited)  # noqa: B010 (an instance attribute, on purpose)
+    def answered(self, request: bytes, now: float, actions: list[Any]) -> None:
+        for a in actions:  # a Send: data to write at loop time ``at``
+            if isinstance(a, Send):
+                self._pending.setdefault(a.data, collections.deque()).append((now, a.at, a.key))
 
     def observe(self, way: str, data: bytes) -> None:
         queue = self._pending.get(data) if way == "out" else None

@@ -19,7 +19,7 @@ import platform
 import pstats
 import statistics
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from time import perf_counter
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 __all__ = [
+    "CHECK_COLUMNS",
     "PROFILE_COLUMNS",
     "SUITES",
     "BenchOptions",
@@ -34,11 +35,13 @@ __all__ = [
     "Check",
     "Column",
     "Log",
+    "Rows",
     "Suite",
     "SuiteResult",
     "SuiteSpec",
     "Timing",
     "cell",
+    "check_rows",
     "format_table",
     "load_suite",
     "machine_info",
@@ -188,7 +191,8 @@ PROFILE_COLUMNS = {
     ],
 }
 
-Section = tuple[str, list[Column], list[dict[str, Any]]]  # an extra table: title, cols, rows
+Rows = list[dict[str, Any]]
+Section = tuple[str, list[Column], Rows]  # an extra table: title, cols, rows
 
 
 @dataclass(slots=True)
@@ -211,18 +215,10 @@ class SuiteResult:
 
     def add_profile(self, summary: Mapping[str, Any], what: str) -> None:
         """The two extra tables of a ``profile_by_file`` summary: by file, top functions."""
-        self.sections += [
-            (
-                f"profile: {what} (cProfile; shares of own time by file)",
-                PROFILE_COLUMNS["files"],
-                list(summary.get("files", [])),
-            ),
-            (
-                f"profile: {what}, top functions by own time",
-                PROFILE_COLUMNS["functions"],
-                list(summary.get("functions", [])),
-            ),
-        ]
+        titles = {"files": " (cProfile; shares of own time by file)"}
+        for key in ("files", "functions"):
+            title = f"profile: {what}{titles.get(key, ', top functions by own time')}"
+            self.sections.append((title, PROFILE_COLUMNS[key], list(summary.get(key, []))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,18 +238,16 @@ class SuiteSpec(Generic[S]):
         self,
         opts: BenchOptions,
         title: str,
-        rows: list[dict[str, Any]],
+        rows: Rows,
         checks: list[Check],
         params: dict[str, Any],
         notes: Sequence[str] = (),
-        details: Mapping[str, list[dict[str, Any]]] | None = None,
+        details: Mapping[str, Rows] | None = None,
     ) -> SuiteResult:
         """The suite's result; ``details`` are the rows of its extra tables, by title."""
         sections = [(t, self.details[t], r) for t, r in (details or {}).items()]
-        cols = list(self.columns)
-        return SuiteResult(
-            self.name, title, cols, rows, checks, params, [*notes], opts.quick, sections
-        )
+        args = (list(self.columns), rows, checks, params, [*notes], opts.quick, sections)
+        return SuiteResult(self.name, title, *args)
 
 
 # ---------------------------------------------------------------------------- output
@@ -315,6 +309,21 @@ def format_table(
     return "\n".join(line(ln) for ln in lines)
 
 
+CHECK_COLUMNS = [Column(k, k) for k in ("target", "measured", "result")]
+
+
+def check_rows(checks: Iterable[Mapping[str, Any]], num: Callable[[Any, str], str] = cell) -> Rows:
+    """The rows of a checks table; ``num(value, spec)`` prints the numbers."""
+    return [
+        {
+            "target": f"{c['name']} {c['op']} {num(c['target'], c.get('spec', ''))}{c['unit']}",
+            "measured": f"{num(c['value'], c.get('spec', ''))}{c['unit']}",
+            "result": c["passed"],
+        }
+        for c in checks
+    ]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -324,16 +333,8 @@ def render(result: SuiteResult) -> str:
     parts = [f"== bench {result.suite}{' (quick)' if result.quick else ''}: {result.title}"]
     parts.append(format_table(result.columns, result.rows))
     if result.checks:
-        check_rows = [
-            {
-                "check": f"{c.name} {c.op} {cell(c.target, c.spec)}{c.unit}",
-                "measured": f"{cell(c.value, c.spec)}{c.unit}",
-                "result": c.passed,
-            }
-            for c in result.checks
-        ]
-        cols = [Column("check", "target"), Column("measured", "measured"), Column("result", "")]
-        parts.append(format_table(cols, check_rows))
+        checks = [c.as_dict() | {"spec": c.spec} for c in result.checks]
+        parts.append(format_table(CHECK_COLUMNS, check_rows(checks)))
     parts += [f"{title}\n{format_table(cols, rows)}" for title, cols, rows in result.sections]
     parts += [f"note: {n}" for n in result.notes]
     return "\n\n".join(parts) + "\n"
@@ -390,19 +391,16 @@ def profile_by_file(fn: Callable[[], object], top: int = 12) -> dict[str, Any]:
     raw = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in raw.values()) or 1.0
     by_file: dict[str, float] = {}
-    funcs: list[tuple[float, dict[str, Any]]] = []
-    for (filename, lineno, name), (_, calls, tottime, cumtime, _) in raw.items():
+    funcs: Rows = []
+    for (filename, lineno, name), (_, calls, own, cum, _) in raw.items():
         where = _short_path(filename)
-        by_file[where] = by_file.get(where, 0.0) + tottime
+        by_file[where] = by_file.get(where, 0.0) + own / total
         entry = {"function": f"{where}:{lineno}({name})", "calls": calls}
-        funcs.append(
-            (tottime, {**entry, "own_share": tottime / total, "cum_share": cumtime / total})
-        )
-    funcs.sort(key=lambda f: -f[0])
-    files = sorted(by_file.items(), key=lambda kv: -kv[1])
+        funcs.append(entry | {"own_share": own / total, "cum_share": cum / total})
+    files = sorted(by_file.items(), key=lambda kv: -kv[1])[:top]
     return {
-        "files": [{"file": f, "own_share": t / total} for f, t in files[:top] if t / total >= 1e-3],
-        "functions": [entry for _, entry in funcs[:top]],
+        "files": [{"file": f, "own_share": share} for f, share in files if share >= 1e-3],
+        "functions": sorted(funcs, key=lambda f: -f["own_share"])[:top],
     }
 
 

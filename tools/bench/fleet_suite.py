@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -105,15 +106,8 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
 
     class Controller(CyncCloudSimulator):
         def connection_ready(self, conn: Any) -> bool:
-            last = [loop.time()]
-
-            def observe(way: str, data: bytes) -> None:
-                now = loop.time()
-                if way == "in" and data[0] == 0xD3:
-                    gaps.append((now + offset, now - last[0]))
-                last[0] = now
-
-            conn.observer = observe
+            now = loop.time()  # the first 0xD3's gap counts from here
+            conn.observer = _gap_probe("in", lambda t, g: gaps.append((t + offset, g)), None, now)
             return super().connection_ready(conn)
 
     async def monitor() -> None:
@@ -157,17 +151,20 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------- fleet rows
-def _heartbeat_probe(inner: Any, idle: float, errors: list[float], loop: Any) -> Any:
-    """Before a device connection's observer: per 0xD3 written, the gap minus the idle time."""
-    last: list[float | None] = [None]  # nothing seen since the probe was put in
+def _gap_probe(
+    way: str, note: Callable[[float, float], object], inner: Any = None, since: Any = None
+) -> Callable[[str, bytes], None]:
+    """A connection observer: ``note(loop time, seconds since the previous packet)`` for each
+    0xD3 going ``way`` (the first one counted from ``since``, if given), then ``inner``."""
+    loop, last = asyncio.get_running_loop(), [since]
 
-    def observe(way: str, data: bytes) -> None:
+    def observe(direction: str, data: bytes) -> None:
         now = loop.time()
-        if way == "out" and data[0] == 0xD3 and last[0] is not None:
-            errors.append(now - last[0] - idle)
+        if direction == way and data[0] == 0xD3 and last[0] is not None:
+            note(now, now - last[0])
         last[0] = now
         if inner is not None:
-            inner(way, data)
+            inner(direction, data)
 
     return observe
 
@@ -219,10 +216,11 @@ async def _fleet_row(
         await asyncio.sleep(warmup)
         pids = [w.process.pid or 0 for w in fleet.workers] if workers else [os.getpid()]
         rss = sum(process_rss_bytes(p) or 0 for p in pids)  # settled, before any probe
-        loop = asyncio.get_running_loop()
         for conn in [] if workers else (d.connection for d in fleet.devices):
             if conn is not None:
-                conn.observer = _heartbeat_probe(conn.observer, idle, errors, loop)
+                conn.observer = _gap_probe(
+                    "out", lambda _, g: errors.append(g - idle), conn.observer
+                )
         cpu0, steal0 = [process_cpu_seconds(p) or 0.0 for p in pids], _steal()
         async with loop_health() as health:
             t0 = time.time()

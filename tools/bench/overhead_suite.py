@@ -163,15 +163,22 @@ def _server(kind: str, count: int, request: int, answer: bytes, profile: bool = 
 
 
 # ---------------------------------------------------------------------------- client
+def _read(sock: socket.socket, packets: int) -> tuple[bytes, list[int]]:
+    """Bytes and packet types read until ``packets`` whole packets came."""
+    framer, data, kinds = PacketFramer(), b"", list[int]()
+    while len(kinds) < packets:
+        if not (chunk := sock.recv(4096)):
+            raise _fail(f"the device closed after {kinds}, before {packets} packets")
+        data += chunk
+        kinds += [p.type for p in framer.feed(chunk)]
+    return data, kinds
+
+
 def _connect(port: int, hello: bool) -> socket.socket:
     sock = socket.create_connection((HOST, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    framer = PacketFramer()
-    while hello:  # a device speaks first: its 0x23
-        data = sock.recv(4096)
-        if not data:
-            raise _fail("the device closed before its 0x23")
-        hello = not any(p.type == PacketType.HELLO for p in framer.feed(data))
+    if hello and PacketType.HELLO not in _read(sock, 1)[1]:  # a device speaks first: its 0x23
+        raise _fail("the device did not say hello first")
     return sock
 
 
@@ -182,19 +189,13 @@ def _matches(buf: bytes | bytearray, request: bytes) -> bool:
 def answer_set(port: int) -> tuple[bytes, bytes]:
     """One toggle to the device at ``port``: (request, its checked 0x7B + f9 + 0x83 answer)."""
     request = command_packet(device_id(0), 0)
-    framer, data, kinds = PacketFramer(), b"", list[int]()
     with _connect(port, hello=True) as sock:
         sock.sendall(request)
-        while len(kinds) < 3:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise _fail("the device closed mid-answer")
-            data += chunk
-            kinds += [p.type for p in framer.feed(chunk)]
-    if kinds != [PacketType.DATA_ACK, PacketType.DATA, PacketType.REPORT] or not _matches(
-        data, request
-    ):
+        data, kinds = _read(sock, 3)
+    if kinds != [PacketType.DATA_ACK, PacketType.DATA, PacketType.REPORT]:
         raise _fail(f"unexpected answer set {kinds}")
+    if not _matches(data, request):
+        raise _fail("the answer set does not echo the toggle's exchange key")
     return request, data
 
 
@@ -289,7 +290,12 @@ def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
     med = {
         k: {f: statistics.median(r[k][f] for r in rounds) for f in rounds[0][k]} for k in SERVERS
     }
-    rows: list[dict[str, Any]] = []
+
+    def samples(kind: str, key: str) -> list[float]:
+        return [r[kind][key] for r in rounds]
+
+    ones: list[dict[str, Any]] = []
+    manys: list[dict[str, Any]] = []
     for kind, m in med.items():
         one: dict[str, Any] = {
             "name": kind,
@@ -301,10 +307,10 @@ def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
         for base in ("floor", "buffered"):
             one[f"p50_vs_{base}"] = m["p50_us"] / med[base]["p50_us"]
             many[f"rate_vs_{base}"] = m["rate"] / med[base]["rate"]
-        one |= {"per_s": 1e6 / m["mean_us"], "p50_samples_us": [r[kind]["p50_us"] for r in rounds]}
-        many |= {"rate_samples": [r[kind]["rate"] for r in rounds], "client_cpu": m["client_cpu"]}
-        rows += [one, many | {"server_cpu": m["server_cpu"]}]
-    return sorted(rows, key=lambda r: r["connections"])  # the 1-connection rows first
+        ones.append(one | {"per_s": 1e6 / m["mean_us"], "p50_samples_us": samples(kind, "p50_us")})
+        many |= {"rate_samples": samples(kind, "rate"), "client_cpu": m["client_cpu"]}
+        manys.append(many | {"server_cpu": m["server_cpu"]})
+    return ones + manys  # the 1-connection rows first
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:

@@ -17,7 +17,15 @@ from typing import Any
 
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._extras import require
-from cyncsim.tools.bench.common import PROFILE_COLUMNS, SUITES, Column, format_table, load_suite
+from cyncsim.tools.bench.common import (
+    CHECK_COLUMNS,
+    PROFILE_COLUMNS,
+    SUITES,
+    Column,
+    check_rows,
+    format_table,
+    load_suite,
+)
 
 __all__ = ["DEFAULT_COMMAND", "PLOTS", "main", "plot_all", "render_block", "update_document"]
 
@@ -62,16 +70,8 @@ def render_block(suite: Suite, image: str | None, command: str) -> str:
         format_table(_columns(name, None, suite["rows"]), suite["rows"], markdown=True),
     ]
     if checks := suite.get("checks", []):
-        rows = [
-            {
-                "target": f"{c['name']} {c['op']} {_num(c['target'])}{c['unit']}",
-                "measured": f"{_num(c['value'])}{c['unit']}",
-                "result": c["passed"],
-            }
-            for c in checks
-        ]
-        cols = [Column(k, k) for k in ("target", "measured", "result")]
-        parts.append(format_table(cols, rows, markdown=True))
+        rows = check_rows(checks, lambda value, _: _num(value))
+        parts.append(format_table(CHECK_COLUMNS, rows, markdown=True))
     for title, rows in suite.get("details", {}).items():
         if rows:
             table = format_table(_columns(name, title, rows), rows, markdown=True)
@@ -141,9 +141,8 @@ def _axes(
 ) -> None:
     """Title, axis labels, a grid, and a legend in font size ``legend`` (0: none); CDFs have
     theirs at the lower right."""
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis=grid)
     if legend:
         ax.legend(fontsize=legend, loc="lower right" if ylabel == "CDF" else "best")
@@ -151,16 +150,13 @@ def _axes(
 
 def _cdf(ax: Any, learned: Sequence[float], label: str) -> None:
     """The learned distribution's CDF, as the simulator samples it (piecewise linear)."""
-    vals = sorted(learned)
-    n = len(vals)
-    xs, ys = (vals, [i / (n - 1) for i in range(n)]) if n > 1 else ([vals[0]] * 2, [0.0, 1.0])
-    ax.plot(xs, ys, color="black", lw=2, label=label)
+    xs = sorted(learned) if len(learned) > 1 else [learned[0]] * 2
+    ax.plot(xs, [i / (len(xs) - 1) for i in range(len(xs))], color="black", lw=2, label=label)
 
 
 def _ecdf(ax: Any, samples: Sequence[float], colour: str, label: str, lw: float = 1.0) -> None:
-    xs = sorted(samples)
-    ys = [(i + 1) / len(xs) for i in range(len(xs))]
-    ax.step(xs, ys, where="post", color=colour, lw=lw, label=label)
+    ys = [(i + 1) / len(samples) for i in range(len(samples))]
+    ax.step(sorted(samples), ys, where="post", color=colour, lw=lw, label=label)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -173,8 +169,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 def plot_acks(suite: Suite, out: Path) -> Path:
     names = list(dict.fromkeys(r["name"] for r in suite["rows"]))
-    cols, rows_n = 3, (len(names) + 2) // 3
-    fig, axes = _pyplot().subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
+    lines = (len(names) + 2) // 3
+    fig, axes = _pyplot().subplots(lines, 3, figsize=(12.6, 3.2 * lines), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
         rows = [r for r in suite["rows"] if r["name"] == name]
         learned = rows[0]["learned_ms"]
@@ -208,16 +204,13 @@ def plot_chaos(suite: Suite, out: Path) -> Path:
     fig, ax = _pyplot().subplots(figsize=(10, 4.2))
     xs = range(len(rows))
     ax.bar([x - 0.2 for x in xs], [r["p50_ms"] or 0 for r in rows], width=0.4, label="p50")
-    passed = {True: "tab:green", False: "tab:red", None: "tab:gray"}
-    colours = [passed[r.get("passed")] for r in rows]
+    colours = [{True: "tab:green", False: "tab:red"}.get(r.get("passed"), "tab:gray") for r in rows]
     p99 = [r["p99_ms"] or 0 for r in rows]
     ax.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99 (green: row passed)", color=colours)
     ax.axhline(800, color="black", ls=":", lw=1, label="p99 target, baseline (800 ms)")
     ax.axhline(1500, color="black", ls="--", lw=1, label="p99 target, chaos (1,500 ms)")
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
-    title = "chaos matrix: latency of acknowledged toggles per row"
-    _axes(ax, title, "", "ms", legend=8, grid="y")
+    ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+    _axes(ax, "chaos matrix: latency of acknowledged toggles per row", "", "ms", 8, "y")
     return _save(fig, out / "chaos-p99.png")
 
 
@@ -236,10 +229,8 @@ def plot_overhead(suite: Suite, out: Path) -> Path:
 def plot_fleet(suite: Suite, out: Path) -> Path:
     scale = suite["params"]["time_scale"]
     one = [r for r in suite["rows"] if r.get("engine", "process") == "process"]
-    rows, real = (
-        [r for r in one if r["time_scale"] == scale],
-        [r for r in one if r["time_scale"] == 1],
-    )
+    rows = [r for r in one if r["time_scale"] == scale]
+    real = [r for r in one if r["time_scale"] == 1]
     fig, (a, b) = _pyplot().subplots(1, 2, figsize=(10, 3.6))
     n = [r["devices"] for r in rows]
     a.plot(n, [r["kib_per_device"] for r in rows], "o-", color="tab:blue")
@@ -291,13 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks = {"summary": render_summary(bench, args.command)}
     doc_dir = args.doc.resolve().parent
     for suite in bench["suites"]:
-        image = images.get(suite["suite"])
-        rel = None
-        if image is not None:
-            rel = image.resolve().as_posix()
-            if image.resolve().is_relative_to(doc_dir):
-                rel = image.resolve().relative_to(doc_dir).as_posix()
-        blocks[suite["suite"]] = render_block(suite, rel, args.command)
+        image = images[suite["suite"]].resolve() if suite["suite"] in images else None
+        if image is not None and image.is_relative_to(doc_dir):
+            image = image.relative_to(doc_dir)
+        link = None if image is None else image.as_posix()
+        blocks[suite["suite"]] = render_block(suite, link, args.command)
     text = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else "# Performance\n"
     args.doc.write_text(update_document(text, blocks), encoding="utf-8")
     print(f"wrote {args.doc} ({len(blocks) - 1} suites) and {len(images)} plots in {args.img}")

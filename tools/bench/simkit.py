@@ -271,10 +271,11 @@ async def loop_health() -> AsyncIterator[dict[str, Any]]:
     started = [0.0]
 
     def callback(phase: str, info: dict[str, Any]) -> None:
+        now = time.perf_counter()
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[0] = now
         else:
-            pauses.append((int(info["generation"]), time.perf_counter() - started[0]))
+            pauses.append((int(info["generation"]), now - started[0]))
 
     cpu, stop = CpuMeter(), asyncio.Event()
     monitor = asyncio.ensure_future(lateness_monitor(stop))
@@ -300,41 +301,34 @@ async def loop_health() -> AsyncIterator[dict[str, Any]]:
 
 
 class CpuMeter:
-    """Process CPU seconds (user + system) and wall seconds between start and ``stop``."""
+    """Process CPU seconds (user + system), wall seconds and their ratio ``utilisation``
+    (1.0 = one core busy) between start and ``stop``."""
 
     def __init__(self) -> None:
-        self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
-        self.cpu_s = self.wall_s = 0.0
+        self._start = (time.process_time(), time.perf_counter())
+        self.cpu_s = self.wall_s = self.utilisation = 0.0
 
     def stop(self) -> CpuMeter:
-        self.cpu_s = time.process_time() - self._cpu0
-        self.wall_s = time.perf_counter() - self._wall0
+        self.cpu_s = time.process_time() - self._start[0]
+        self.wall_s = time.perf_counter() - self._start[1]
+        self.utilisation = self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
         return self
-
-    @property
-    def utilisation(self) -> float:
-        """CPU seconds per wall second (1.0 = one core busy)."""
-        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
 def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc), None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
 
 
 def process_rss_bytes(pid: int | None = None) -> int | None:
     """Resident set size of process ``pid`` (default: this one), None if unknown."""
-    try:
-        with open(f"/proc/{pid if pid is not None else 'self'}/status", encoding="ascii") as f:
-            kib = next((int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")), None)
-    except OSError:
-        return None
-    return kib * 1024 if kib is not None else None
+    path = f"/proc/{pid if pid is not None else 'self'}/status"
+    with contextlib.suppress(OSError, StopIteration), open(path, encoding="ascii") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:"))
+    return None
 
 
 # ---------------------------------------------------------------------------- processes

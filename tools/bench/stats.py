@@ -37,10 +37,7 @@ def summary(samples: Iterable[float], unit: str = "ms", prefix: str = "") -> dic
 
 def learned_summary(dist: Distribution, scale: float = 1.0) -> dict[str, float]:
     """The same figures (ms) for a learned distribution times ``scale``, keys learned_*."""
-    out = {f"learned_{k}_ms": dist.quantile(q) * scale * 1e3 for k, q in _KEYS}
-    out["learned_max_ms"] = dist.values[-1] * scale * 1e3
-    out["learned_mean_ms"] = sum(dist.values) / len(dist.values) * scale * 1e3
-    return out
+    return summary([v * scale for v in dist.values], prefix="learned_")
 
 
 @functools.cache
