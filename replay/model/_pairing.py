@@ -264,7 +264,12 @@ class FlowPairer:
                 # No key to be echoed (malformed, not a command): never matched, but it
                 # waits as today's FIFO did, so the depth of later requests counts it.
                 ikey = _NEVER
-            queue.add(pend, ikey)
+            order.append((ts, pend, ikey))  # _Queue.add, inlined
+            bucket = queue.buckets.get(ikey)
+            if bucket is None:
+                queue.buckets[ikey] = bucket = deque()
+            bucket.append(pend)
+            queue.live += 1
 
     def _match(self, fp: FlowPacket, rk: str, queue: _Queue, keyof: KeyOf | None) -> None:
         order = queue.order
@@ -278,24 +283,36 @@ class FlowPairer:
             if k is None:
                 return
         if self.exact:  # the oldest is taken: no need to know whether there are others
-            chosen = queue.first(k)
+            chosen = None
+            bucket = queue.buckets.get(k)  # _Queue.first, inlined
+            if bucket:
+                while bucket and bucket[0].remaining.get(rk, 0) <= 0:
+                    bucket.popleft()
+                if bucket:
+                    chosen = bucket[0]
             if rk == "0x83:fa:db":  # group commands answer any node: oldest of both
                 group = queue.first(_GROUP)
                 if group is not None and (chosen is None or group.seq < chosen.seq):
                     chosen = group
             if chosen is None:
                 return
-        else:
-            cands = queue.first_two(k)
-            if rk == "0x83:fa:db" and keyof is not None:
-                cands = sorted(cands + queue.first_two(_GROUP), key=lambda p: p.seq)[:2]
-            if not cands:
-                return
-            chosen = cands[0]
+            rem = chosen.remaining  # _Queue.consume, inlined
+            left = rem[rk] - 1
+            rem[rk] = left
+            if not left:
+                queue.live -= 1
+            self.on_pair(chosen, fp, rk, chosen.expected[rk] - left - 1, chosen.depth.get(rk, 0))
+            return
+        cands = queue.first_two(k)
+        if rk == "0x83:fa:db" and keyof is not None:
+            cands = sorted(cands + queue.first_two(_GROUP), key=lambda p: p.seq)[:2]
+        if not cands:
+            return
+        chosen = cands[0]
         occurrence = chosen.expected[rk] - chosen.remaining[rk]
         depth = chosen.depth.get(rk, 0)
         queue.consume(chosen)
-        if not self.exact and len(cands) > 1:
+        if len(cands) > 1:
             side_key = (chosen.fp.sender, chosen.key)
             self.ambiguous[side_key] = self.ambiguous.get(side_key, 0) + 1
             return

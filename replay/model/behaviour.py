@@ -131,10 +131,19 @@ class BehaviourLearner:
         self._devices: dict[str, dict[bytes, _Dev]] = {}
 
     def feed(self, flow: Flow, fp: FlowPacket) -> None:
+        self.feed_state(self.state_of(flow), fp)
+
+    def state_of(self, flow: Flow) -> _Flow:
+        """The state ``feed_state`` takes for ``flow`` (made on its first packet)."""
         st = self._flows.get(id(flow))
         if st is None:
             st = self._flows[id(flow)] = _Flow(flow, len(self._flows))
             st.src = self._sources.setdefault(flow.source, _Source())
+        return st
+
+    def feed_state(self, st: _Flow, fp: FlowPacket) -> None:
+        """``feed`` with the flow's state already looked up (the importer's hot loop)."""
+        flow = st.flow
         src = st.src
         pkt = fp.packet
         ts = fp.ts

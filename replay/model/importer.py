@@ -25,8 +25,8 @@ from cyncsim.replay.capture import (
 )
 from cyncsim.replay.capture.model import gc_paused
 from cyncsim.replay.capture.stream import CaptureStream
-from cyncsim.replay.model.behaviour import BehaviourLearner
-from cyncsim.replay.model.learn import ExchangeLearner
+from cyncsim.replay.model.behaviour import BehaviourLearner, _Flow
+from cyncsim.replay.model.learn import ExchangeLearner, _FlowState
 from cyncsim.replay.model.store import DeviceModel
 
 __all__ = ["CHUNK", "ModelLearner", "import_captures", "import_files", "learn_model"]
@@ -45,6 +45,8 @@ class ModelLearner:
         self.findings: Counter[str] = Counter()
         self.packets: Counter[str] = Counter()  # per source
         self.order: list[Flow] = []  # flows in the reader's order, when it gives one
+        # id(flow) -> both learners' state of it (the flow is kept alive by them)
+        self._states: dict[int, tuple[_FlowState, _Flow]] = {}
 
     def add_source(self, path: str, sha256: str = "") -> None:
         self.sources[path] = sha256
@@ -60,11 +62,20 @@ class ModelLearner:
         """``feed`` for each of a reader's batch (all of ``source``), then the sample
         buffers spilled: the learner's hot loop."""
         self.packets[source] += len(packets)
-        exchanges, behaviour = self.exchanges.feed, self.behaviour.feed
+        ex, beh = self.exchanges, self.behaviour
+        ex_feed, beh_feed = ex.feed_state, beh.feed_state
+        states = self._states
+        fed = 0
         for flow, fp in packets:
-            if flow.kind == "cync":
-                exchanges(flow, fp)
-                behaviour(flow, fp)
+            if flow.kind != "cync":
+                continue
+            both = states.get(id(flow))
+            if both is None:
+                both = states[id(flow)] = (ex.state_of(flow), beh.state_of(flow))
+            ex_feed(both[0], fp)
+            beh_feed(both[1], fp)
+            fed += 1
+        ex.packets += fed
         self.spill()
 
     def spill(self) -> None:

@@ -321,13 +321,30 @@ class ExchangeLearner:
         return plan
 
     def feed(self, flow: Flow, fp: FlowPacket) -> None:
-        self.packets += 1
         state = self._flows.get(id(flow))
         if state is None:
             state = self._state(flow)
+        self.packets += 1
+        self.feed_state(state, fp)
+
+    def state_of(self, flow: Flow) -> _FlowState:
+        """The state ``feed_state`` takes for ``flow`` (made on its first packet)."""
+        state = self._flows.get(id(flow))
+        return self._state(flow) if state is None else state
+
+    def feed_state(self, state: _FlowState, fp: FlowPacket) -> None:
+        """``feed`` with the flow's state already looked up (the importer's hot loop;
+        ``packets`` is then counted by the caller)."""
         pkt = fp.packet
         sender = fp.sender
-        key = packet_key(pkt)
+        # describe.request_key, from a table (packet_key inlined)
+        if isinstance(pkt, FramedPacket) and pkt.frame is not None:
+            f = pkt.frame
+            fk = (pkt.type, f.kind, f.opcode)
+            key = _FRAMED_KEYS.get(fk) or packet_key(pkt)
+        else:
+            t = pkt.type
+            key = _PLAIN_KEYS[t] if 0 <= t < 256 else request_key(pkt)
         plan = state.plans[sender].get(key)
         if plan is None:
             plan = self._plan(state, sender, key, pkt)
