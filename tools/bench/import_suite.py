@@ -147,7 +147,7 @@ def import_model(path: Path, out: Path) -> int:
     """What `cyncsim import PATH -o OUT` does (read, learn, write); the packets learned."""
     model = import_files([str(path)]).finish()
     model.save(out)
-    return sum(int(src["packets"]) for src in model.sources)
+    return sum(n for src in model.sources if isinstance(n := src["packets"], int))
 
 
 # Run in a fresh interpreter: the import's own time and the process's peak RSS.
@@ -335,7 +335,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         f"{segments:,} TCP segments over {size.connections} connections "
         f"({stats['packets']:,} Cync packets), median of {opts.repeats}"
     )
-    params = {
+    params: dict[str, Any] = {
         **stats,
         "connections": size.connections,
         "file_bytes": pcap.stat().st_size,
@@ -347,7 +347,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     notes = [f"text row skipped: {text['reason']}"] if text.get("status") == "skipped" else []
     if opts.quick:
         notes.append("quick size: fixed costs weigh more; judge targets on a full run")
-    params["scale_segments"] = list(size.scale)
+    params["scale_segments"] = list(size.scale)  # (5M at full size only)
     details = {SCALE: scale}
     result = SPEC.result(opts, title, [*rows, text], checks, params, notes, details)
     if opts.profile:
