@@ -200,8 +200,8 @@ async def _kind(
 ) -> tuple[dict[str, Any], list[float]]:
     """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at once:
     its row and the lateness of its answers."""
-    counts = [size.per_connection] * (size.requests // size.per_connection)
-    counts += [size.requests % size.per_connection] if size.requests % size.per_connection else []
+    each, n = size.per_connection, size.requests
+    counts = [min(each, n - k) for k in range(0, n, each)]
     parts = await asyncio.gather(
         *(_connection(kind, c, SEED + 100 * index + j) for j, c in enumerate(counts))
     )

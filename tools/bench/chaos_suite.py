@@ -189,17 +189,10 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         f"the spec's chaos matrix, {size.lanes * size.per_lane:,} toggles per row, real-cloud "
         f"device latency, ack timeout {rule_timeout:.3f} s (2.5 x learned p99)"
     )
-    params = {
-        "lanes": size.lanes,
-        "commands_per_lane": size.per_lane,
-        "seed": SEED,
-        "time_scale": 1.0,
-        "model": "shipped default model restricted to its real-cloud variant",
-        **learned,
-        "ack_timeout_rule_s": rule_timeout,
-        "max_retries": 3,
-        **health,
-    }
+    model = "shipped default model restricted to its real-cloud variant"
+    params: dict[str, Any] = {"lanes": size.lanes, "commands_per_lane": size.per_lane, "seed": SEED}
+    params |= {"time_scale": 1.0, "model": model, **learned, "ack_timeout_rule_s": rule_timeout}
+    params |= {"max_retries": 3, **health}
     return SPEC.result(opts, title, rows, checks, params, _notes(rows, params))
 
 

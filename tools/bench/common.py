@@ -353,22 +353,13 @@ def _finite(value: Any) -> Any:
 
 def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any]:
     """The documented JSON object of one suite run (see the module comment)."""
-    obj: dict[str, Any] = _finite(
-        {
-            "suite": result.suite,
-            "machine": dict(machine),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "quick": result.quick,
-            "title": result.title,
-            "params": result.params,
-            "rows": result.rows,
-            "checks": [c.as_dict() for c in result.checks],
-            "passed": result.passed,
-            "notes": result.notes,
-            "details": {title: rows for title, _, rows in result.sections},
-        }
-    )
-    return obj
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    obj: dict[str, Any] = {"suite": result.suite, "machine": dict(machine), "date": now}
+    obj |= {k: getattr(result, k) for k in ("quick", "title", "params", "rows")}
+    obj |= {"checks": [c.as_dict() for c in result.checks], "passed": result.passed}
+    obj |= {"notes": result.notes, "details": {t: rows for t, _, rows in result.sections}}
+    finite: dict[str, Any] = _finite(obj)
+    return finite
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.util
 import math
@@ -171,12 +172,10 @@ def _gap_probe(
 
 def _steal() -> tuple[int, int]:
     """(CPU time stolen by the hypervisor, all CPU time) so far, in ticks (Linux)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    return (values[7] if len(values) > 7 else 0), sum(values)
+    with contextlib.suppress(OSError, ValueError), open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+        return (values[7] if len(values) > 7 else 0), sum(values)
+    return 0, 0
 
 
 def fleet_row(
@@ -235,8 +234,8 @@ async def _fleet_row(
     finally:
         await fleet.stop()
     ticks = steal1[1] - steal0[1]
-    hb = summary(device or [], prefix="hb_err_") | {"hb_err_min_ms": min(device or [math.nan])}
-    hb["hb_err_min_ms"] *= 1e3
+    hb = summary(device or [], prefix="hb_err_")
+    hb["hb_err_min_ms"] = min(device or [math.nan]) * 1e3
     return {
         "engine": "workers" if workers else "process",
         "devices": n,

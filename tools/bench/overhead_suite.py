@@ -61,8 +61,7 @@ SPEC = SuiteSpec(
     columns=[
         Column("name", "server"),
         Column("connections", "conns", ",d"),
-        Column("p50_us", "p50 us", ",.1f"),
-        Column("p99_us", "p99 us", ",.1f"),
+        *Column.latency(unit="us", spec=",.1f", keys="p50 p99"),
         Column("per_s", "round trips/s", ",.0f"),
         Column("p50_vs_floor", "p50/floor", ".2f"),
         Column("p50_vs_buffered", "p50/buffered", ".2f"),

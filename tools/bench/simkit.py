@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+from unittest import mock
 
 from cyncsim import CyncDeviceSimulator, CyncError, DeviceModel, ReliableTransport, Result
 from cyncsim.replay.framer import PacketFramer
@@ -237,29 +238,26 @@ class LockMeter:
     @contextlib.contextmanager
     def active(self) -> Iterator[LockMeter]:
         since: dict[int, list[float]] = collections.defaultdict(list)
-        saved = [(cls, cls.acquire, cls.release) for cls in (asyncio.Lock, asyncio.Semaphore)]
-        for cls, acquire, release in saved:
+        with contextlib.ExitStack() as patches:
+            for cls in (asyncio.Lock, asyncio.Semaphore):
 
-            async def timed_acquire(lock: Any, _acq: Any = acquire, _n: str = cls.__name__) -> bool:
-                got: bool = await _acq(lock)
-                self.acquisitions += 1
-                self.by_class[_n] += 1
-                since[id(lock)].append(time.perf_counter())
-                return got
+                async def acquire(
+                    lock: Any, _acq: Any = cls.acquire, _n: str = cls.__name__
+                ) -> bool:
+                    got: bool = await _acq(lock)
+                    self.acquisitions += 1
+                    self.by_class[_n] += 1
+                    since[id(lock)].append(time.perf_counter())
+                    return got
 
-            def timed_release(lock: Any, _release: Any = release) -> None:
-                if starts := since.get(id(lock)):
-                    self.held_s += time.perf_counter() - starts.pop(0)
-                _release(lock)
+                def release(lock: Any, _release: Any = cls.release) -> None:
+                    if starts := since.get(id(lock)):
+                        self.held_s += time.perf_counter() - starts.pop(0)
+                    _release(lock)
 
-            setattr(cls, "acquire", timed_acquire)  # noqa: B010
-            setattr(cls, "release", timed_release)  # noqa: B010
-        try:
+                patches.enter_context(mock.patch.object(cls, "acquire", acquire))
+                patches.enter_context(mock.patch.object(cls, "release", release))
             yield self
-        finally:
-            for cls, acquire, release in saved:
-                setattr(cls, "acquire", acquire)  # noqa: B010
-                setattr(cls, "release", release)  # noqa: B010
 
 
 @contextlib.asynccontextmanager
