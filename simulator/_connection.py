@@ -34,14 +34,13 @@ import heapq
 import itertools
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from cyncsim.replay.chaos import ChaosPolicy, Direction
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
-from cyncsim.simulator._stream import MAX_PACKET, PacketQueue, PacketStream
+from cyncsim.simulator._stream import MAX_PACKET, PacketQueue, PacketStream, read_buffer
 from cyncsim.simulator.chaos import ChaosWriter, abort_connection
 from cyncsim.simulator.record import ConnectionRecord
 
@@ -60,20 +59,6 @@ WRITE_LOW = 16 * 1024  # ... and take them again below this
 WRITE_STALL_S = 1.0  # a write buffer full this long: the peer is not reading, close (RST)
 CLOSE_GRACE_S = 1.0  # a closed connection whose last bytes the peer does not take: abort
 CHUNK = 1024  # bytes framed at a time (the longest packet a device takes in)
-READ_SIZE = 64 * 1024  # bytes one read takes at most (into the thread's read buffer)
-_thread = threading.local()
-
-
-def _read_buffer() -> memoryview:
-    """The read buffer of this thread's connections.  asyncio (and uvloop) call get_buffer,
-    fill the buffer and call buffer_updated with nothing in between, and buffer_updated copies
-    the bytes out first, so one buffer per thread (per event loop) serves every connection:
-    no 256 KiB allocation per read, as a plain Protocol's reads make, and no buffer per
-    connection in a fleet of thousands."""
-    view: memoryview | None = getattr(_thread, "view", None)
-    if view is None:
-        view = _thread.view = memoryview(bytearray(READ_SIZE))
-    return view
 
 
 class ConnectionOwner(Protocol):
@@ -145,7 +130,7 @@ class EngineConnection(asyncio.BufferedProtocol):
         # (request, arrival, engine's actions): for a fleet's stats (replay.stats.AnswerMeter)
         self.answered: Callable[[bytes, float, list[Action]], None] | None = None
         self.loop = asyncio.get_running_loop()
-        self._view = _read_buffer()
+        self._view = read_buffer()  # shared: buffer_updated copies out first
         self.transport: asyncio.Transport | None = None
         self._out: ChaosWriter | _RecordingSink | asyncio.Transport | None = None
         self._stream = PacketStream(max_packet, self._oversize)

@@ -12,19 +12,23 @@
 # not depend on how the stream was cut into reads, what one connection holds back never exceeds
 # ``limit`` bytes however the peer lies, and a lying header costs no packet after it.  PacketQueue
 # holds what a connection read while it cannot take more packets (backpressure) and frames it a
-# chunk at a time, so what is held stays bytes, not a read's worth of packets. Pure: no asyncio;
-# private to simulator/.
+# chunk at a time, so what is held stays bytes, not a read's worth of packets.  ``read_buffer``
+# is the one buffer per thread that connections read into.  Pure: no asyncio; private to
+# simulator/.
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.protocol import HEADER, HEADER_LEN
 
-__all__ = ["MAX_PACKET", "PacketQueue", "PacketStream"]
+__all__ = ["MAX_PACKET", "READ_SIZE", "PacketQueue", "PacketStream", "read_buffer"]
 
 MAX_PACKET = HEADER_LEN + 0xFFFF  # the longest packet the outer header can describe
+READ_SIZE = 64 * 1024  # bytes one read takes at most (into the thread's read buffer)
+_thread = threading.local()
 
 # (stream offset, packet type, claimed packet length) of a header longer than the limit
 Oversize = Callable[[int, int, int], None]
@@ -159,3 +163,17 @@ class PacketQueue:
         """Drop what was put and not given out (the stream keeps its own partial packet)."""
         self._data, self._at = b"", 0
         self._packets.clear()
+
+
+def read_buffer() -> memoryview:
+    """The read buffer of this thread's connections (asyncio.BufferedProtocol.get_buffer).
+
+    asyncio (and uvloop) call get_buffer, fill the buffer and call buffer_updated with nothing
+    in between, and buffer_updated copies the bytes out first, so one buffer per thread (per
+    event loop) serves every connection: no 256 KiB allocation per read, as a plain Protocol's
+    reads make, and no buffer per connection in a fleet of thousands.
+    """
+    view: memoryview | None = getattr(_thread, "view", None)
+    if view is None:
+        view = _thread.view = memoryview(bytearray(READ_SIZE))
+    return view
