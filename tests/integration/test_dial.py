@@ -62,8 +62,10 @@ async def _dial_session(server_tls: ssl.SSLContext | None, **connect: object) ->
         assert fw == [("network", "0"), ("device", "11158")]
         # Heartbeats: each 0xD3 after the learned idle time (scaled), never before it.
         lo, hi = _learned("heartbeat")
-        pings = [t for t, _ in first.timed("0xd3")]
-        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        # (timed from the device's previous packet: its own 0x43s are traffic too)
+        gaps = [
+            b[0] - a[0] for a, b in itertools.pairwise(first.packets) if request_of(b[1]) == "0xd3"
+        ]
         assert all(lo - 0.002 <= g <= hi + 0.25 for g in gaps), (gaps, lo, hi)
         # The controller closes: the device dials again after the learned back-off.
         closed_at = asyncio.get_running_loop().time()
