@@ -16,6 +16,9 @@
 # 3. At the end, per setup variant (a capture's peer: the real cloud or a local server), the
 #    sources of that variant are summed and each exchange keeps the responses that answer at
 #    least _MIN_SHARE of its answered requests.
+# Per packet the work is worked out once per flow and (sender, kind): a plan with its
+# request count cell, its counter key and whether it can tell a local server (here), and the
+# queues it answers or waits in (_pairing.py); the request key comes from a table.
 from __future__ import annotations
 
 import random
