@@ -294,11 +294,9 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
                 got, span = pool.submit(fleet_row, *args).result(timeout=900)
             row: Row = {"name": name, "time_scale": scale}
             row |= ({} if span is None else controller.ask(("stats", *span, row_idle))) | got
-            if span is not None:
-                hb = row["heartbeats"]
-                row["us_per_heartbeat"] = (
-                    row["cpu"] * (span[1] - span[0]) / hb * 1e6 if hb else None
-                )
+            if span is not None:  # not the ray row: the window's CPU per heartbeat
+                cpu_us, hb = row["cpu"] * (span[1] - span[0]) * 1e6, row["heartbeats"]
+                row["us_per_heartbeat"] = cpu_us / hb if hb else None
             rows.append(row)
     finally:
         for controller in controllers.values():

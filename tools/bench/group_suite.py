@@ -71,8 +71,7 @@ async def _row(name: str, time_scale: float, rounds: int) -> dict[str, Any]:
     }
     if time_scale:
         for key, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-            quantile = dist.quantile(q ** (1 / DEVICES)) * time_scale * 1e3
-            row[f"expected_round_{key}_ms"] = quantile
+            row[f"expected_round_{key}_ms"] = dist.quantile(q ** (1 / DEVICES)) * time_scale * 1e3
         row["round_p50_vs_expected"] = row["round_p50_ms"] / row["expected_round_p50_ms"]
     return row
 

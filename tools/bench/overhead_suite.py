@@ -191,10 +191,10 @@ def answer_set(port: int) -> tuple[bytes, bytes]:
     with _connect(port, hello=True) as sock:
         sock.sendall(request)
         data, kinds = _read(sock, 3)
-    if kinds != [PacketType.DATA_ACK, PacketType.DATA, PacketType.REPORT]:
+    if kinds != [PacketType.DATA_ACK, PacketType.DATA, PacketType.REPORT] or not _matches(
+        data, request
+    ):
         raise _fail(f"unexpected answer set {kinds}")
-    if not _matches(data, request):
-        raise _fail("the answer set does not echo the toggle's exchange key")
     return request, data
 
 
@@ -289,12 +289,7 @@ def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
     med = {
         k: {f: statistics.median(r[k][f] for r in rounds) for f in rounds[0][k]} for k in SERVERS
     }
-
-    def samples(kind: str, key: str) -> list[float]:
-        return [r[kind][key] for r in rounds]
-
-    ones: list[dict[str, Any]] = []
-    manys: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for kind, m in med.items():
         one: dict[str, Any] = {
             "name": kind,
@@ -306,10 +301,10 @@ def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
         for base in ("floor", "buffered"):
             one[f"p50_vs_{base}"] = m["p50_us"] / med[base]["p50_us"]
             many[f"rate_vs_{base}"] = m["rate"] / med[base]["rate"]
-        ones.append(one | {"per_s": 1e6 / m["mean_us"], "p50_samples_us": samples(kind, "p50_us")})
-        many |= {"rate_samples": samples(kind, "rate"), "client_cpu": m["client_cpu"]}
-        manys.append(many | {"server_cpu": m["server_cpu"]})
-    return ones + manys  # the 1-connection rows first
+        one |= {"per_s": 1e6 / m["mean_us"], "p50_samples_us": [r[kind]["p50_us"] for r in rounds]}
+        many |= {"rate_samples": [r[kind]["rate"] for r in rounds], "client_cpu": m["client_cpu"]}
+        rows += [one, many | {"server_cpu": m["server_cpu"]}]
+    return sorted(rows, key=lambda r: r["connections"])  # the 1-connection rows first
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
