@@ -221,6 +221,10 @@ def test_fleet_rows(quick_run: tuple[dict[str, Any], str]) -> None:
             assert r["hb_err_p99_ms"] is None and r["processes"] == r["workers"]
         else:
             assert r["processes"] == 1
+    (cmd,) = [r for r in rows if r["engine"] == "commands"]  # toggles at 100/s per 1,000
+    assert cmd["devices"] == size.commands[0] and cmd["commands_per_s"] == cmd["devices"] / 10
+    assert 0 < cmd["acked"] <= cmd["commands"] and cmd["ack_p50_ms"] <= cmd["ack_p99_ms"]
+    assert cmd["devices_per_core"] == cmd["devices"] / cmd["cpu"]
     ray = [r for r in suite["rows"] if r["engine"] == "ray"]
     if importlib.util.find_spec("ray") is None:
         assert not ray and any(n.startswith("no ray row") for n in suite["notes"])

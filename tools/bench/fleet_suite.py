@@ -4,7 +4,9 @@
 # a row) notes the gap before each 0xD3 it reads, its loop lateness and CPU.  Per row a fleet
 # process dials it with a CyncFleet, FleetWorkers or (the ray row) a RayFleet of 2 shards,
 # settles, takes its RSS delta per device, then times a window of heartbeats: time since the
-# last packet minus the learned idle time.
+# last packet minus the learned idle time.  The commands row: the controller toggles the
+# connected devices round-robin at COMMANDS_PER_1000 commands/s per 1,000 devices, timing each
+# 0x7B; devices per core = devices / the fleet's CPU, on that row and the real-cadence rows.
 # Targets: 10,000 devices in one process under 1 GB, heartbeat error p99 under 50 ms.
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from cyncsim import CyncCloudSimulator, CyncError, CyncFleet, load_default_model
+from cyncsim.replay.payloads import PowerCommand, decode_status_entries
+from cyncsim.replay.protocol import decode_packet
 from cyncsim.simulator.fleet import FleetWorkers, raise_fd_limit, ray_fleet_row
 from cyncsim.tools._extras import require
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
@@ -40,6 +44,7 @@ __all__ = ["SPEC", "Size", "controller_main", "expected_idle", "fleet_row", "run
 TARGET_RSS_MB = 1024.0
 TARGET_HEARTBEAT_P99_MS = 50.0
 SEED = 41
+COMMANDS_PER_1000 = 100.0  # the commands row's rate per 1,000 devices
 HOST = "127.0.0.1"
 Row = dict[str, Any]
 
@@ -53,12 +58,13 @@ class Size:
     window_s: float  # heartbeats measured; at least 2.2 idle times (every device pings twice)
     ray: tuple[int, int]  # the ray row: shards, devices per shard
     real_cadence: tuple[int, ...] = ()  # one-process rows at time_scale 1.0
+    commands: tuple[int, float] = (0, 1.0)  # the commands row: devices, time scale
 
 
 SPEC = SuiteSpec(
     "fleet",
-    full=Size((1000, 5000, 10_000), 10_000, 0.2, 2.0, 15.0, (2, 1000), (10_000,)),
-    quick=Size((200, 500), 500, 0.1, 1.0, 5.0, (2, 200)),
+    full=Size((1000, 5000, 10_000), 10_000, 0.2, 2.0, 15.0, (2, 1000), (10_000,), (1000, 1.0)),
+    quick=Size((200, 500), 500, 0.1, 1.0, 5.0, (2, 200), (), (200, 0.1)),
     columns=[
         Column("name", "fleet"),
         Column("time_scale", "scale", ".1f"),
@@ -75,6 +81,10 @@ SPEC = SuiteSpec(
         Column("cpu", "CPU", ".1%"),
         Column("cpu_max_process", "busiest proc", ".1%"),
         Column("us_per_heartbeat", "CPU us/hb", ",.0f"),
+        Column("devices_per_core", "devices/core", ",.0f"),
+        Column("commands", "cmds", ",d"),
+        Column("acked", "acked", ",d"),
+        *Column.latency("ack_", "ack ", keys="p50 p99", spec=",.2f"),
         Column("controller_cpu", "ctrl CPU", ".1%"),
         Column("loop_late_p99_ms", "loop late p99 ms", ",.1f"),
         Column("controller_late_p99_ms", "ctrl late p99 ms", ",.1f"),
@@ -92,7 +102,8 @@ def expected_idle(time_scale: float) -> tuple[float, bool]:
 
 # ---------------------------------------------------------------------------- controller
 def controller_main(ctl: Connection, time_scale: float, seed: int) -> None:
-    """The controller process; messages "reset", ("stats", t0, t1, idle) (wall times), "stop"."""
+    """The controller process; messages ("reset", commands/s), ("stats", t0, t1, idle) (wall
+    times), "stop"."""
     asyncio.run(_controller(ctl, time_scale, seed))
 
 
@@ -104,12 +115,38 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
     gaps: list[tuple[float, float]] = []  # (wall time of the 0xD3, seconds since last packet)
     late: list[tuple[float, float]] = []  # (wall time, lateness of a bare 10 ms timer)
     cpu: list[tuple[float, float]] = []  # (wall time, CPU seconds so far)
+    sent: list[list[float]] = []  # per command: [wall time sent, seconds to its 0x7B or NaN]
+    pending: dict[Any, list[float]] = {}  # conn -> its last command's entry in ``sent``
+    nodes: dict[Any, int] = {}  # conn -> its device's mesh node (from its first 0x43)
+    commander: list[asyncio.Task[None]] = []
 
     class Controller(CyncCloudSimulator):
         def connection_ready(self, conn: Any) -> bool:
             now = loop.time()  # the first 0xD3's gap counts from here
-            conn.observer = _gap_probe("in", lambda t, g: gaps.append((t + offset, g)), None, now)
+            probe = _gap_probe("in", lambda t, g: gaps.append((t + offset, g)), None, now)
+
+            def observe(way: str, data: bytes) -> None:
+                if way == "in" and data[0] == 0x7B and (entry := pending.pop(conn, None)):
+                    entry[1] = time.time() - entry[0]
+                elif way == "in" and data[0] == 0x43 and conn not in nodes:
+                    entries = decode_status_entries(decode_packet(data, strict=False))
+                    nodes.update({conn: entries[0].node_id} if entries else {})
+                probe(way, data)
+
+            conn.observer = observe
             return super().connection_ready(conn)
+
+    async def command(rate: float) -> None:  # round-robin over the links, paced
+        start, i = loop.time(), 0
+        while True:
+            i += 1
+            await asyncio.sleep(start + i / rate - loop.time())
+            link = cloud.links[i % len(cloud.links)] if cloud.links else None
+            if link is not None and link.open and (node := nodes.get(link.conn)) is not None:
+                pending[link.conn] = entry = [time.time(), math.nan]
+                sent.append(entry)
+                toggle = PowerCommand(0, node, i % 2 == 0)
+                link.conn.apply([link.engine.command(toggle, loop.time())])
 
     async def monitor() -> None:
         while True:
@@ -120,16 +157,21 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
             cpu.append((now + offset, time.process_time()))
 
     def handle(msg: Any) -> Any:
-        if msg == "reset":
+        if msg[0] == "reset":
             cloud.links[:] = [link for link in cloud.links if link.open]
-            for series in (gaps, late, cpu):
+            for task in commander:
+                task.cancel()
+            for series in (gaps, late, cpu, sent, pending, nodes):
                 series.clear()
+            commander[:] = [asyncio.ensure_future(command(msg[1]))] if msg[1] else []
             gc.collect()
             return "ok"
         _, t0, t1, idle = msg
         window = [c for c in cpu if t0 <= c[0] <= t1]
         in_window = [x for t, x in late if t0 <= t <= t1]
         at_ctrl = [g - idle for t, g in gaps if t0 <= t <= t1]
+        cmds = [d for t, d in sent if t0 <= t <= t1]
+        acked = [d for d in cmds if not math.isnan(d)]
         used = math.nan
         if len(window) > 1:
             used = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0])
@@ -137,6 +179,8 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
             "heartbeats": len(at_ctrl),  # a worker row's; a one-process row counts its own
             **summary(at_ctrl, prefix="ctrl_err_"),
             "controller_cpu": used,
+            **({"commands": len(cmds), "acked": len(acked)} if sent else {}),
+            **(summary(acked, prefix="ack_") if sent else {}),
             "controller_late_p99_ms": percentile(in_window, 0.99) * 1e3,
             "controller_late_max_ms": max(in_window, default=math.nan) * 1e3,
         }
@@ -146,7 +190,8 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
     watcher = asyncio.ensure_future(monitor())
     ctl.send(cloud.port)
     await Child.serve(ctl, handle)
-    watcher.cancel()
+    for task in [watcher, *commander]:
+        task.cancel()
     await cloud.stop()
     ctl.send(None)
 
@@ -259,18 +304,21 @@ async def _fleet_row(
     }, (t0, t1)
 
 
-def _plan(size: Size) -> list[tuple[str, int, int, float]]:
-    """(name, devices, workers (-1: ray), time scale) of each row."""
+def _plan(size: Size) -> list[tuple[str, int, int, float, float]]:
+    """(name, devices, workers (-K: ray), time scale, commands/s) of each row."""
     ts, cores = size.time_scale, len(os.sched_getaffinity(0))
-    plan = [(f"{n:,} devices", n, 0, ts) for n in size.devices]
+    plan = [(f"{n:,} devices", n, 0, ts, 0.0) for n in size.devices]
     for w in sorted({2, min(4, cores)} - {1}) if cores > 1 else []:
-        plan.append((f"{size.worker_devices:,}, {w} workers", size.worker_devices, w, ts))
+        plan.append((f"{size.worker_devices:,}, {w} workers", size.worker_devices, w, ts, 0.0))
     shards, per_shard = size.ray
     if importlib.util.find_spec("ray") is not None:
         plan.append(
-            (f"{shards * per_shard:,}, ray {shards} shards", shards * per_shard, -shards, ts)
+            (f"{shards * per_shard:,}, ray {shards} shards", shards * per_shard, -shards, ts, 0.0)
         )
-    return plan + [(f"{n:,} devices, real cadence", n, 0, 1.0) for n in size.real_cadence]
+    plan += [(f"{n:,} devices, real cadence", n, 0, 1.0, 0.0) for n in size.real_cadence]
+    n, scale = size.commands
+    rate = COMMANDS_PER_1000 * n / 1000
+    return plan + ([(f"{n:,} devices, {rate:g} commands/s", n, 0, scale, rate)] if n else [])
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
@@ -280,13 +328,13 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     controllers: dict[float, Child] = {}
     rows: list[Row] = []
     try:
-        for name, n, workers, scale in _plan(size):
+        for name, n, workers, scale, rate in _plan(size):
             if scale not in controllers:
                 log(f"fleet: starting a controller (time_scale {scale})")
                 controllers[scale] = Child(controller_main, scale, SEED, name="the controller")
             controller = controllers[scale]
             log(f"fleet: {name} (time_scale {scale})")
-            controller.ask("reset")
+            controller.ask(("reset", rate))
             row_idle = expected_idle(scale)[0]
             warmup, window = row_idle + size.warmup_s, max(size.window_s, 2.2 * row_idle)
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -294,6 +342,9 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
                 got, span = pool.submit(fleet_row, *args).result(timeout=900)
             row: Row = {"name": name, "time_scale": scale}
             row |= ({} if span is None else controller.ask(("stats", *span, row_idle))) | got
+            row |= {"engine": "commands", "commands_per_s": rate} if rate else {}
+            if scale == 1.0 or rate:  # how many devices one busy core carries at this load
+                row["devices_per_core"] = n / row["cpu"] if row["cpu"] else None
             if span is not None:  # not the ray row: the window's CPU per heartbeat
                 cpu_us, hb = row["cpu"] * (span[1] - span[0]) * 1e6, row["heartbeats"]
                 row["us_per_heartbeat"] = cpu_us / hb if hb else None
@@ -306,8 +357,8 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     name = f"RSS of {biggest['devices']:,} devices in one process"
     checks = [Check(name, biggest["rss_mb"], TARGET_RSS_MB, "<=", " MB", ",.0f")]
     for r in (r for r in one.values() if r["devices"] == biggest["devices"]):
-        rate = "" if r["time_scale"] == 1.0 else f" ({1 / r['time_scale']:g}x the real rate)"
-        name, p99 = f"{r['name']} heartbeat error p99{rate}", r["hb_err_p99_ms"]
+        fast = "" if r["time_scale"] == 1.0 else f" ({1 / r['time_scale']:g}x the real rate)"
+        name, p99 = f"{r['name']} heartbeat error p99{fast}", r["hb_err_p99_ms"]
         checks.append(Check(name, p99, TARGET_HEARTBEAT_P99_MS, "<=", " ms", ",.2f"))
     missing = sum(r["devices"] - r["connected"] for r in rows)
     checks.append(Check("devices connected (all rows)", missing, 0, "<=", " missing", ",d"))
@@ -341,6 +392,8 @@ def _notes(rows: list[Row], size: Size, idle: float, constant: bool) -> list[str
             require("ray", "the ray row")
         except CyncError as exc:
             notes.append(f"no ray row: {exc}")
+    for r in (r for r in rows if r["engine"] == "commands"):
+        notes.append(f"{r['name']}: toggles to each device in turn; ack: 0x73 to 0x7B at ctrl")
     for r in rows:
         if r.get("steal", 0) > 0.02:
             notes.append(f"{r['name']}: the hypervisor took {r['steal']:.1%} of the CPU")
