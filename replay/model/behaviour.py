@@ -20,7 +20,6 @@ from cyncsim.replay.describe import request_key
 from cyncsim.replay.model.dist import Distribution, Samples
 from cyncsim.replay.payloads import decode_status_entries, decode_status_report, firmware_version
 from cyncsim.replay.protocol import (
-    CyncPacket,
     FramedPacket,
     FrameKind,
     HelloPacket,
@@ -152,8 +151,15 @@ class BehaviourLearner:
         if st.first_ts is None:
             st.first_ts = ts
         ptype = pkt.type
-        if dev_side and _may_identify(pkt, ptype):
-            self._identity(flow.source, pkt, st)
+        if dev_side:  # only a hello, a 0x43 or a report frame can tell who a device is
+            if isinstance(pkt, FramedPacket):
+                f = pkt.frame
+                if (f is not None and f.kind == FrameKind.REPORT) or ptype == PacketType.STATUS:
+                    self._identity(flow.source, pkt, st)
+            elif isinstance(pkt, HelloPacket) or (
+                ptype == PacketType.STATUS and isinstance(pkt, IdPacket)
+            ):
+                self._identity(flow.source, pkt, st)
         if not flow.exact:
             self._mixed(st, src, fp)
             st.prev_ts = ts
@@ -325,17 +331,6 @@ class BehaviourLearner:
             for seq in ranked
         ]
         return beh
-
-
-def _may_identify(pkt: CyncPacket, ptype: int) -> bool:
-    """Whether _identity could learn anything from a device packet: a hello, a 0x43, or a
-    report frame (firmware, status); for any other packet it keeps nothing."""
-    if isinstance(pkt, FramedPacket):
-        f = pkt.frame
-        return (f is not None and f.kind == FrameKind.REPORT) or ptype == PacketType.STATUS
-    if isinstance(pkt, HelloPacket):
-        return True
-    return ptype == PacketType.STATUS and isinstance(pkt, IdPacket)
 
 
 _Seen = tuple[_Flow, int, object]  # (flow, packet number in it, what was seen)

@@ -77,8 +77,9 @@ class ModelLearner:
             both = states.get(id(flow))
             if both is None:
                 both = states[id(flow)] = (ex.state_of(flow), beh.state_of(flow))
-            ex_feed(both[0], fp)
-            beh_feed(both[1], fp)
+            ex_state, beh_state = both
+            ex_feed(ex_state, fp)
+            beh_feed(beh_state, fp)
             fed += 1
         ex.packets += fed
         self.spill()

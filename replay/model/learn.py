@@ -235,7 +235,11 @@ class _FlowState:
         out = self.outstanding.get(kr)
         if out is None:
             out = self.outstanding[kr] = _Outstanding(st, kr, self.flow.exact)
-        out.by_depth(depth).values.append(lat)
+        b = "0" if depth == 0 else ("1-4" if depth < 5 else "5+")  # queue depth at arrival
+        smp = out.buckets.get(b)
+        if smp is None:
+            smp = out.buckets[b] = Samples()
+        smp.values.append(lat)
         svc = out.service
         if svc is not None:
             prev = self.prev.get(rk)
@@ -259,13 +263,6 @@ class _Outstanding:
             if svc is None:
                 svc = st.service[kr] = Samples()
             self.service = svc
-
-    def by_depth(self, depth: int) -> Samples:
-        b = "0" if depth == 0 else ("1-4" if depth < 5 else "5+")
-        smp = self.buckets.get(b)
-        if smp is None:
-            smp = self.buckets[b] = Samples()
-        return smp
 
 
 _Plan = tuple[list[int], tuple[str, int] | None, bool]
