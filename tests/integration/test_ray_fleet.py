@@ -7,6 +7,7 @@
 # pure and tested without ray.  The module skips, with the reason, only when ray is missing.
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -91,7 +92,11 @@ async def test_two_shards_of_1000_devices(ray_runtime: Any) -> None:
             )
             peers = {lk.conn.peer[0] for lk in cloud.links if lk.open}
             assert peers == {m.source_host for m in fleet.members}
-            merged = await fleet.refresh_stats()
+            # Shard stats are snapshots (a shard slow to answer keeps its last one): ask
+            # until every shard has reported its devices connected.
+            deadline = asyncio.get_running_loop().time() + 30
+            while (merged := await fleet.refresh_stats(timeout=10)).connected < n:
+                assert asyncio.get_running_loop().time() < deadline, merged
             parts = fleet.shard_stats()
             assert merged.devices == merged.connected == n
             assert [p.connected for p in parts] == [1000, 1000]
