@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -28,7 +29,14 @@ from cyncsim.tools._extras import require
 from cyncsim.tools._output import check_writable
 from cyncsim.tools.progress import progress_callback
 
-__all__ = ["print_report", "register", "run"]
+__all__ = [
+    "add_report_options",
+    "check_report_options",
+    "emit_report",
+    "print_report",
+    "register",
+    "run",
+]
 
 
 def _tolerance(text: str) -> Tolerance:
@@ -36,6 +44,59 @@ def _tolerance(text: str) -> Tolerance:
         return Tolerance.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    """--json, --html, --tolerance and --max-findings: the report options of diff and replay."""
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
+    p.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=Tolerance(),
+        metavar="T",
+        help=(
+            "timing tolerance: a number (max slack KS distance, default "
+            f"{Tolerance().ks}) or key=value pairs ks=,rel=,alpha=,min_samples= "
+            f"(defaults {Tolerance().as_dict()})"
+        ),
+    )
+    p.add_argument(
+        "--max-findings",
+        type=int,
+        default=3,
+        metavar="N",
+        help="findings shown per kind in the text output (default 3; all in --json)",
+    )
+
+
+def check_report_options(args: argparse.Namespace, verb: str) -> None:
+    """The report options' checks, made before any work."""
+    if args.html:
+        check_writable(args.html, f"--html {args.html}")
+        require("matplotlib", f"{verb} --html (its plots)")
+    if args.max_findings < 0:
+        raise CyncError(f"--max-findings {args.max_findings} is negative", reason="usage")
+
+
+def emit_report(
+    report: DiffReport, args: argparse.Namespace, out: TextIO, *, lines: Sequence[str] = ()
+) -> int:
+    """Write the report as the options ask (HTML file, JSON or text, then ``lines``); the
+    exit status: 0 conformant, 1 not."""
+    if args.html:
+        from cyncsim.tools._diff_report import write_html
+
+        write_html(report, args.html)
+    if args.json:
+        out.write(json.dumps(report.as_dict()) + "\n")
+    else:
+        print_report(report, out, max_findings=args.max_findings)
+        for line in lines:
+            out.write(line + "\n")
+        if args.html:
+            out.write(f"HTML report written to {args.html}\n")
+    return 0 if report.conformant else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text: str) -> None:
@@ -57,37 +118,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
         metavar="CAPTURE",
         help="another capture to learn the reference from (repeatable)",
     )
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
-    p.add_argument(
-        "--tolerance",
-        type=_tolerance,
-        default=Tolerance(),
-        metavar="T",
-        help=(
-            "timing tolerance: a number (max slack KS distance, default "
-            f"{Tolerance().ks}) or key=value pairs ks=,rel=,alpha=,min_samples= "
-            f"(defaults {Tolerance().as_dict()})"
-        ),
-    )
-    p.add_argument(
-        "--max-findings",
-        type=int,
-        default=3,
-        metavar="N",
-        help="findings shown per kind in the text output (default 3; all in --json)",
-    )
+    add_report_options(p)
     add_capture_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     ports = cloud_ports(args)
-    if args.html:
-        check_writable(args.html, f"--html {args.html}")
-        require("matplotlib", "diff --html (its plots)")
-    if args.max_findings < 0:
-        raise CyncError(f"--max-findings {args.max_findings} is negative", reason="usage")
+    check_report_options(args, "diff")
     ref = load_reference([args.reference, *args.reference_also], cloud_ports=ports)
     result = CaptureResult()
     for path in args.candidates:
@@ -95,18 +133,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             f"reading {Path(path).name}", enabled=False if args.no_progress else None
         ) as cb:
             result.extend(read_capture(path, cloud_ports=ports, progress=cb))
-    report = diff(ref, result, args.tolerance)
-    if args.html:
-        from cyncsim.tools._diff_report import write_html
-
-        write_html(report, args.html)
-    if args.json:
-        out.write(json.dumps(report.as_dict()) + "\n")
-    else:
-        print_report(report, out, max_findings=args.max_findings)
-        if args.html:
-            out.write(f"HTML report written to {args.html}\n")
-    return 0 if report.conformant else 1
+    return emit_report(diff(ref, result, args.tolerance), args, out)
 
 
 # ---------------------------------------------------------------------- text output

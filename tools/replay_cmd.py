@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from typing import TextIO
 
-from cyncsim.replay.conformance import Tolerance
 from cyncsim.replay.errors import CyncError
-from cyncsim.tools._extras import require
 from cyncsim.tools._output import check_writable
-from cyncsim.tools.diff_cmd import print_report
+from cyncsim.tools.diff_cmd import add_report_options, check_report_options, emit_report
 from cyncsim.tools.serve_cmd import parse_address
 
 __all__ = ["register", "run"]
-
-
-def _tolerance(text: str) -> Tolerance:
-    try:
-        return Tolerance.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _device(text: str) -> bytes:
@@ -93,22 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
     )
     p.add_argument("--seed", type=int, help="root seed of the learned answers' delays")
     p.add_argument("--record", metavar="FILE", help="record the session (pcapng, .txt: text)")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
-    p.add_argument(
-        "--tolerance",
-        type=_tolerance,
-        default=Tolerance(),
-        metavar="T",
-        help=f"timing tolerance, as for `cyncsim diff` (default {Tolerance().as_dict()})",
-    )
-    p.add_argument(
-        "--max-findings",
-        type=int,
-        default=3,
-        metavar="N",
-        help="findings shown per kind in the text output (default 3; all in --json)",
-    )
+    add_report_options(p)
     p.set_defaults(func=run)
 
 
@@ -121,11 +96,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
                         reason="usage")  # fmt: skip
     if args.max_gap is not None and not args.max_gap > 0:
         raise CyncError(f"--max-gap {args.max_gap}: need seconds > 0", reason="usage")
-    if args.max_findings < 0:
-        raise CyncError(f"--max-findings {args.max_findings} is negative", reason="usage")
-    if args.html:
-        check_writable(args.html, f"--html {args.html}")
-        require("matplotlib", "replay --html (its plots)")
+    check_report_options(args, "replay")
     if args.record:
         check_writable(args.record, f"--record {args.record}")
     report = asyncio.run(
@@ -144,16 +115,5 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             peer_time_scale=args.peer_time_scale,
         )
     )
-    if args.html:
-        from cyncsim.tools._diff_report import write_html
-
-        write_html(report, args.html)
-    if args.json:
-        out.write(json.dumps(report.as_dict()) + "\n")
-    else:
-        print_report(report, out, max_findings=args.max_findings)
-        if args.record:
-            out.write(f"session recorded to {args.record}\n")
-        if args.html:
-            out.write(f"HTML report written to {args.html}\n")
-    return 0 if report.conformant else 1
+    lines = [f"session recorded to {args.record}"] if args.record else []
+    return emit_report(report, args, out, lines=lines)
