@@ -16,20 +16,19 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from cyncsim.replay.chaos import ChaosConfig
-from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import PowerCommand, build_command, build_control
 from cyncsim.replay.protocol import exchange_key
 from cyncsim.simulator.device import CyncDeviceSimulator
+from tests.support import HELLO_ACK, Peer
 
 pytestmark = pytest.mark.hostile
 
 DEV = bytes.fromhex("6457e7f2")
-HELLO_ACK = bytes.fromhex("28 00 00 00 02 00 00")
 NODE = 206
 
 
@@ -39,72 +38,15 @@ def command(n: int, on: bool = True) -> bytes:
     return build_command(DEV, msg_id, PowerCommand(n & 0xFF, NODE, on)).encode()
 
 
-def msg_id(packet: bytes) -> bytes:
-    return exchange_key(packet)[4:]
-
-
 def zero_free(rng: random.Random, n: int) -> bytes:
     """``n`` random bytes none of which is zero: no position can start a packet header."""
     return bytes(rng.randrange(1, 256) for _ in range(n))
 
 
-class Peer:
-    """A bare controller: frames what the device sends, keeps every packet."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.packets: list[bytes] = []
-        self.eof = asyncio.Event()
-        self.arrived = asyncio.Event()
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        framer = PacketFramer()
-        try:
-            while data := await self.reader.read(65536):
-                self.packets.extend(p.encode() for p in framer.feed(data))
-                self.arrived.set()
-        except OSError:
-            pass
-        finally:
-            self.eof.set()
-            self.arrived.set()
-
-    def acks(self) -> list[bytes]:
-        """Message ids (bytes 9-11) of the 0x7B acks received, in order."""
-        return [msg_id(p) for p in self.packets if p[0] == 0x7B]
-
-    async def wait_until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-        """Wait until ``done()`` is true; fails at once when the device closed on us."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not done():
-            assert not self.eof.is_set(), "the device closed the connection"
-            assert loop.time() < end, f"no answer within {timeout} s"
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), end - loop.time())
-
-    async def marker(self, n: int) -> None:
-        """Send a harmless command and wait for its ack: everything sent before is handled."""
-        self.writer.write(command(n))
-        await self.writer.drain()
-        want = msg_id(command(n))
-        await self.wait_until(lambda: want in self.acks())
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-        await self.task
-
-
-async def handshaken_peer(sim: CyncDeviceSimulator, *, read: bool = True) -> Peer:
+async def handshaken_peer(sim: CyncDeviceSimulator) -> Peer:
     """A new connection to ``sim``, handshaken (0x23 seen, 0x28 sent)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
-    p = Peer(reader, writer)
-    await p.wait_until(lambda: any(q[0] == 0x23 for q in p.packets))
-    writer.write(HELLO_ACK)
+    p = await Peer.open(sim.port)
+    await p.handshake()
     await sim.wait_for(lambda: sim.handshaken and sim.connection is not None)
     return p
 
@@ -132,8 +74,8 @@ async def test_burst_over_4_kb_in_one_write_all_answered_in_order(
     burst = [command(i + 1, on=bool(i % 2)) for i in range(114)]  # 4,104 bytes
     assert sum(map(len, burst)) == 4104
     peer.writer.write(b"".join(burst))
-    await peer.marker(1000)
-    assert peer.acks() == [msg_id(c) for c in burst] + [msg_id(command(1000))]
+    await peer.marker(command(1000))
+    assert peer.acks() == [exchange_key(c) for c in burst] + [exchange_key(command(1000))]
     assert not peer.eof.is_set() and _errors(caplog) == []
 
 
@@ -142,7 +84,7 @@ async def test_oversize_header_reported_in_one_line(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="cyncsim")
     peer.writer.write(bytes.fromhex("73 00 00 ff ff"))
-    await peer.marker(1)
+    await peer.marker(command(1))
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("cyncsim")]
     assert len(lines) == 1, lines
     assert "65540" in lines[0] and "longer" in lines[0]
@@ -161,8 +103,8 @@ async def test_garbage_skipped(peer: Peer, caplog: pytest.LogCaptureFixture) -> 
         + zero_free(rng, 3000)
     )
     peer.writer.write(garbage)
-    await peer.marker(2)
-    assert peer.acks() == [msg_id(command(2))]
+    await peer.marker(command(2))
+    assert peer.acks() == [exchange_key(command(2))]
     assert not peer.eof.is_set() and _errors(caplog) == []
 
 
@@ -171,8 +113,8 @@ async def test_hello_type_then_garbage_skipped(
 ) -> None:
     rng = random.Random(23)
     peer.writer.write(b"\x23\x00\x00" + zero_free(rng, 6000))
-    await peer.marker(3)
-    assert peer.acks() == [msg_id(command(3))]
+    await peer.marker(command(3))
+    assert peer.acks() == [exchange_key(command(3))]
     assert not peer.eof.is_set() and _errors(caplog) == []
 
 
@@ -215,7 +157,7 @@ async def flood(sim: CyncDeviceSimulator, p: Peer, seconds: float) -> int:
 async def fresh_connection_answered(sim: CyncDeviceSimulator, n: int) -> None:
     p = await handshaken_peer(sim)
     try:
-        await p.marker(n)
+        await p.marker(command(n))
     finally:
         await p.close()
 
@@ -243,8 +185,7 @@ async def test_flood_with_a_peer_that_does_not_read_is_bounded_then_closed(
         await sim.wait_for(lambda: sim.handshaken)
         conn = sim.connection
         assert conn is not None
-        p = Peer.__new__(Peer)  # a peer that never reads: no reader task
-        p.reader, p.writer, p.packets = reader, writer, []
+        p = Peer.over(reader, writer, read=False)  # a peer that never reads
         await flood(sim, p, 6.0)
         # As real devices did when a server stopped reading them (PROTOCOL.md 10.4), the
         # device gave up on the connection once its write buffer stayed full.
@@ -269,7 +210,7 @@ async def test_burst_under_chaos_latency_all_answered_in_order() -> None:
         assert conn is not None
         burst = [command(0x400 + i) for i in range(400)]
         p.writer.write(b"".join(burst))
-        want = [msg_id(c) for c in burst]
+        want = [exchange_key(c) for c in burst]
         peak = 0
 
         def done() -> bool:
@@ -277,7 +218,7 @@ async def test_burst_under_chaos_latency_all_answered_in_order() -> None:
             peak = max(peak, conn.pending)
             return p.acks()[: len(want)] == want
 
-        await p.wait_until(done, timeout=30)
+        await p.until(done, timeout=30)
         assert peak <= MAX_SCHEDULED
         await p.close()
 
@@ -296,8 +237,7 @@ async def test_dialling_device_dials_again_when_the_controller_stops_reading() -
         reader, writer = await asyncio.wait_for(accepted.get(), 10)
         writer.write(HELLO_ACK)  # the controller answers the 0x23 and never reads again
         await sim.wait_for(lambda: sim.handshaken)
-        p = Peer.__new__(Peer)
-        p.reader, p.writer, p.packets = reader, writer, []
+        p = Peer.over(reader, writer, read=False)
         await flood(sim, p, 6.0)
         _, again = await asyncio.wait_for(accepted.get(), 10)  # the device dialled again
         assert sim.connections == 2

@@ -19,20 +19,18 @@ import os
 import random
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import PowerCommand, build_command, build_control
 from cyncsim.replay.protocol import exchange_key
+from tests.support import HELLO_ACK, Peer, reset
 
 pytestmark = pytest.mark.hostile
 
@@ -42,7 +40,6 @@ RSS_GROWTH = 10 << 20  # bytes the serve process may grow over its baseline, any
 FD_SLACK = 2  # open fds over the baseline once our connections are closed
 FD_SETTLE_S = 5.0  # how long the process may take to close sockets its peers closed
 ANSWER_S = 10.0  # the longest wait for any answer
-HELLO_ACK = bytes.fromhex("28 00 00 00 02 00 00")
 _DEVICE_LINE = re.compile(r"^device ([0-9a-f]{8}) .* node (\d+) listen [\d.]+:(\d+)$", re.M)
 
 
@@ -120,82 +117,11 @@ def instant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     yield from _start(tmp_path_factory.mktemp("hostile"), "instant", 0.0)
 
 
-# ------------------------------------------------------------------------------ a bare peer
-@dataclass
-class Peer:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    packets: list[bytes] = field(default_factory=list)
-    eof: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def open(cls, port: int, *, read: bool = True) -> Peer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        p = cls(reader, writer)
-        if read:
-            p.task = asyncio.create_task(p._read())
-        return p
-
-    async def _read(self) -> None:
-        framer = PacketFramer()
-        try:
-            while data := await self.reader.read(65536):
-                self.packets.extend(q.encode() for q in framer.feed(data))
-                self.arrived.set()
-        except OSError:
-            pass
-        finally:
-            self.eof.set()
-            self.arrived.set()
-
-    def acks(self) -> list[bytes]:
-        return [exchange_key(q) for q in self.packets if q[0] == 0x7B]
-
-    async def until(self, done: Callable[[], bool], timeout: float = ANSWER_S) -> None:  # noqa: ASYNC109
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not done():
-            assert not self.eof.is_set(), "the device closed the connection"
-            assert loop.time() < end, f"no answer within {timeout} s"
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), end - loop.time())
-
-    async def handshake(self) -> None:
-        await self.until(lambda: any(q[0] == 0x23 for q in self.packets))
-        self.writer.write(HELLO_ACK)
-
-    async def marker(self, s: Serve, n: int) -> None:
-        """A command acked: everything written before it was handled (devices answer in order)."""
-        cmd = s.command(n)
-        self.writer.write(cmd)
-        await self.until(lambda: exchange_key(cmd) in self.acks())
-
-    async def close(self, *, abort: bool = False) -> None:
-        if abort:
-            _rst(self.writer)
-        else:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-        if self.task is not None:
-            await self.task
-
-
-def _rst(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 async def fresh_connection_answered(s: Serve, n: int) -> None:
     p = await Peer.open(s.port)
     try:
         await p.handshake()
-        await p.marker(s, n)
+        await p.marker(s.command(n))
     finally:
         await p.close()
 
@@ -241,7 +167,7 @@ async def test_garbage(ready: Serve) -> None:
     await p.handshake()
     for i in range(4):  # 64 KB of noise with plausible and absurd headers in it
         p.writer.write(zero_free(rng, 16000) + bytes((0x73, 0, 0, 0xF0 + i, 0)))
-    await p.marker(ready, 1)
+    await p.marker(ready.command(1))
     assert p.acks() == [exchange_key(ready.command(1))]
     await p.close()
     await healthy(ready, 2)
@@ -253,7 +179,7 @@ async def test_oversize_headers(ready: Serve) -> None:
     for ptype in (0x23, 0x43, 0x73, 0x83, 0xA3, 0xD3):
         for length in (0x0401, 0x8000, 0xFFFF):
             p.writer.write(bytes((ptype, 0, 0)) + length.to_bytes(2, "big"))
-    await p.marker(ready, 3)
+    await p.marker(ready.command(3))
     await p.close()
     await healthy(ready, 4)
 
@@ -264,7 +190,7 @@ async def test_64_kb_half_packets(ready: Serve) -> None:
     await p.handshake()
     for _ in range(2):  # a header claiming 64 KB and half of its body, twice
         p.writer.write(bytes.fromhex("73 00 00 ff ff") + zero_free(rng, 32 * 1024))
-    await p.marker(ready, 5)
+    await p.marker(ready.command(5))
     # A packet the device accepts, half sent, then the peer goes away: nothing is owed.
     p.writer.write(bytes.fromhex("73 00 00 03 e8") + zero_free(rng, 500))
     await p.writer.drain()
@@ -278,7 +204,7 @@ async def test_burst_of_valid_commands_over_4_kb(ready: Serve) -> None:
     burst = [ready.command(0x100 + i) for i in range(200)]
     assert sum(map(len, burst)) > 4096
     p.writer.write(b"".join(burst))
-    await p.marker(ready, 7)
+    await p.marker(ready.command(7))
     assert p.acks() == [exchange_key(c) for c in burst] + [exchange_key(ready.command(7))]
     await p.close()
     await healthy(ready, 8)
@@ -315,7 +241,7 @@ async def test_connect_close_storm(ready: Serve) -> None:
         # the storm measures what each cycle leaves behind, not a backlog of thousands.
         await asyncio.wait_for(reader.read(1), ANSWER_S)
         if i % 2:
-            _rst(writer)  # half of them reset, half close with FIN
+            reset(writer)  # half of them reset, half close with FIN
         else:
             writer.close()
             with contextlib.suppress(OSError):

@@ -49,6 +49,7 @@ from tests.support._packets import (
     request_of,
     status_of,
 )
+from tests.support._peer import Peer, reset
 from tests.support._wait import assert_no_other_tasks, eventually, loop_passes, socket_fds
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "Flows",
     "MiniController",
     "Packet",
+    "Peer",
     "RawController",
     "answered",
     "assert_no_other_tasks",
@@ -92,6 +94,7 @@ __all__ = [
     "marker",
     "marker_answered",
     "request_of",
+    "reset",
     "self_signed_cert",
     "shared_doc",
     "socket_fds",
