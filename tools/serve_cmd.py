@@ -338,6 +338,29 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     return asyncio.run(_serve(args, out, seed, model, chaos, target))
 
 
+class _Stop:
+    """Why serve stops: SIGINT or SIGTERM set ``event`` and name themselves in ``why``. The
+    handlers are installed for the ``with`` block only, whatever ends it."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.why: list[str] = []
+        self._loop = asyncio.get_running_loop()
+
+    def _on_signal(self, name: str) -> None:
+        self.why.append(name)
+        self.event.set()
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._on_signal, sig.name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.remove_signal_handler(sig)
+
+
 async def _serve_cloud(
     args: argparse.Namespace,
     out: TextIO,
@@ -348,16 +371,6 @@ async def _serve_cloud(
     """--cloud: one CyncCloudSimulator listening until Ctrl-C, SIGTERM or --duration."""
     from cyncsim.simulator.cloud import CyncCloudSimulator
 
-    loop = asyncio.get_running_loop()
-    why: list[str] = []
-    stop = asyncio.Event()
-
-    def on_signal(name: str) -> None:
-        why.append(name)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
     began = time.monotonic()
     cloud = CyncCloudSimulator(
         model,
@@ -369,27 +382,26 @@ async def _serve_cloud(
         variant=args.variant,
         record=args.record,
     )
-    try:
-        await cloud.start()
-        if args.record:
-            out.write(f"{PROG}: recording to {args.record}\n")
-        until = f"stopping after {args.duration:g} s" if args.duration else "Ctrl-C to stop"
-        out.write(
-            f"{PROG}: cloud listening on {format_address(args.host, cloud.port)}, "
-            f"time scale {args.time_scale:g}; {until}\n"
-        )
-        out.flush()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration)
-        if not why:
-            why.append("duration")
-    finally:
-        await cloud.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    with _Stop() as stop:
+        try:
+            await cloud.start()
+            if args.record:
+                out.write(f"{PROG}: recording to {args.record}\n")
+            until = f"stopping after {args.duration:g} s" if args.duration else "Ctrl-C to stop"
+            out.write(
+                f"{PROG}: cloud listening on {format_address(args.host, cloud.port)}, "
+                f"time scale {args.time_scale:g}; {until}\n"
+            )
+            out.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.event.wait(), args.duration)
+            if not stop.why:
+                stop.why.append("duration")
+        finally:
+            await cloud.stop()
     links = len(cloud.links)
     out.write(
-        f"{PROG}: stopped ({why[0]}) after {time.monotonic() - began:.1f} s: {links} "
+        f"{PROG}: stopped ({stop.why[0]}) after {time.monotonic() - began:.1f} s: {links} "
         f"connection{'s' if links != 1 else ''}, {len(cloud.seen)} packets; seed {seed}\n"
     )
     out.flush()
@@ -445,16 +457,19 @@ async def _serve(
     chaos: ChaosConfig | None,
     target: tuple[str, int] | None,
 ) -> int:
-    loop = asyncio.get_running_loop()
-    why: list[str] = []
-    stop = asyncio.Event()
+    with _Stop() as stop:
+        return await _serve_until(args, out, seed, model, chaos, target, stop)
 
-    def on_signal(name: str) -> None:
-        why.append(name)
-        stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig.name)
+async def _serve_until(
+    args: argparse.Namespace,
+    out: TextIO,
+    seed: int,
+    model: DeviceModel | None,
+    chaos: ChaosConfig | None,
+    target: tuple[str, int] | None,
+    stop: _Stop,
+) -> int:
     began = time.monotonic()
 
     def on_event(line: str) -> None:  # a Ray shard died or came back
@@ -462,7 +477,7 @@ async def _serve(
         out.flush()
 
     runner = _runner(args, seed, model, chaos, on_event)
-    stopping = asyncio.ensure_future(stop.wait())
+    stopping = asyncio.ensure_future(stop.event.wait())
     try:
         if target is None:
             starting = asyncio.ensure_future(runner.start())
@@ -487,19 +502,17 @@ async def _serve(
             _announce(args, out, runner, target)
             async with live_view(runner, out, metrics=args.metrics):
                 await asyncio.wait((stopping,), timeout=args.duration)
-            if not why:
-                why.append("duration" if args.duration is not None else "stop")
+            if not stop.why:
+                stop.why.append("duration" if args.duration is not None else "stop")
     finally:
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stopping
         await runner.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     stats = runner.stats()
     lost = runner.lost_devices() if isinstance(runner, RayFleet) else 0
     out.write(
-        f"{PROG}: stopped ({why[0]}) after {time.monotonic() - began:.1f} s: "
+        f"{PROG}: stopped ({stop.why[0]}) after {time.monotonic() - began:.1f} s: "
         f"{stats.summary()}{f', {lost} devices lost' if lost else ''}; seed {seed}\n"
     )
     out.flush()
