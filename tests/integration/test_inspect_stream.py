@@ -24,13 +24,8 @@ from typing import IO
 import pytest
 
 from cyncsim.replay.capture.pcapwrite import Frame, PcapWriter, TcpConversation, write_pcapng
+from tests.support import HELLO, HELLO_ACK, PING, PONG
 
-HELLO = bytes.fromhex(
-    "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"
-)
-ACK28 = bytes.fromhex("28 00 00 00 02 00 00")
-PING = bytes.fromhex("d3 00 00 00 00")
-PONG = bytes.fromhex("d8 00 00 00 00")
 SRV = ("10.0.0.1", 23779)
 T0 = 1_762_528_893.0
 WAIT = 30.0  # seconds to wait for the child's output (a loaded machine is slow, never wrong)
@@ -41,7 +36,7 @@ def _first_and_rest_frames() -> tuple[list[Frame], list[Frame]]:
     a = TcpConversation(("10.0.0.5", 50000), SRV)
     b = TcpConversation(("10.0.0.6", 50001), SRV)
     first = [*a.handshake(T0), *a.send(T0 + 0.1, "client", HELLO)]
-    first += a.send(T0 + 0.2, "server", ACK28)
+    first += a.send(T0 + 0.2, "server", HELLO_ACK)
     rest = [*b.handshake(T0 + 1), *b.send(T0 + 1.1, "client", HELLO)]
     for i in range(5):
         rest += a.send(T0 + 2 + i, "client", PING) + a.send(T0 + 2.01 + i, "server", PONG)
@@ -74,7 +69,7 @@ def _text_parts() -> tuple[bytes, bytes]:
         stamp = f"2025-11-07T15:21:{t:09.6f}"
         return f"{stamp} {d} [conn:{conn}] ({len(data)} bytes)\n{data.hex(' ')}\n\n"
 
-    head = rec(1.0, "DEV→CLOUD", 1, HELLO) + rec(1.1, "CLOUD→DEV", 1, ACK28)
+    head = rec(1.0, "DEV→CLOUD", 1, HELLO) + rec(1.1, "CLOUD→DEV", 1, HELLO_ACK)
     rest = rec(2.0, "DEV→CLOUD", 2, HELLO)
     for i in range(5):
         rest += rec(3.0 + i, "DEV→CLOUD", 1, PING) + rec(3.1 + i, "CLOUD→DEV", 1, PONG)

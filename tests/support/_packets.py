@@ -13,6 +13,7 @@ from cyncsim.replay.protocol import FramedPacket, decode_packet
 __all__ = [
     "ACK_7B",
     "AUTH",
+    "CLIENT_HELLO",
     "CONTROL",
     "CT_58",
     "DEV",
@@ -20,12 +21,16 @@ __all__ = [
     "FW_NETWORK",
     "GROUP_BRI",
     "GROUP_OFF",
+    "HELLO",
     "HELLO_ACK",
     "MARKER_BRIGHTNESS",
     "MESH_ACK",
     "MESH_REQ",
+    "PING",
+    "PONG",
     "POWER_OFF",
     "POWER_ON",
+    "REPORT",
     "RESULT_52",
     "RESULT_AF",
     "RESULT_BRI",
@@ -41,7 +46,16 @@ __all__ = [
 H = bytes.fromhex
 DEV = H("6457e7f2")
 AUTH = b"1e07d4c9dd546401"
+HELLO = H("23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31"
+          " 00 00 3c")  # fmt: skip
 HELLO_ACK = H("28 00 00 00 02 00 00")
+PING = H("d3 00 00 00 00")
+PONG = H("d8 00 00 00 00")
+# A 0x83 fa db 13 status report of node 103 (on, brightness 75).
+REPORT = H("83 00 00 00 25 64 57 e7 f2 02 fe 00 7e 64 65 22 11 fa db 13 00 11 11 11 67 00 67 00"
+           " db 11 02 01 01 4b ff 00 00 00 00 00 29 7e")  # fmt: skip
+# Not Cync: the start of a TLS ClientHello, as a device speaking TLS would send it.
+CLIENT_HELLO = H("16 03 01 00 2f 01 00 00 2b 03 03" + " 11" * 32 + " 00 00 04 00 3d 00 35 01 00")
 # PROTOCOL.md section 12, 0x73 commands from the local server (152132).
 POWER_OFF = H("73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 03 00 00 00 f8 d0 0d 00 03 00 00 00 00"
               " ce 00 d0 11 02 00 00 00 91 7e")  # fmt: skip

@@ -28,27 +28,15 @@ from cyncsim.replay.capture.pcapwrite import (
 )
 from cyncsim.replay.capture.tcp import NOT_FED_REASONS
 from cyncsim.replay.errors import CaptureError
+from tests.support import CLIENT_HELLO, HELLO, HELLO_ACK, PING, PONG, REPORT
 
-HELLO = bytes.fromhex(
-    "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"
-)
-PING = bytes.fromhex("d3 00 00 00 00")
-PONG = bytes.fromhex("d8 00 00 00 00")
-ACK28 = bytes.fromhex("28 00 00 00 02 00 00")
-REPORT = bytes.fromhex(
-    "83 00 00 00 25 64 57 e7 f2 02 fe 00 7e 64 65 22 11 fa db 13 00 11 11 11 67 00 67 00 db 11"
-    " 02 01 01 4b ff 00 00 00 00 00 29 7e"
-)
-CLIENT_HELLO = bytes.fromhex(
-    "16 03 01 00 2f 01 00 00 2b 03 03" + " 11" * 32 + " 00 00 04 00 3d 00 35 01 00"
-)
 DEV4, SRV4 = ("10.0.0.5", 50123), ("10.0.0.1", 23779)
 DEV6, SRV6 = ("fd00::5", 50123), ("fd00::1", 23779)
 T0 = 1_762_528_893.25
 
 EXCHANGE = [
     (T0, "client", HELLO),
-    (T0 + 0.01, "server", ACK28),
+    (T0 + 0.01, "server", HELLO_ACK),
     (T0 + 0.5, "client", PING + REPORT),
     (T0 + 0.6, "server", PONG),
 ]
@@ -67,7 +55,7 @@ def packets(result: CaptureResult, sender: str) -> list[bytes]:
 
 def assert_exchange(result: CaptureResult) -> None:
     assert packets(result, "device") == [HELLO, PING, REPORT]
-    assert packets(result, "cloud") == [ACK28, PONG]
+    assert packets(result, "cloud") == [HELLO_ACK, PONG]
     assert_accounting(result)
 
 
@@ -155,7 +143,7 @@ def test_pcapng_two_interfaces_with_own_link_type_and_resolution(big_endian: boo
         "[fd00::5]:50123>[fd00::1]:23779#1",
     ]
     for flow in result.flows:
-        assert [fp.packet.encode() for fp in flow.packets] == [HELLO, ACK28, PING, REPORT, PONG]
+        assert [fp.packet.encode() for fp in flow.packets] == [HELLO, HELLO_ACK, PING, REPORT, PONG]
         assert flow.packets[0].ts == pytest.approx(T0, abs=1e-6)
     assert result.findings == []
 
@@ -466,7 +454,9 @@ def test_incremental_writer_matches_write_pcap(tmp_path: Path) -> None:
 
 def test_conversation_sequence_and_ack_numbers() -> None:
     conv = TcpConversation(DEV4, SRV4, isn_client=2**32 - 3, isn_server=77)
-    frames = conv.handshake(1.0) + conv.send(2.0, "client", HELLO) + conv.send(3.0, "server", ACK28)
+    frames = (
+        conv.handshake(1.0) + conv.send(2.0, "client", HELLO) + conv.send(3.0, "server", HELLO_ACK)
+    )
     frames += conv.close(4.0)
     segs = []
     for f in frames:

@@ -36,21 +36,8 @@ from cyncsim.replay.capture.pcapwrite import (
 from cyncsim.replay.capture.stream import CaptureStream
 from cyncsim.replay.capture.text import read_text
 from cyncsim.replay.errors import CaptureError
-from tests.support import capture_path
+from tests.support import CLIENT_HELLO, HELLO, HELLO_ACK, PING, PONG, REPORT, capture_path
 
-HELLO = bytes.fromhex(
-    "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"
-)
-PING = bytes.fromhex("d3 00 00 00 00")
-PONG = bytes.fromhex("d8 00 00 00 00")
-ACK28 = bytes.fromhex("28 00 00 00 02 00 00")
-REPORT = bytes.fromhex(
-    "83 00 00 00 25 64 57 e7 f2 02 fe 00 7e 64 65 22 11 fa db 13 00 11 11 11 67 00 67 00 db 11"
-    " 02 01 01 4b ff 00 00 00 00 00 29 7e"
-)
-CLIENT_HELLO = bytes.fromhex(
-    "16 03 01 00 2f 01 00 00 2b 03 03" + " 11" * 32 + " 00 00 04 00 3d 00 35 01 00"
-)
 SRV4, SRV6 = ("10.0.0.1", 23779), ("fd00::1", 23779)
 T0 = 1_762_528_893.25
 
@@ -58,7 +45,7 @@ T0 = 1_762_528_893.25
 def _exchange(t: float) -> list[tuple[float, str, bytes]]:
     return [
         (t, "client", HELLO),
-        (t + 0.01, "server", ACK28),
+        (t + 0.01, "server", HELLO_ACK),
         (t + 0.5, "client", PING + REPORT[:20]),  # a packet split over two segments
         (t + 0.51, "client", REPORT[20:]),
         (t + 0.6, "server", PONG + b"\x01\x02\x03"),  # then bytes that are no Cync packet
@@ -110,7 +97,7 @@ def text_log() -> bytes:
 
     parts = [
         rec("32.000001", "DEV→CLOUD", " [conn:1]", HELLO),
-        rec("32.010000", "CLOUD→DEV", " [conn:1]", ACK28),
+        rec("32.010000", "CLOUD→DEV", " [conn:1]", HELLO_ACK),
         rec("32.100000", "DEV→CLOUD", " [conn:1]", PING + REPORT[:9]),
         rec("32.200000", "DEV->CLOUD", " [conn:1] [INJECTED]", REPORT[9:]),
         "garbage line that is no record header\n\n",

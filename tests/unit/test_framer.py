@@ -17,18 +17,13 @@ from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.errors import PacketDecodeError
 from cyncsim.replay.framer import FramerFinding, PacketFramer
 from cyncsim.replay.protocol import CyncPacket, FramedPacket, GenericPacket, decode_packet
-from tests.support import CaptureRecord, capture_path, capture_records
+from tests.support import HELLO, PING, PONG, CaptureRecord, capture_path, capture_records
 
 
 def h(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-HELLO = h(
-    "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"
-)
-PING = h("d3 00 00 00 00")
-PONG = h("d8 00 00 00 00")
 DATA_ACK = h("7b 00 00 00 07 64 57 e7 f2 00 00 00")
 RESULT = h("73 00 00 00 13 64 57 e7 f2 00 05 00 7e 03 00 00 00 f9 d0 01 00 00 d1 7e")
 STALE_83 = h(

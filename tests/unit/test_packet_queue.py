@@ -13,17 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cyncsim.simulator._stream import PacketQueue, PacketStream
+from tests.support import PING, POWER_OFF
 
 H = bytes.fromhex
-PING = H("d3 00 00 00 00")
-POWER = H("73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 03 00 00 00 f8 d0 0d 00 03 00 00 00 00"
-          " ce 00 d0 11 02 00 00 00 91 7e")  # fmt: skip
 CONTROL = H("a3 00 00 00 07 64 57 e7 f2 9f 52 00")
 
 
 def _stream(seed: int = 0) -> tuple[bytes, list[bytes]]:
     rng = random.Random(seed)
-    packets = [rng.choice((PING, POWER, CONTROL)) for _ in range(300)]
+    packets = [rng.choice((PING, POWER_OFF, CONTROL)) for _ in range(300)]
     noise = bytes(rng.randrange(1, 256) for _ in range(40))
     return b"".join(packets[:150]) + noise + b"".join(packets[150:]), packets
 
@@ -74,8 +72,8 @@ def test_a_reader_that_stops_holds_bytes_not_a_read_of_packets() -> None:
 
 def test_clear_drops_what_is_held() -> None:
     q = PacketQueue(PacketStream(1024), 64)
-    q.put(POWER * 10)
-    assert q.get() == POWER
+    q.put(POWER_OFF * 10)
+    assert q.get() == POWER_OFF
     q.clear()
     assert not q and q.get() is None
 

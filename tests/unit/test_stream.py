@@ -12,13 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cyncsim.simulator._stream import MAX_PACKET, PacketStream
+from tests.support import HELLO, PING, POWER_OFF
 
 H = bytes.fromhex
-HELLO = H("23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31"
-          " 00 00 3c")  # fmt: skip
-PING = H("d3 00 00 00 00")
-POWER = H("73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 03 00 00 00 f8 d0 0d 00 03 00 00 00 00"
-          " ce 00 d0 11 02 00 00 00 91 7e")  # fmt: skip
 OVERSIZE = H("73 00 00 ff ff")  # claims 65,540 bytes
 LIMIT = 1024
 
@@ -28,8 +24,18 @@ def _noise(n: int, seed: int) -> bytes:
     return bytes(rng.randrange(1, 256) for _ in range(n))  # no zero: never a header
 
 
-PACKETS = [HELLO, PING, POWER, PING, POWER]
-STREAM = HELLO + PING + _noise(50, 1) + POWER + OVERSIZE + PING + _noise(3000, 2) + POWER + OVERSIZE
+PACKETS = [HELLO, PING, POWER_OFF, PING, POWER_OFF]
+STREAM = (
+    HELLO
+    + PING
+    + _noise(50, 1)
+    + POWER_OFF
+    + OVERSIZE
+    + PING
+    + _noise(3000, 2)
+    + POWER_OFF
+    + OVERSIZE
+)
 
 
 def _run(chunks: list[bytes], limit: int = LIMIT) -> tuple[list[bytes], PacketStream, list[int]]:

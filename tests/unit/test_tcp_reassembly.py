@@ -10,20 +10,12 @@ from hypothesis import strategies as st
 from cyncsim.replay.capture.model import Finding, Flow
 from cyncsim.replay.capture.tcp import ACK, FIN, NOT_FED_REASONS, PSH, RST, SYN, TcpReassembler
 from cyncsim.replay.framer import PacketFramer
+from tests.support import HELLO, PING, PONG, REPORT
 
 DEV = ("10.0.0.5", 50123)
 SRV = ("10.0.0.1", 23779)
 PA = ACK | PSH
 
-HELLO = bytes.fromhex(
-    "23 00 00 00 1a 03 64 57 e7 f2 00 10 31 65 30 37 64 34 63 39 64 64 35 34 36 34 30 31 00 00 3c"
-)
-PING = bytes.fromhex("d3 00 00 00 00")
-PONG = bytes.fromhex("d8 00 00 00 00")
-REPORT = bytes.fromhex(
-    "83 00 00 00 25 64 57 e7 f2 02 fe 00 7e 64 65 22 11 fa db 13 00 11 11 11 67 00 67 00 db 11"
-    " 02 01 01 4b ff 00 00 00 00 00 29 7e"
-)
 CMD = bytes.fromhex(
     "73 00 00 00 1f 64 57 e7 f2 00 00 00 7e 03 00 00 00 f8 d0 0d 00 03 00 00 00 00 ce 00 d0 11"
     " 02 00 00 00 91 7e"
