@@ -35,3 +35,12 @@ def test_every_source_package_is_in_the_distribution() -> None:
 def test_the_package_root_and_its_folders() -> None:
     dirs = _config()["package-dir"]
     assert dirs == {"cyncsim": "tools/api", **{v: k for k, v in ROOTS.items()}}
+
+
+def test_every_public_name_resolves() -> None:
+    import cyncsim
+    from cyncsim import simulator
+
+    for module in (cyncsim, simulator):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
