@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from cyncsim.replay.capture import read_capture
 from cyncsim.simulator.ports import find_free_port
 from cyncsim.tools.cli import main
-from tests.support import capture_path
+from tests.support import HELLO_ACK, capture_path
 
 LOCAL = "capture_20251107_152132.txt"
 TLS_ONLY = "capture_20251106_081101.txt"
@@ -100,13 +102,43 @@ def test_nothing_listening_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[
     ]
 
 
-def test_tls_handshake_failure_is_exit_2(cloud: int, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def plain_peer() -> Iterator[int]:
+    """A plain-TCP peer that speaks Cync at once (a 0x28) to whoever connects: a TLS client's
+    handshake fails on its first bytes, whatever else the machine is doing."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed at teardown
+                return
+            with conn:
+                conn.sendall(HELLO_ACK)
+                conn.recv(4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+        server.close()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_tls_handshake_failure_is_exit_2(
+    plain_peer: int, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _run(
-        ["replay", str(capture_path(LOCAL)), "--against", f"127.0.0.1:{cloud}", "--tls"], capsys
+        ["replay", str(capture_path(LOCAL)), "--against", f"127.0.0.1:{plain_peer}", "--tls"],
+        capsys,
     )
     assert code == 2
     assert len(err.strip().splitlines()) == 1
-    assert f"TLS handshake with 127.0.0.1:{cloud} failed" in err
+    assert f"TLS handshake with 127.0.0.1:{plain_peer} failed" in err
 
 
 def test_capture_without_devices_is_exit_2(cloud: int, capsys: pytest.CaptureFixture[str]) -> None:
