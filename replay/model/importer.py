@@ -96,6 +96,7 @@ class ModelLearner:
         exchanges, variants = self.exchanges.finish(self.order)
         behaviour, devices = self.behaviour.finish(variants, self.order)
         model = DeviceModel(exchanges=exchanges, behaviour=behaviour, devices=devices)
+        model.stalls = dict(self.exchanges.stalls)  # stalls.py, per variant
         for src, digest in self.sources.items():
             model.sources.append(
                 {

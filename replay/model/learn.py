@@ -31,6 +31,7 @@ from cyncsim.replay.capture.model import CLOUD, DEVICE, CaptureResult, Flow, Flo
 from cyncsim.replay.describe import request_key
 from cyncsim.replay.model._pairing import MAX_WAIT, FlowPairer, Pending, candidates, other_side
 from cyncsim.replay.model.dist import Distribution, Samples
+from cyncsim.replay.model.stalls import StallModel, StallSamples
 from cyncsim.replay.model.template import Template, learn_template
 from cyncsim.replay.payloads import decode_command, decode_status_report, decode_time_reply
 from cyncsim.replay.protocol import CyncPacket, FramedPacket, PacketType, decode_packet
@@ -144,6 +145,7 @@ class _Stats:
     steps: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     local: bool = False
     cells: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # requests, as fed
+    stalls: StallSamples = field(default_factory=StallSamples)  # the acks' busy gaps
 
     def count_requests(self) -> None:
         for k, cell in self.cells.items():
@@ -191,10 +193,12 @@ class _Stats:
             st[0] += n
             st[1] += ok
         self.local = self.local or other.local
+        self.stalls.merge(other.stalls)
 
 
 class _FlowState:
-    __slots__ = ("flow", "last", "outstanding", "pairer", "plans", "prev", "rank", "stats")
+    __slots__ = ("flow", "last", "outstanding", "pairer", "plans", "prev", "rank", "stalls",
+                 "stats")  # fmt: skip
 
     def __init__(self, flow: Flow, rank: int, stats: _Stats, learner: ExchangeLearner) -> None:
         self.flow = flow
@@ -207,6 +211,7 @@ class _FlowState:
         # a local server's packet) -- worked out on the first packet of that kind
         self.plans: dict[str, dict[str, _Plan]] = {DEVICE: {}, CLOUD: {}}
         self.outstanding: dict[tuple[str, str], _Outstanding] = {}
+        self.stalls = stats.stalls.track()  # stalls.py: the acks, in order
 
     def _pair(self, req: Pending, resp: FlowPacket, rk: str, occ: int, depth: int) -> None:
         st = self.stats
@@ -245,6 +250,8 @@ class _FlowState:
             prev = self.prev.get(rk)
             start = rq.ts if prev is None or prev < rq.ts else prev
             svc.values.append(max(0.0, resp.ts - start))
+            if rk == "0x7b":
+                self.stalls.add(req.key, rq.ts, resp.ts, prev, depth)
             self.prev[rk] = resp.ts
 
 
@@ -296,6 +303,7 @@ class ExchangeLearner:
         self._sources: dict[str, _Stats] = {}
         self._flows: dict[int, _FlowState] = {}
         self.packets = 0
+        self.stalls: dict[str, StallModel] = {}  # per variant, set by finish()
 
     def feed_flow(self, flow: Flow) -> None:
         for fp in sorted(flow.packets, key=lambda fp: fp.ts):  # stable: stream order on ties
@@ -395,6 +403,9 @@ class ExchangeLearner:
         out: list[ExchangeModel] = []
         for variant, st in sorted(grouped.items()):
             out.extend(_finish_variant(variant, st))
+            stalls = st.stalls.build()
+            if stalls is not None:
+                self.stalls[variant] = stalls
         return out, variants
 
 

@@ -23,6 +23,7 @@ from cyncsim.replay.model._merge import (
 from cyncsim.replay.model.behaviour import Behaviour, DeviceIdentity
 from cyncsim.replay.model.dist import Distribution
 from cyncsim.replay.model.learn import ExchangeModel, ResponseModel
+from cyncsim.replay.model.stalls import StallModel
 from cyncsim.replay.model.template import Template
 
 __all__ = ["FORMAT", "VERSION", "DeviceModel", "merge_models"]
@@ -38,6 +39,7 @@ class DeviceModel:
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     devices: list[DeviceIdentity] = field(default_factory=list)
     findings: dict[str, int] = field(default_factory=dict)
+    stalls: dict[str, StallModel] = field(default_factory=dict)  # per variant (stalls.py)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -114,6 +116,7 @@ class DeviceModel:
             behaviour=merge_behaviour(self.behaviour, other.behaviour),
             devices=merge_devices(self.devices, other.devices),
             findings=merge_findings(self.findings, other.findings),
+            stalls=_merge_stalls(self.stalls, other.stalls),
         )
 
     # ------------------------------------------------------------------ persistence
@@ -126,7 +129,11 @@ class DeviceModel:
             "behaviour": {v: _behaviour_obj(b) for v, b in sorted(self.behaviour.items())},
             "devices": [d.to_obj() for d in self.devices],
             "findings": dict(sorted(self.findings.items())),
-        }
+        } | (
+            {"stalls": {v: s.to_obj() for v, s in sorted(self.stalls.items())}}
+            if self.stalls
+            else {}
+        )
 
     def dumps(self) -> bytes:
         data: bytes = msgpack.packb(self.to_obj(), use_bin_type=True)
@@ -219,6 +226,8 @@ def _behaviour_obj(b: Behaviour) -> dict[str, Any]:
 
 def _from_obj(obj: dict[str, Any]) -> DeviceModel:
     m = DeviceModel(sources=list(obj["sources"]), findings=dict(obj["findings"]))
+    # Files written before stalls were learned have none: no stalls.
+    m.stalls = {str(v): StallModel.from_obj(s) for v, s in obj.get("stalls", {}).items()}
     for e in obj["exchanges"]:
         ex = ExchangeModel(
             str(e["request"]), str(e["role"]), str(e["variant"]),
@@ -257,6 +266,13 @@ def _from_obj(obj: dict[str, Any]) -> DeviceModel:
             )
         )
     return m
+
+
+def _merge_stalls(a: dict[str, StallModel], b: dict[str, StallModel]) -> dict[str, StallModel]:
+    out = dict(a)
+    for v, s in b.items():
+        out[v] = out[v].merge(s) if v in out else s
+    return dict(sorted(out.items()))
 
 
 def merge_models(models: list[DeviceModel]) -> DeviceModel:
