@@ -78,8 +78,10 @@ class CommandPlans:
 class ModelView:
     """A model seen by one role in one variant: plans by request key, behaviour, templates.
 
-    ``plans(key)`` follows DeviceModel.exchange (this variant, then the others, then the bare
-    packet type); request keys in ``strict_keys`` use this variant's exchange only.
+    ``plans(key)`` follows DeviceModel.exchange (the key in this variant; when only another
+    variant has it, this variant's sibling of the same packet type with the same response
+    kinds, then the other variant's; then the bare packet type); request keys in
+    ``strict_keys`` use this variant's exchange only.
     """
 
     model: DeviceModel

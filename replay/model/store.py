@@ -47,15 +47,43 @@ class DeviceModel:
         return sorted({e.variant for e in self.exchanges} | set(self.behaviour))
 
     def exchange(self, request: str, role: str, variant: str | None = None) -> ExchangeModel | None:
-        """The exchange for a request key; falls back to another variant, then to the type."""
+        """The exchange for a request key, keeping the role and the variant as long as it can.
+
+        Order: the key in ``variant``; when only another variant has the key, ``variant``'s
+        own exchange of another sub-kind of the same packet type whose responses are the
+        same kinds (e.g. the cloud's 0x83:fa:00 -> 0x88 for a 0x83:fa:db only the local server
+        answered: the cloud's timing, not the local server's), most requests first; then the
+        other variant's exchange; then the bare packet type, ``variant`` first.  A sibling
+        must answer with the same response kinds, so a command never borrows another
+        opcode's f9 result.
+        """
         order = [variant] if variant else []
         order += [v for v in self.variants if v not in order]
+        mine = [ex for ex in self.exchanges if ex.role == role]
         for want in (request, request.split(":", 1)[0]):
             for v in order:
-                for ex in self.exchanges:
-                    if ex.request == want and ex.role == role and ex.variant == v:
+                for ex in mine:
+                    if ex.request == want and ex.variant == v:
+                        if variant and v != variant and want == request:
+                            return self._sibling(ex, variant) or ex
                         return ex
         return None
+
+    def _sibling(self, other: ExchangeModel, variant: str) -> ExchangeModel | None:
+        """``variant``'s exchange of the same role and packet type as ``other`` (another
+        sub-kind, or the bare type) whose responses are the same kinds in the same order
+        (most requests, then key, first)."""
+        ptype = other.request.split(":", 1)[0]
+        kinds = [r.key for r in other.responses]
+        same = [
+            ex
+            for ex in self.exchanges
+            if ex.role == other.role
+            and ex.variant == variant
+            and ex.request.split(":", 1)[0] == ptype
+            and [r.key for r in ex.responses] == kinds
+        ]
+        return min(same, key=lambda ex: (-ex.requests, ex.request), default=None)
 
     def summary(self) -> dict[str, Any]:
         kinds = []
