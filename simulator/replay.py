@@ -69,7 +69,7 @@ class _AnswerOnly(DeviceEngine):
 
 
 async def replay_capture(
-    captures: Sequence[str | Path],
+    captures: Sequence[str | Path] | CaptureResult,
     host: str,
     port: int,
     *,
@@ -89,6 +89,7 @@ async def replay_capture(
     ``peer_time_scale``: the peer is a simulator running at this time scale (e.g. `cyncsim
     serve --time-scale 0.2`, with the same ``time_scale`` here): the recorded session's clock
     is divided by it before the verdict, so the peer's latencies are judged at real speed.
+    ``captures`` may also be captures already read (e.g. the held-out part of a time split).
     """
     if peer_time_scale is not None and not 0 < peer_time_scale < float("inf"):
         raise ReplayError(f"peer time scale {peer_time_scale} must be > 0", reason="usage")
@@ -97,11 +98,14 @@ async def replay_capture(
     if not captures:
         raise ReplayError("no capture given", reason="usage")
     check_loopback(host)
-    result = CaptureResult()
-    for path in captures:
-        result.extend(read_capture(path))
+    if isinstance(captures, CaptureResult):
+        result, sources = captures, list(captures.sources) or ["capture"]
+    else:
+        result, sources = CaptureResult(), [str(p) for p in captures]
+        for path in captures:
+            result.extend(read_capture(path))
     if not any(f.kind == "cync" for f in result.flows):
-        names = ", ".join(Path(p).name for p in captures)
+        names = ", ".join(Path(p).name for p in sources)
         raise ReplayError(f"{names}: no devices to replay (no decodable Cync traffic)",
                           reason="no_devices")  # fmt: skip
     ref = Reference.from_result(result)
@@ -113,7 +117,7 @@ async def replay_capture(
     await _probe(host, port, ctx)
     root = seed if seed is not None else draw_root("replay")
     with tempfile.TemporaryDirectory(prefix="cyncsim-replay-") as tmp:
-        stem = Path(captures[0]).stem
+        stem = Path(sources[0]).stem
         text = Path(record) if record is not None and str(record).endswith(".txt") else None
         path = text if text is not None else Path(tmp) / f"replay-{stem}.txt"
         recorder = Recorder(path)

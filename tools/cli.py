@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check captures against a reference model or captures (conformance)",
     ),
     "replay": ("cyncsim.tools.replay_cmd", "replay captured devices or controller against a peer"),
+    "validate": (
+        "cyncsim.tools.validate_cmd",
+        "check the model's predictions on held-out real traffic (predictive checks)",
+    ),
     "bench": ("cyncsim.tools.bench_cmd", "run benchmark suites (tables, JSON)"),
 }
 
