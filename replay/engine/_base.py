@@ -2,7 +2,8 @@
 #
 # Strategy: pure and sans-IO, like the whole engine.  Engine holds the model view, the seeded delay
 # stream and the per-connection departure bookkeeping, renders learned response plans into timed
-# Send actions (``_respond``: queued per response kind for a device, in order for the cloud,
+# Send actions (``_respond``: queued per response kind for a device, a device's acks under the
+# learned stall process when the model has one (_stalls.py), in order for the cloud,
 # counters never overtaking each other) and dispatches each whole packet through a table by packet
 # type that the roles fill.  ``receive`` and ``_respond`` are the hot path of every answer, written
 # for it: comparisons, not max(); no per-packet work nobody reads.  Randomness comes from named
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from cyncsim.replay.describe import request_key
+from cyncsim.replay.engine._stalls import StallQueue
 from cyncsim.replay.engine.actions import Action, Send
 from cyncsim.replay.engine.templates import RenderContext
 from cyncsim.replay.engine.view import ModelView, ResponsePlan
@@ -64,6 +66,7 @@ class Engine:
         self._free_at: dict[str, float] = {}
         self._counter_out: dict[str, float] = {}  # counter -> departure of its last value
         self._last_out = -INF
+        self._stall_q: StallQueue | None = None  # made on the first stall-aware ack
         self.last_traffic = -INF
         self.connected = False
         self._handlers: dict[int, Callable[[bytes, CyncPacket | None, float], list[Action]]] = {}
@@ -97,7 +100,9 @@ class Engine:
         """Render ``plans`` as answers to ``request`` with their departure times.
 
         Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
-        previous departure) + a service sample; status reports at arrival + a latency sample;
+        previous departure) + a service sample, or, for a 0x7B under a learned stall process,
+        as _stalls.StallQueue decides (idle latency, busy pace, stalls and their flushes);
+        status reports at arrival + a latency sample;
         an answer learned without a service time (the general 0x7B to an unknown command)
         leaves at arrival + a latency sample, but never before the previous one of its kind.
         Cloud: arrival + a latency sample, never before the previous answer (replies are
@@ -114,12 +119,18 @@ class Engine:
         # (tuple.__new__: no Python-level __new__), each a fraction of the call.
         for plan in plans:
             key = plan.key
-            delay = self.sample_delay(plan) if scaled else 0.0
             if queued and plan.queued:
                 f = free.get(key, -INF)
-                at = (f if f > now else now) + delay
+                if plan.stall is not None and scaled:  # a learned stall process (_stalls.py)
+                    q = self._stall_q
+                    if q is None:
+                        q = self._stall_q = StallQueue(self.seeds, self.name)
+                    at = q.depart(plan.stall, key, now, f, self.time_scale)
+                else:
+                    at = (f if f > now else now) + (self.sample_delay(plan) if scaled else 0.0)
                 free[key] = at = prev if prev > at else at
             else:
+                delay = self.sample_delay(plan) if scaled else 0.0
                 at = now + delay
                 last = self._last_out
                 at = last if last > at else at
@@ -158,6 +169,8 @@ class Engine:
         self._free_at.clear()
         self._counter_out.clear()
         self._last_out = -INF
+        if self._stall_q is not None:
+            self._stall_q.reset()
         self.last_traffic = now
         return []
 

@@ -4,17 +4,20 @@
 # Strategy: a ModelView is built once per (model, role, variant) and shared by every engine
 # using it (a fleet of 10,000 devices holds one; a small LRU keyed by the model's identity).
 # Plans are resolved lazily per request key and cached (bounded), each response's template
-# compiled once (replay/engine/templates.py).  Behaviour distributions fall back from the
+# compiled once (replay/engine/templates.py); a device's 0x7B carries the learned stall process
+# (replay/engine/_stalls.py) when the model has one.  Behaviour distributions fall back from the
 # view's variant to the other variants, then to documented defaults (PROTOCOL.md sections
 # 10.2 and 10.3).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from cyncsim.replay.engine._stalls import ACK, StallPlan, stall_plan
 from cyncsim.replay.engine.templates import CompiledTemplate
 from cyncsim.replay.errors import ModelError
 from cyncsim.replay.model import DeviceModel, Distribution, ResponseModel
+from cyncsim.replay.model.stalls import StallModel
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
@@ -51,6 +54,7 @@ class ResponsePlan:
     delay: Distribution  # queued: service time; otherwise latency from the request
     share: float
     queued: bool = False  # FIFO behind the previous response of this kind
+    stall: StallPlan | None = None  # a device's 0x7b under the learned stalls (_stalls.py)
 
 
 def _plan(resp: ResponseModel, role: str) -> ResponsePlan:
@@ -95,8 +99,10 @@ class ModelView:
     report: ResponsePlan | None = None  # a learned 0x83 fa db status template
     heartbeat: Distribution | None = None
     status_interval: Distribution | None = None
-    reconnect: Distribution | None = None
+    reconnect: Distribution | None = None  # the hello retry while a 0x23 is unanswered
+    spread: Distribution | None = None  # connection starts after the first (reconnect wave)
     scripts: list[tuple[int, list[tuple[str, float]]]] = field(default_factory=list)
+    stalls: StallModel | None = None  # device role: this variant's, else another's
 
     @classmethod
     def get(cls, model: DeviceModel, role: str, variant: str | None = None) -> ModelView:
@@ -151,12 +157,15 @@ class ModelView:
             if reports:
                 self.report = _plan(min(reports, key=lambda a: a[0])[1], "device")
         for v in order:
+            if self.role == "device" and self.stalls is None:
+                self.stalls = model.stalls.get(v)
             beh = model.behaviour.get(v)
             if beh is None:
                 continue
             self.heartbeat = self.heartbeat or (beh.heartbeat_idle or None)
             self.status_interval = self.status_interval or (beh.status_interval or None)
             self.reconnect = self.reconnect or (beh.hello_retry or None)
+            self.spread = self.spread or (beh.connect_spread or None)
             if not self.scripts and beh.connect_scripts:
                 self.scripts = list(beh.connect_scripts)
 
@@ -199,6 +208,9 @@ class ModelView:
         if ex is not None and key in self.strict_keys and ex.variant != self.variant:
             ex = None
         got = None if ex is None else tuple(_plan(r, self.role) for r in ex.responses)
+        stall = None if ex is None or self.stalls is None else stall_plan(ex, self.stalls)
+        if got is not None and stall is not None:
+            got = tuple(replace(p, stall=stall) if p.key == ACK and p.queued else p for p in got)
         if len(self._plans) < _PLAN_CACHE_SIZE:
             self._plans[key] = got
         return got
