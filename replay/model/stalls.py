@@ -205,7 +205,8 @@ class StallTrack:
             if gap <= FLUSH_GAP_S:
                 out.flushed += 1
                 return
-        self.stall_end = None
+        else:
+            self.stall_end = None
         b = backlog_bucket(depth)
         out.served[b] = out.served.get(b, 0) + 1
         if gap > STALL_GAP_S:
