@@ -22,7 +22,7 @@
 # schedule and hand the held bytes on.  A peer that does not read at all: the writes stop at
 # the bounded buffer, and when it has stayed full for WRITE_STALL_S the connection is closed
 # abruptly (RST, one log line), as real devices disconnected (and dialled again: a dialling
-# device does so after its learned back-off) when a server stopped reading them (PROTOCOL.md
+# device does so about 0.25 s later) when a server stopped reading them (PROTOCOL.md
 # 10.4, a source claim: 359 reconnects in 3.5 min, so a device gives up within about a
 # second).  A connection closed with bytes still unsent is aborted after CLOSE_GRACE_S, so a
 # non-reading peer cannot keep its socket (and its buffers) open after we closed it.

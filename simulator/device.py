@@ -4,8 +4,10 @@
 # learned model; this module only moves bytes and time.  Listen mode: a TCP server, and the
 # device speaks first (0x23) to whoever connects.  Dial mode: ``connect()`` dials a
 # controller (plain or TLS offering the static-RSA suites of old firmware, PROTOCOL.md
-# section 1), runs the connect sequence and dials again with the learned back-off whenever
-# the connection drops.  One connection is active at a time: a new one replaces the old.
+# section 1), runs the connect sequence and dials again whenever the connection drops: about
+# 0.25 s after a close, and after a failed dial at a draw from the learned spread of
+# connection starts (the reconnect wave; replay/engine/_reconnect.py).  One connection is
+# active at a time: a new one replaces the old.
 # No task per device: each connection is a BufferedProtocol with one loop timer; a dial
 # attempt is a short task that ends when the TCP (and TLS) handshake does.
 #
@@ -291,7 +293,7 @@ class CyncDeviceSimulator(SimulatorBase):
         loop = asyncio.get_running_loop()
         policy = self.chaos_policy
         if policy is not None and not policy.accepts_connection(loop.time()):
-            self._schedule_redial()  # partitioned: the device cannot reach the controller
+            self._schedule_redial(False)  # partitioned: the device cannot reach the controller
             return
         host, port, ctx, hostname = self._dial
         local = (self.source_host, 0) if self.source_host is not None else None
@@ -317,12 +319,14 @@ class CyncDeviceSimulator(SimulatorBase):
             self.connect_failures += 1
             self.last_error = exc
             logger.debug("device %s: dial failed: %s", self.device_id.hex(), exc)
-            self._schedule_redial()
+            self._schedule_redial(False)
 
-    def _schedule_redial(self) -> None:
+    def _schedule_redial(self, closed: bool) -> None:
+        """Dial again: ``closed`` soon after the controller closed a connection, else (the
+        dial failed) after a draw from the learned reconnect wave (DeviceEngine)."""
         if self._dial is None or not self.running or self._redial is not None:
             return
-        delay = self.engine.reconnect_delay()
+        delay = self.engine.reconnect_delay() if closed else self.engine.retry_delay()
         self._redial = asyncio.get_running_loop().call_later(delay, self._dial_now)
 
     # ------------------------------------------------------------------ owner hooks
@@ -344,7 +348,7 @@ class CyncDeviceSimulator(SimulatorBase):
         self._conn = None
         self._connected.clear()
         self.engine.connection_lost(asyncio.get_running_loop().time())
-        self._schedule_redial()
+        self._schedule_redial(True)
 
     def relay(self, conn: EngineConnection, action: Relay) -> None:
         if self.on_relay is not None:

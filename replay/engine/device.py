@@ -16,6 +16,11 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from cyncsim.replay.engine._base import DEDUP_WINDOW, INF, Engine
+from cyncsim.replay.engine._reconnect import (
+    DEFAULT_RECONNECT_AFTER_CLOSE_S,
+    DEFAULT_SPREAD_S,
+    sample_spread,
+)
 from cyncsim.replay.engine.actions import Action, Close, Relay, Send
 from cyncsim.replay.engine.state import DeviceState, firmware_report, status_packet
 from cyncsim.replay.engine.templates import RenderContext
@@ -138,6 +143,8 @@ class DeviceEngine(Engine):
             device_id, auth_code, self.counters, mesh_node, self.state, self.mesh
         )
         self._beh_rng = self.seeds.stream(f"engine/{self.name}/behaviour")
+        self._reconnect_rng = self.seeds.stream(f"engine/{self.name}/reconnect")
+        self._retries = 0  # failed dials since the last connection
         self._recent: deque[bytes] = deque()  # the last DEDUP_WINDOW command idents ...
         self._recent_set: set[bytes] = set()  # ... and the same as a set
         self.acked = False
@@ -167,13 +174,31 @@ class DeviceEngine(Engine):
         return max(MIN_CADENCE_S, base * self.time_scale)
 
     def reconnect_delay(self) -> float:
-        """Back-off before dialling again: the learned hello retry (default 15 s), scaled."""
-        d = self._behaviour(self.view.reconnect, DEFAULT_RECONNECT_S)
-        return 0.0 if d == INF else d
+        """Wait before dialling again after the controller closed the connection (scaled):
+        about 0.25 s, so that a device whose 0x23 cync-controller leaves unanswered (and
+        closes after 14.75 s) sends its next 0x23 15 s after the last (_reconnect.py)."""
+        self._retries = 0
+        return max(0.0, DEFAULT_RECONNECT_AFTER_CLOSE_S * self.time_scale)
+
+    def retry_delay(self) -> float:
+        """Wait before dialling again after a dial failed (scaled): the first time a draw
+        from the learned spread of connection starts, then that spread's span (at least 1 s)
+        each time, so a fleet whose controller was down comes back spread as the captured
+        wave (_reconnect.py); drawn from this device's own "reconnect" stream."""
+        if self.time_scale == 0:
+            return 0.0
+        spread = self.view.spread
+        self._retries += 1
+        if self._retries == 1:
+            base = sample_spread(spread, self._reconnect_rng)
+        else:
+            base = max(1.0, spread.values[-1] if spread else DEFAULT_SPREAD_S)
+        return max(MIN_CADENCE_S, base * self.time_scale)
 
     # ------------------------------------------------------------------ session
     def connection_made(self, now: float) -> list[Action]:
         super().connection_made(now)
+        self._retries = 0
         self.acked = False
         self.hellos = 0
         self._recent.clear()

@@ -107,6 +107,7 @@ def _merge_one_behaviour(x: Behaviour, y: Behaviour) -> Behaviour:
         _merge_opt(x.status_interval, y.status_interval),
         _merge_opt(x.hello_retry, y.hello_retry),
         _merge_scripts(x.connect_scripts, y.connect_scripts),
+        _merge_opt(x.connect_spread, y.connect_spread),
     )
 
 

@@ -1,5 +1,5 @@
 # Spontaneous device behaviour: heartbeat idle time, 0x43 cadence, connect sequence,
-# reconnects, and the identities of the devices seen.
+# reconnects (hello retry, the spread of connection starts), and the devices seen.
 #
 # Strategy: exact flows (one connection each) give per-connection measurements: the idle
 # time before each 0xD3 is the time since the last packet in either direction.  A flow that
@@ -63,6 +63,10 @@ class Behaviour:
     # (how many connections did exactly this, [(packet key, seconds after the hello)]),
     # most common first.  Answers to the peer's requests (0x7B, f9 results) are left out.
     connect_scripts: list[tuple[int, list[tuple[str, float]]]] = field(default_factory=list)
+    # When the devices of a capture connected, relative to the first of them: each device's
+    # first hello in a source (085753: 25 devices over 31 s after the proxy started), pooled
+    # over the sources with two devices or more.  The reconnect wave after an outage.
+    connect_spread: Distribution = field(default_factory=Distribution)
 
 
 _PRE_HELLO = 256  # device packets kept from before a connection's hello (its script)
@@ -325,6 +329,10 @@ class BehaviourLearner:
         ]
         if retries:
             beh.hello_retry = Distribution.from_samples(retries)
+        beh.connect_spread = _connect_spread(
+            {name: self._sources[name].hellos for name in srcs},
+            [(st.flow.source, st.hello) for st in flows if st.flow.exact and st.hello is not None],
+        )
         ranked = sorted(scripts, key=lambda s: (-scripts[s], s))[:MAX_SCRIPTS]
         beh.connect_scripts = [
             (scripts[seq], [(k, round(d, 6)) for k, d in zip(seq, delays[seq], strict=True)])
@@ -366,6 +374,26 @@ def _add_script(
     seq = tuple(k for k, _ in own)
     scripts[seq] += 1
     delays.setdefault(seq, [ts - start for _, ts in own])
+
+
+def _connect_spread(
+    mixed: dict[str, dict[bytes, list[tuple[float, bool]]]],
+    exact: list[tuple[str, tuple[float, bytes]]],
+) -> Distribution:
+    """Each device's first hello per source minus the source's first one (sources with at
+    least two devices): the spread of a capture's connection starts."""
+    firsts: dict[str, dict[bytes, float]] = defaultdict(dict)
+    for name, hellos in mixed.items():
+        for dev, seen in hellos.items():
+            if seen:
+                firsts[name][dev] = min(ts for ts, _ in seen)
+    for name, (ts, dev) in exact:
+        got = firsts[name]
+        got[dev] = min(got.get(dev, ts), ts)
+    offsets = [
+        ts - min(devs.values()) for devs in firsts.values() if len(devs) > 1 for ts in devs.values()
+    ]
+    return Distribution.from_samples(offsets) if offsets else Distribution()
 
 
 def _is_answer(key: str) -> bool:

@@ -249,6 +249,7 @@ def _behaviour_obj(b: Behaviour) -> dict[str, Any]:
         "status_interval": b.status_interval.to_obj(),
         "hello_retry": b.hello_retry.to_obj(),
         "connect_scripts": [[n, [list(step) for step in steps]] for n, steps in b.connect_scripts],
+        "connect_spread": b.connect_spread.to_obj(),
     }
 
 
@@ -281,6 +282,8 @@ def _from_obj(obj: dict[str, Any]) -> DeviceModel:
             Distribution.from_obj(b["status_interval"]),
             Distribution.from_obj(b["hello_retry"]),
             [(int(n), [(str(k), float(d)) for k, d in steps]) for n, steps in b["connect_scripts"]],
+            # absent in files written before the reconnect wave was learned: none learned
+            Distribution.from_obj(b["connect_spread"]) if "connect_spread" in b else Distribution(),
         )
     for d in obj["devices"]:
         m.devices.append(

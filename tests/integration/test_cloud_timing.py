@@ -47,7 +47,11 @@ async def _report_latencies(model: DeviceModel, seed: int, n: int = 30) -> list[
                 before = len(peer.packets)
                 t0 = loop.time()
                 peer.writer.write(report)
-                await peer.until(lambda b=before: any(p[0] == 0x88 for p in peer.packets[b:]))
+
+                def answered(b: int = before) -> bool:
+                    return any(p[0] == 0x88 for p in peer.packets[b:])
+
+                await peer.until(answered)
                 out.append((loop.time() - t0) * 1000)
                 (ack,) = [p for p in peer.packets[before:] if p[0] == 0x88]
                 assert ack[5:8] == report[9:12]  # the 0x88 echoes the report's message id
