@@ -30,8 +30,9 @@ from cyncsim.replay.capture import (
 )
 from cyncsim.replay.capture.model import gc_paused
 from cyncsim.replay.capture.stream import CaptureStream
-from cyncsim.replay.model.behaviour import BehaviourLearner, _Flow
-from cyncsim.replay.model.learn import ExchangeLearner, _FlowState
+from cyncsim.replay.model._hot import FlowLearner
+from cyncsim.replay.model.behaviour import BehaviourLearner
+from cyncsim.replay.model.learn import ExchangeLearner
 from cyncsim.replay.model.store import DeviceModel
 
 __all__ = ["CHUNK", "ModelLearner", "import_captures", "import_files", "learn_model"]
@@ -50,8 +51,8 @@ class ModelLearner:
         self.findings: Counter[str] = Counter()
         self.packets: Counter[str] = Counter()  # per source
         self.order: list[Flow] = []  # flows in the reader's order, when it gives one
-        # id(flow) -> both learners' state of it (the flow is kept alive by them)
-        self._states: dict[int, tuple[_FlowState, _Flow]] = {}
+        # id(flow) -> what learns its packets (the flow is kept alive by the learners)
+        self._learners: dict[int, Callable[[FlowPacket], None]] = {}
 
     def add_source(self, path: str, sha256: str = "") -> None:
         self.sources[path] = sha256
@@ -67,22 +68,33 @@ class ModelLearner:
         """``feed`` for each of a reader's batch (all of ``source``), then the sample
         buffers spilled: the learner's hot loop."""
         self.packets[source] += len(packets)
-        ex, beh = self.exchanges, self.behaviour
-        ex_feed, beh_feed = ex.feed_state, beh.feed_state
-        states = self._states
+        learners = self._learners
         fed = 0
         for flow, fp in packets:
             if flow.kind != "cync":
                 continue
-            both = states.get(id(flow))
-            if both is None:
-                both = states[id(flow)] = (ex.state_of(flow), beh.state_of(flow))
-            ex_state, beh_state = both
+            learn = learners.get(id(flow))
+            if learn is None:
+                learn = learners[id(flow)] = self._learner_of(flow)
+            learn(fp)
+            fed += 1
+        self.exchanges.packets += fed
+        self.spill()
+
+    def _learner_of(self, flow: Flow) -> Callable[[FlowPacket], None]:
+        """What learns a packet of ``flow``: for one connection, a FlowLearner (_hot.py);
+        for a flow that mixes connections, both learners' reference paths."""
+        ex, beh = self.exchanges, self.behaviour
+        ex_state, beh_state = ex.state_of(flow), beh.state_of(flow)
+        if flow.exact:
+            return FlowLearner(ex, beh, ex_state, beh_state).feed
+        ex_feed, beh_feed = ex.feed_state, beh.feed_state
+
+        def learn(fp: FlowPacket) -> None:
             ex_feed(ex_state, fp)
             beh_feed(beh_state, fp)
-            fed += 1
-        ex.packets += fed
-        self.spill()
+
+        return learn
 
     def spill(self) -> None:
         self.exchanges.spill()
