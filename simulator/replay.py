@@ -31,6 +31,7 @@ from cyncsim.replay.conformance import DiffReport, Reference, Tolerance, diff
 from cyncsim.replay.engine import DeviceEngine
 from cyncsim.replay.engine.actions import Action
 from cyncsim.replay.errors import CyncError
+from cyncsim.replay.model import DeviceModel
 from cyncsim.replay.protocol import PacketType
 from cyncsim.replay.seeds import SeedTree, draw_root
 from cyncsim.replay.session import (
@@ -82,6 +83,7 @@ async def replay_capture(
     devices: Sequence[bytes] | None = None,
     tolerance: Tolerance | None = None,
     peer_time_scale: float | None = None,
+    answer_model: DeviceModel | None = None,
 ) -> DiffReport:
     """Replay, record the peer under test, and return the verdict as the same DiffReport
     `cyncsim diff` returns (findings, timing rows, coverage, verdict, conformant).
@@ -90,6 +92,8 @@ async def replay_capture(
     serve --time-scale 0.2`, with the same ``time_scale`` here): the recorded session's clock
     is divided by it before the verdict, so the peer's latencies are judged at real speed.
     ``captures`` may also be captures already read (e.g. the held-out part of a time split).
+    ``answer_model``: the model the replayed side answers the peer from (default: the one
+    learned from the captures, which is also the reference of the verdict).
     """
     if peer_time_scale is not None and not 0 < peer_time_scale < float("inf"):
         raise ReplayError(f"peer time scale {peer_time_scale} must be > 0", reason="usage")
@@ -121,10 +125,11 @@ async def replay_capture(
         text = Path(record) if record is not None and str(record).endswith(".txt") else None
         path = text if text is not None else Path(tmp) / f"replay-{stem}.txt"
         recorder = Recorder(path)
+        answers = answer_model if answer_model is not None else ref.model
         if side == "devices":
-            await _run_devices(plan, ref, host, port, ctx, time_scale, root, recorder)
+            await _run_devices(plan, answers, host, port, ctx, time_scale, root, recorder)
         else:
-            await _run_controller(plan, ref, host, port, ctx, time_scale, root, recorder)
+            await _run_controller(plan, answers, host, port, ctx, time_scale, root, recorder)
         recorder.close()
         session = read_capture(path)
         if record is not None and text is None:
@@ -188,7 +193,7 @@ async def _probe(host: str, port: int, ctx: ssl.SSLContext | None) -> None:
 # ---------------------------------------------------------------------- devices side
 async def _run_devices(
     plan: SessionPlan,
-    ref: Reference,
+    model: DeviceModel,
     host: str,
     port: int,
     ctx: ssl.SSLContext | None,
@@ -201,7 +206,7 @@ async def _run_devices(
     for k, peer in enumerate(plan.peers):
         sim = CyncDeviceSimulator(
             peer.device_id,
-            model=ref.model,
+            model=model,
             seed=seeds.seed(f"replay/{peer.name}"),
             time_scale=time_scale,
             variant=plan.variant,
@@ -212,7 +217,7 @@ async def _run_devices(
         )
         old = sim.engine
         sim.engine = _AnswerOnly(
-            ref.model, old.device_id, old.auth_code, mesh_node=old.mesh_node, state=old.state,
+            model, old.device_id, old.auth_code, mesh_node=old.mesh_node, state=old.state,
             variant=plan.variant, seed=sim.seeds, time_scale=time_scale,
         )  # fmt: skip
         sims.append(sim)
@@ -264,7 +269,7 @@ async def _device_steps(
 # ---------------------------------------------------------------------- controller side
 async def _run_controller(
     plan: SessionPlan,
-    ref: Reference,
+    model: DeviceModel,
     host: str,
     port: int,
     ctx: ssl.SSLContext | None,
@@ -274,7 +279,7 @@ async def _run_controller(
 ) -> None:
     peer = plan.peers[0]
     cloud = CyncCloudSimulator(
-        ref.model, seed=root, time_scale=time_scale, variant=plan.variant, record=recorder
+        model, seed=root, time_scale=time_scale, variant=plan.variant, record=recorder
     )
     loop = asyncio.get_running_loop()
     try:

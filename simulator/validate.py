@@ -8,9 +8,11 @@
 # CyncDeviceSimulator (the captured device the controller talked to most), its device side
 # against a CyncCloudSimulator, both running the learned model and listening on 127.0.0.1
 # with a free port.  Each run has its own seeds (SeedTree(root).child("validate/<source>/
-# <direction>/<i>")).  Runs go concurrently (at most ``jobs`` at once), their starts staggered
-# by STAGGER_S so that the runs' identical schedules do not all fire in the same instant; a
-# direction whose held-out part has no request kind its peer answers is not run.  Times are
+# <direction>/<i>")); the replayed side answers the peer from the training model too (the
+# held-out part alone may lack an exchange its engine needs, e.g. 0x73 -> 0x7B).  Runs go
+# concurrently (at most ``jobs`` at once), their starts staggered by STAGGER_S so that the
+# runs' identical schedules do not all fire in the same instant; a direction whose held-out
+# part has no request kind its peer answers is not run.  Times are
 # the capture's own (time scale 1); only idle gaps longer than ``max_gap`` are shortened (a
 # gap with a request waiting for its answer never is: replay/session.py), so every latency is
 # measured at real speed.
@@ -165,7 +167,7 @@ async def _run(
             )
             return await replay_capture(
                 rs.result, "127.0.0.1", peer.port, side=side, max_gap=max_gap,
-                seed=tree.seed("replay"),
+                seed=tree.seed("replay"), answer_model=model,
             )  # fmt: skip
         finally:
             await peer.stop()
