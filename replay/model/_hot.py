@@ -235,10 +235,8 @@ def _pair(
     pairs = kind.pairs
     if len(pairs) < TEMPLATE_PAIRS:
         pairs.append(((0, 0, n), rq.packet, resp.packet, state))
-    else:
-        j = kind.rng.randrange(kn)
-        if j < TEMPLATE_PAIRS:
-            pairs[j] = ((0, 0, n), rq.packet, resp.packet, state)
+    elif kn == kind.next:
+        pairs[kind.slot()] = ((0, 0, n), rq.packet, resp.packet, state)
     if not req.answered:
         req.answered = True
         st.answered[(rq.sender, req.key)] += 1
