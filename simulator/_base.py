@@ -70,6 +70,10 @@ class SimulatorBase:
         self._live: set[EngineConnection] = set()
         self._running = False
         self._t0 = 0.0
+        # Answers' timers are asked for early by the event loop's measured timer lateness
+        # (simulator/_lateness.py), so they leave at the learned times on average; False (set
+        # before connections open) schedules them at the asked times, late by the loop's lateness.
+        self.lateness_compensation = True
 
     # ------------------------------------------------------------------ lifecycle
     @property

@@ -9,8 +9,11 @@
 # whole-packet granularity).  The engine's actions are written at once when due, else kept in
 # one heap ordered by (due time, arrival order) behind a single loop.call_at timer that also
 # serves the engine's own deadline; a timer that wakes before its time re-arms instead of
-# acting early.  Writes go to the transport, through a ChaosWriter when chaos is on, and
-# through the recorder when recording.
+# acting early.  An answer's timer is asked for early by the loop's timer lateness (a shared
+# running estimate, simulator/_lateness.py), never before the request plus the smallest learned
+# delay of its kind, so it leaves the socket at its time on average; the heap stays ordered by
+# the asked times, each item carrying the time its timer may fire.  Writes go to the
+# transport, through a ChaosWriter when chaos is on, and through the recorder when recording.
 #
 # Backpressure (issue 16): every queue a peer can fill is bounded, as on a real device.  What
 # is read is handed to the engine packet by packet (framed CHUNK bytes at a time) only while
@@ -40,6 +43,7 @@ from typing import Protocol
 
 from cyncsim.replay.chaos import ChaosPolicy, Direction
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
+from cyncsim.simulator._lateness import LoopLateness, answer_floor
 from cyncsim.simulator._stream import MAX_PACKET, PacketQueue, PacketStream, read_buffer
 from cyncsim.simulator.chaos import ChaosWriter, abort_connection
 from cyncsim.simulator.record import ConnectionRecord
@@ -49,7 +53,7 @@ __all__ = ["ConnectionOwner", "EngineConnection"]
 logger = logging.getLogger("cyncsim.sim")
 INF = math.inf
 _SEND, _DELIVER, _CLOSE = 0, 1, 2
-_Item = tuple[float, int, int, bytes]  # (due, order, kind, data)
+_Item = tuple[float, int, int, bytes, float]  # (due, order, kind, data, fire: timer time)
 _OVERSIZE_LINES = 8  # per connection; later oversize headers are counted, not logged
 _ANSWERS = 4  # a packet's answers at most (ack, result, status, relay): a chaos-delayed packet
 # counts for that many while it waits, so its answers cannot overshoot the bound later
@@ -65,6 +69,7 @@ class ConnectionOwner(Protocol):
     """What a connection reports to its simulator (``name`` opens its log lines)."""
 
     name: str
+    lateness_compensation: bool  # answers' timers early by the loop's lateness
 
     def connection_opened(self, conn: EngineConnection) -> None: ...
 
@@ -136,6 +141,8 @@ class EngineConnection(asyncio.BufferedProtocol):
         self._stream = PacketStream(max_packet, self._oversize)
         self._inbox = PacketQueue(self._stream, CHUNK)  # read, not handed to the engine yet
         self._heap: list[_Item] = []
+        self._late = LoopLateness.of(self.loop) if owner.lateness_compensation else None
+        self._floors: dict[str, float] = {}  # answer key -> smallest learned delay (scaled)
         self._delayed = 0  # _DELIVER items in the heap (packets chaos holds back)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -395,12 +402,14 @@ class EngineConnection(asyncio.BufferedProtocol):
 
     def _apply(self, actions: list[Action], now: float, *, run: bool = True) -> None:
         batch: list[bytes] = []  # due now: one write (one syscall) for all of them
+        lead = 0.0 if self._late is None else self._late.lead
         for a in actions:
             if type(a) is Send:
-                if a.at <= now and not self._heap:
+                fire = a.at if not lead or a.at <= now else self._early(a, now, lead)
+                if fire <= now and not self._heap:
                     batch.append(a.data)
                 else:
-                    self._push(a.at, _SEND, a.data)
+                    self._push(a.at, _SEND, a.data, fire)
             elif type(a) is Close:
                 self._push(a.at, _CLOSE, b"")
             elif type(a) is Relay:
@@ -413,7 +422,7 @@ class EngineConnection(asyncio.BufferedProtocol):
                 out.write(batch[0] if len(batch) == 1 else b"".join(batch))
         if not run:
             return
-        if self._heap and self._heap[0][0] <= now:
+        if self._heap and self._heap[0][4] <= now:
             self._run_due(now)
         self._arm()
 
@@ -440,15 +449,28 @@ class EngineConnection(asyncio.BufferedProtocol):
         if out is not None and not out.is_closing():
             out.write(b"".join(packets))
 
-    def _push(self, at: float, kind: int, data: bytes) -> None:
-        heapq.heappush(self._heap, (at, next(self._order), kind, data))
+    def _early(self, send: Send, now: float, lead: float) -> float:
+        """When the timer of ``send`` (asked at ``now``) fires: ``lead`` early, but never
+        before ``now`` plus the smallest learned delay of its kind, never after its time."""
+        floor = self._floors.get(send.key)
+        if floor is None:
+            engine = self.engine
+            floor = answer_floor(engine.view, send.key) * engine.time_scale
+            self._floors[send.key] = floor
+        fire, low = send.at - lead, now + floor
+        return fire if fire > low else low if low < send.at else send.at
+
+    def _push(self, at: float, kind: int, data: bytes, fire: float | None = None) -> None:
+        heapq.heappush(
+            self._heap, (at, next(self._order), kind, data, at if fire is None else fire)
+        )
         if kind == _DELIVER:
             self._delayed += 1
 
     def _run_due(self, now: float) -> None:
         heap = self._heap
-        while heap and heap[0][0] <= now and self.active:
-            _, _, kind, data = heapq.heappop(heap)
+        while heap and heap[0][4] <= now and self.active:
+            _, _, kind, data, _ = heapq.heappop(heap)
             if kind == _SEND:
                 self._write(data)
             elif kind == _DELIVER:
@@ -462,8 +484,8 @@ class EngineConnection(asyncio.BufferedProtocol):
         if not self.active:
             return
         due = self.engine.next_deadline()
-        if self._heap and self._heap[0][0] < due:
-            due = self._heap[0][0]
+        if self._heap and self._heap[0][4] < due:
+            due = self._heap[0][4]
         if due == INF or (self._timer is not None and due >= self._timer_at):
             return
         if self._timer is not None:
@@ -476,6 +498,8 @@ class EngineConnection(asyncio.BufferedProtocol):
         if now < self._timer_at:  # woke early (clock resolution): never act before the time
             self._timer = self.loop.call_at(self._timer_at, self._on_timer)
             return
+        if self._late is not None:
+            self._late.observe(self._timer_at, now)
         self._timer = None
         self._timer_at = INF
         if not self.active:

@@ -1,0 +1,100 @@
+# How late an event loop runs its timers, estimated as it runs, so that answers can be
+# scheduled early by that much and leave the socket at the time the engine asked for.
+#
+# Strategy: a timer callback never runs at its time, it runs when the loop next wakes after it:
+# asyncio's EpollSelector waits in whole milliseconds rounded up (a timer is late by U(0, 1) ms
+# plus the kernel's wake-up), select() in microseconds (late by tens of us), and a busy loop
+# adds the callbacks queued ahead.  One LoopLateness per event loop (LoopLateness.of, kept in a
+# weak map), fed by every connection's timer: observed lateness = loop.time() in the callback
+# minus the time asked.  The estimate is the median of the last WINDOW observations (sorted
+# again every EVERY observations), so subtracting it centres the bulk of the departures on
+# their asked times: a mean would follow the long tail a busy loop has (callbacks queued
+# behind others) and send most answers early.  Robust to stalls: an observation later than
+# OUTLIER_S is a stall of the loop, not timer lateness, and is left out (a stall makes every
+# timer of a fleet late at once: thousands of them), the median ignores a few outliers left,
+# and the estimate never exceeds OUTLIER_S.  Every timer is observed (a subsample, say the
+# first timer of each loop wake-up, is biased: the first one run is the one due earliest, the
+# latest one).  A few operations per timer, nothing per answer but a subtraction.
+#
+# Where it is used (simulator/_connection.py): an answer due at ``at`` is written by a timer
+# asked for ``at - lead``, never before ``arrival + floor`` (``answer_floor``: the smallest
+# delay the model can draw for that answer kind) and never after ``at``: the compensation can
+# make no delay negative, nor shorter than anything learned.  No spinning, no blocking sleep.
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import OrderedDict
+
+from cyncsim.replay.engine.view import ModelView
+
+__all__ = ["EVERY", "OUTLIER_S", "WINDOW", "LoopLateness", "answer_floor"]
+
+WINDOW = 64  # observations the median is taken over
+EVERY = 8  # the median is taken again after this many new observations
+OUTLIER_S = 0.005  # later than this is a stall, left out (so the estimate stays below it)
+
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLateness] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class LoopLateness:
+    """A running estimate (``lead``, seconds) of how late one event loop runs its timers:
+    the median of its recent observed lateness, 0 before the first EVERY observations."""
+
+    __slots__ = ("_window", "count", "lead")
+
+    def __init__(self) -> None:
+        self.lead = 0.0  # the current estimate: schedule this much early
+        self.count = 0  # observations taken
+        self._window: list[float] = []  # the last WINDOW observations (a ring)
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LoopLateness:
+        """The estimator shared by everything on ``loop``."""
+        got = _LOOPS.get(loop)
+        if got is None:
+            got = _LOOPS[loop] = cls()
+        return got
+
+    def observe(self, asked: float, now: float) -> None:
+        """A timer asked for loop time ``asked`` ran at ``now``."""
+        late = now - asked
+        if late > OUTLIER_S:
+            return
+        late = 0.0 if late < 0.0 else late
+        n, window = self.count, self._window
+        if n < WINDOW:
+            window.append(late)
+        else:
+            window[n % WINDOW] = late
+        self.count = n = n + 1
+        if n % EVERY == 0:
+            self.lead = sorted(window)[len(window) // 2]
+
+
+_FLOORS: OrderedDict[tuple[int, str], tuple[ModelView, dict[str, float]]] = OrderedDict()
+_FLOOR_VIEWS = 64  # views whose floors are kept (a process has a handful)
+
+
+def answer_floor(view: ModelView, key: str) -> float:
+    """The smallest delay (s, unscaled) ``view`` can draw for an answer of ``key``: the
+    minimum over every learned response of that key to any request of the view's role (0 when
+    none is learned, e.g. the device's own 0x43/0xd3 or raw writes)."""
+    slot = (id(view), view.role)
+    hit = _FLOORS.get(slot)
+    if hit is None or hit[0] is not view:
+        hit = _FLOORS[slot] = (view, {})
+        while len(_FLOORS) > _FLOOR_VIEWS:
+            _FLOORS.popitem(last=False)
+    floors = hit[1]
+    got = floors.get(key)
+    if got is None:
+        plans = [view.ack, view.report]
+        for ex in view.model.exchanges:
+            if ex.role == view.role:
+                plans += view.plans(ex.request) or ()
+        lows = [p.delay.values[0] for p in plans if p is not None and p.key == key and p.delay]
+        got = floors[key] = max(0.0, min(lows, default=0.0))
+    return got

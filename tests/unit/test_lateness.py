@@ -1,0 +1,89 @@
+# The loop-lateness estimator (simulator/_lateness.py) on synthetic lateness: it converges to
+# the median, leaves out stalls, never goes negative, is shared per loop; the answer floors.
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from cyncsim.replay.engine.view import ModelView
+from cyncsim.simulator._base import default_model
+from cyncsim.simulator._lateness import EVERY, OUTLIER_S, WINDOW, LoopLateness, answer_floor
+
+
+def feed(est: LoopLateness, lateness: list[float], start: float = 100.0) -> None:
+    for i, late in enumerate(lateness):
+        asked = start + i * 0.01
+        est.observe(asked, asked + late)
+
+
+def test_converges_to_the_median_of_epoll_rounding() -> None:
+    rng = random.Random(1)  # epoll: late by U(0, 1) ms plus a 50 us wake-up
+    est = LoopLateness()
+    feed(est, [0.00005 + rng.random() * 0.001 for _ in range(2000)])
+    assert est.lead == pytest.approx(0.00055, abs=0.00012)
+
+
+def test_follows_a_change_within_a_window() -> None:
+    est = LoopLateness()
+    feed(est, [0.0001] * 500)
+    assert est.lead == pytest.approx(0.0001)
+    feed(est, [0.0008] * WINDOW, start=200.0)
+    assert est.lead == pytest.approx(0.0008)
+
+
+def test_nothing_before_the_first_observations() -> None:
+    est = LoopLateness()
+    feed(est, [0.001] * (EVERY - 1))
+    assert est.lead == 0.0
+    feed(est, [0.001], start=50.0)
+    assert est.lead == pytest.approx(0.001)
+
+
+def test_stalls_are_left_out() -> None:
+    rng = random.Random(2)
+    est = LoopLateness()
+    feed(est, [rng.random() * 0.001 for _ in range(500)])
+    before = est.lead
+    feed(est, [0.9] * 5000, start=300.0)  # a 0.9 s stall: every timer of a fleet late at once
+    assert est.lead == before
+    assert est.count == 500
+    assert before < OUTLIER_S
+
+
+def test_a_tail_of_late_timers_does_not_move_the_median_much() -> None:
+    rng = random.Random(3)  # a busy loop: 20% of the timers queued 3-5 ms behind others
+    est = LoopLateness()
+    feed(est, [rng.uniform(0.003, 0.005) if i % 5 == 0 else 0.0002 for i in range(1000)])
+    assert est.lead == pytest.approx(0.0002, abs=1e-9)
+
+
+def test_early_timers_count_as_on_time() -> None:
+    est = LoopLateness()
+    feed(est, [-0.001] * 100)  # a clock that ran timers early: the estimate is not negative
+    assert est.lead == 0.0
+
+
+def test_one_estimator_per_loop() -> None:
+    a, b = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert LoopLateness.of(a) is LoopLateness.of(a)
+        assert LoopLateness.of(a) is not LoopLateness.of(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_answer_floor_is_the_smallest_learned_delay() -> None:
+    view = ModelView.get(default_model(), "cloud")
+    hello = view.plans("0x23")
+    assert hello is not None
+    assert answer_floor(view, "0x28") == min(p.delay.values[0] for p in hello)
+    assert answer_floor(view, "0x28") > 0.01  # the cloud answers a hello in about 40 ms
+    assert answer_floor(view, "nothing learned") == 0.0
+    device = ModelView.get(default_model(), "device")
+    for key in ("0x7b", "0x83:fa:db"):
+        low = answer_floor(device, key)
+        plans = [p for p in (device.ack, device.report) if p is not None and p.key == key]
+        assert plans and 0.0 <= low <= min(p.delay.values[0] for p in plans)
