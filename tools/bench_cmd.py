@@ -1,33 +1,35 @@
 # `cyncsim bench SUITE [--json FILE] [--quick]`: run benchmark suites, print their tables.
 #
 # A thin front end over tools/bench: the suites are registered there (common.SUITES), each
-# returns a SuiteResult that is printed as a table and, with --json, written as the documented
-# JSON (tools/bench/common.py).  `all` runs every registered suite; its JSON file is
-# {"machine": ..., "suites": [one suite object each]}.  Missed targets are reported, not
-# fatal: the exit status is 0 unless --check is given (then 1 when a target is missed).
+# returns a SuiteResult that is printed as a table and, with --json, written as JSON (the form
+# tools/bench/report.py reads):
+#   {"suite", "machine", "date", "quick", "title", "params", "rows": [{"name", ...}],
+#    "checks": [{"name", "value", "target", "op", "unit", "passed"}], "passed", "notes",
+#    "details": {TITLE: [row, ...]}}
+# `all` runs every registered suite; its JSON file is {"machine": ..., "suites": [one suite
+# object each]}.  Missed targets are reported, not fatal: the exit status is 0 unless --check
+# is given (then 1 when a target is missed).
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import math
+import os
+import platform
+import sys
 import tempfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from cyncsim.captures import shared_captures_dir
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._output import check_writable
-from cyncsim.tools.bench.common import (
-    SUITES,
-    BenchOptions,
-    load_suite,
-    machine_info,
-    render,
-    stderr_log,
-    suite_json,
-    write_json,
-)
+from cyncsim.tools.bench.common import SUITES, BenchOptions, SuiteResult, load_suite, render
 
-__all__ = ["register", "run"]
+__all__ = ["machine_info", "register", "run", "suite_json", "write_json"]
 
 
 def _positive(text: str) -> int:
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         opts = BenchOptions(Path(tmp), args.quick, args.repeats, captures, args.profile)
         for name in names:
             gc.collect()  # no garbage of an earlier suite for this one's collections to walk
-            result = load_suite(name).run(opts, stderr_log)
+            result = load_suite(name).run(opts, _stderr_log)
             out.write(render(result) + "\n")
             out.flush()
             objects.append(suite_json(result, machine))
@@ -78,3 +80,65 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         except OSError as exc:
             raise CyncError(f"--json {args.json}: {exc.strerror}", reason="io") from None
     return 1 if args.check and missed else 0
+
+
+def _stderr_log(message: str) -> None:
+    """Progress lines for long suites, on stderr, only when it is a terminal."""
+    if sys.stderr.isatty():
+        print(message, file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores usable, Python, load at the start."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _proc_line("/proc/cpuinfo", "model name") or platform.processor() or "?",
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    if mem := _proc_line("/proc/meminfo", "MemTotal"):
+        info["memory_mb"] = int(mem.split()[0]) // 1024
+    return info
+
+
+def _proc_line(path: str, key: str) -> str | None:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return None
+    return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(key)), None)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: those become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any]:
+    """The documented JSON object of one suite run (see the module comment)."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    obj: dict[str, Any] = {"suite": result.suite, "machine": dict(machine), "date": now}
+    obj |= {k: getattr(result, k) for k in ("quick", "title", "params", "rows")}
+    obj |= {"checks": [c.as_dict() for c in result.checks], "passed": result.passed}
+    obj |= {"notes": result.notes, "details": {t: rows for t, _, rows in result.sections}}
+    finite: dict[str, Any] = _finite(obj)
+    return finite
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (no NaN), atomically enough for a report file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -32,10 +32,9 @@ from cyncsim.tools.bench.common import (
     measure,
     measure_rounds,
     render,
-    suite_json,
-    write_json,
 )
 from cyncsim.tools.bench.import_suite import dpkt_parse, pcap_slice, struct_floor, text_row
+from cyncsim.tools.bench_cmd import suite_json, write_json
 from cyncsim.tools.cli import main
 
 SEGMENT_ROWS = ["reader", "import", "dpkt", "floor", "scapy"]

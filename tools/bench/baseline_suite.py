@@ -47,12 +47,11 @@ SPEC = SuiteSpec(
 
 
 async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[str, Any]:
-    """Row ``name``: ``n`` commands at the learned latency, or (no delay) a warm-up and then
-    ``n`` toggles ``repeats`` times at time_scale 0."""
+    """Row ``name``: ``n`` commands ``repeats`` times (no delay: at time_scale 0, warmed up)."""
     light, no_delay = name == "light", name == "no delay"
-    key = "0x73:f8:f0" if light else "0x73:f8:d0"
+    key, scale = "0x73:f8:f0" if light else "0x73:f8:d0", 0.0 if no_delay else 1.0
     rates, cpu = list[float](), list[float]()
-    async with lanes(1, first=index, seed=SEED, time_scale=0.0 if no_delay else 1.0) as (lane,):
+    async with lanes(1, first=index, seed=SEED, time_scale=scale) as (lane,):
         if no_delay:
             await lane.commands(min(n, 100))  # warm-up: caches, first-use costs
             lane.results.clear()
@@ -64,8 +63,8 @@ async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[st
             rates.append(n / meter.stop().wall_s)
             cpu.append(meter.utilisation)
         retx = lane.transport.stats.retransmissions - retx0
-    row = {"name": name, "request": key, "time_scale": 0.0 if no_delay else 1.0}
-    row |= command_summary([lane], retx) | {"per_s": statistics.median(rates)}
+    row = {"name": name, "request": key, "time_scale": scale, **command_summary([lane], retx)}
+    row |= {"per_s": statistics.median(rates)}
     if no_delay:
         row["cpu_utilisation"] = statistics.median(cpu)
         return row | {"per_s_samples": rates, "repeats": repeats}

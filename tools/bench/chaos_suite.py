@@ -109,7 +109,7 @@ def chaos_config(row: Row, lane: int, commands: int) -> ChaosConfig | None:
 
 
 def cloud_variant_model(model: DeviceModel, variant: str = "cloud") -> DeviceModel:
-    """``model`` restricted to one setup variant (exchanges and behaviour of that variant)."""
+    """``model`` restricted to one setup variant."""
     exchanges = [e for e in model.exchanges if e.variant == variant]
     if not exchanges:
         raise ValueError(f"the model has no exchanges of variant {variant!r}")
@@ -130,9 +130,9 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
     chaos = functools.partial(chaos_config, row, commands=size.per_lane)  # by lane number
     async with lanes(size.lanes, first=r * 100, seed=SEED, chaos=chaos, **kw) as group:
         await asyncio.gather(*(lane.commands(size.per_lane) for lane in group))
-    faults: collections.Counter[str] = collections.Counter()
-    for policy in (lane.device.chaos_policy for lane in group):
-        faults.update(policy.fault_counts() if policy is not None else {})
+    faults = collections.Counter[str]()
+    for policy in (lane.device.chaos_policy for lane in group if lane.device.chaos_policy):
+        faults.update(policy.fault_counts())
     return {
         "name": row.name,
         "checked": row.checked,
@@ -152,14 +152,10 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
 
 
 async def _run(size: Size, rule_timeout: float, log: Log) -> tuple[list[dict[str, Any]], Any]:
-    log(
-        f"chaos: {len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at "
-        f"once (ack timeout {rule_timeout:.3f} s by the rule)"
-    )
+    what = f"{len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at once"
+    log(f"chaos: {what} (ack timeout {rule_timeout:.3f} s by the rule)")
     async with loop_health() as health:
-        rows = await asyncio.gather(
-            *(_row(row, r, size, rule_timeout) for r, row in enumerate(ROWS))
-        )
+        rows = await asyncio.gather(*(_row(r, i, size, rule_timeout) for i, r in enumerate(ROWS)))
     return list(rows), health
 
 

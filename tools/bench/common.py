@@ -1,30 +1,24 @@
 # The scaffold every `cyncsim bench` suite stands on: the registry, a suite's description,
-# timing, checks, tables, profile and JSON.
+# timing, checks, tables and profile.
 #
 # Strategy: a suite module declares a ``SuiteSpec`` (sizes, columns) and ``run(opts, log)``;
-# it times what it compares in one run, in interleaved rounds, medians reported.  The JSON
-# form (tools/bench/report.py reads it):
-#   {"suite", "machine", "date", "quick", "title", "params", "rows": [{"name", ...}],
-#    "checks": [{"name", "value", "target", "op", "unit", "passed"}], "passed", "notes",
-#    "details": {TITLE: [row, ...]}}
+# it times what it compares in one run, in interleaved rounds, medians reported, and returns
+# a SuiteResult (tools/bench_cmd.py prints it and writes its JSON).
 from __future__ import annotations
 
 import cProfile
 import gc
 import importlib
-import json
 import math
-import os
-import platform
 import pstats
 import statistics
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Generic, Protocol, TypeVar, cast
+
+from cyncsim.replay.errors import CyncError
 
 __all__ = [
     "CHECK_COLUMNS",
@@ -36,27 +30,23 @@ __all__ = [
     "Column",
     "Log",
     "Rows",
-    "Suite",
     "SuiteResult",
     "SuiteSpec",
     "Timing",
-    "cell",
     "check_rows",
+    "fail",
     "format_table",
     "load_suite",
-    "machine_info",
     "measure",
     "measure_rounds",
     "profile_by_file",
     "render",
-    "stderr_log",
-    "suite_json",
-    "write_json",
 ]
 
 T = TypeVar("T")
 S = TypeVar("S")
 Log = Callable[[str], None]
+Rows = list[dict[str, Any]]
 
 # name -> one-line description; suite NAME is the module cyncsim.tools.bench.NAME_suite,
 # imported only when it runs.  `cyncsim bench all` runs them in this order.
@@ -74,15 +64,18 @@ _DESCRIPTIONS = {
 SUITES = {n: (f"cyncsim.tools.bench.{n}_suite", d) for n, d in _DESCRIPTIONS.items()}
 
 
-class Suite(Protocol):
-    """What a suite module provides."""
-
+class _Suite(Protocol):
     def run(self, opts: BenchOptions, log: Log) -> SuiteResult: ...
 
 
-def load_suite(name: str) -> Suite:
+def load_suite(name: str) -> _Suite:
     """The module of suite ``name`` (KeyError for an unregistered name)."""
-    return cast(Suite, importlib.import_module(SUITES[name][0]))
+    return cast(_Suite, importlib.import_module(SUITES[name][0]))
+
+
+def fail(suite: str, message: str) -> CyncError:
+    """The error a suite raises when what it measured is wrong."""
+    return CyncError(f"bench {suite}: {message}", reason="bench")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +101,6 @@ class Timing:
         return statistics.median(self.samples)
 
     def rate(self, items: int) -> float:
-        """Items per second at the median time."""
         return items / self.median if self.median > 0 else math.inf
 
 
@@ -175,8 +167,7 @@ class Column:
     def latency(
         prefix: str = "", label: str = "", unit: str = "ms", spec: str = ".1f", keys: str = ""
     ) -> list[Column]:
-        """The standard latency columns p50/p90/p99/max (or ``keys``, space separated) of the
-        row keys ``{prefix}p50_{unit}``... that ``stats.summary`` produces."""
+        """The standard latency columns p50/p90/p99/max (or ``keys``) of ``stats.summary``."""
         names = keys.split() or ["p50", "p90", "p99", "max"]
         return [Column(f"{prefix}{k}_{unit}", f"{label}{k} {unit}", spec) for k in names]
 
@@ -190,8 +181,6 @@ PROFILE_COLUMNS = {
         Column("cum_share", "cumulative", ".1%"),
     ],
 }
-
-Rows = list[dict[str, Any]]
 Section = tuple[str, list[Column], Rows]  # an extra table: title, cols, rows
 
 
@@ -200,7 +189,7 @@ class SuiteResult:
     suite: str
     title: str  # one line saying what was measured
     columns: list[Column]
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: Rows = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -250,69 +239,41 @@ class SuiteSpec(Generic[S]):
         return SuiteResult(self.name, title, *args)
 
 
-# ---------------------------------------------------------------------------- output
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on: CPU, cores usable, Python, load at the start."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _proc_line("/proc/cpuinfo", "model name") or platform.processor() or "?",
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    if hasattr(os, "getloadavg"):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    if mem := _proc_line("/proc/meminfo", "MemTotal"):
-        info["memory_mb"] = int(mem.split()[0]) // 1024
-    return info
-
-
-def _proc_line(path: str, key: str) -> str | None:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return None
-    return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(key)), None)
-
-
-def cell(value: Any, spec: str) -> str:
-    """One cell: ``-`` if missing or non-finite, PASS/FAIL for a bool, numbers in ``spec``."""
+# ---------------------------------------------------------------------------- tables
+def _cell(value: Any, spec: str) -> str:
+    """``-`` if missing or non-finite, PASS/FAIL for a bool, numbers in ``spec``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, bool):
         return "PASS" if value else "FAIL"
-    if isinstance(value, int | float) and spec:
-        return format(value, spec)
-    return str(value)
+    return format(value, spec) if isinstance(value, int | float) and spec else str(value)
 
 
 def format_table(
     columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], markdown: bool = False
 ) -> str:
     """A plain-text or GitHub table: numbers right-aligned, a missing value shown as ``-``."""
-    cells = [[cell(row.get(c.key), c.spec) for c in columns] for row in rows]
-    numeric = [any(_is_number(r.get(c.key)) for r in rows) for c in columns]
+    cells = [[_cell(row.get(c.key), c.spec) for c in columns] for row in rows]
+    numeric = [
+        any(isinstance(v := r.get(c.key), int | float) and not isinstance(v, bool) for r in rows)
+        for c in columns
+    ]
     if markdown:
         lines = [[c.header for c in columns], ["---:" if n else "---" for n in numeric]]
         lines += [[v.replace("|", "\\|") for v in r] for r in cells]
         return "\n".join(f"| {' | '.join(line)} |" for line in lines)
     widths = [max([len(c.header), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        aligned = zip(values, widths, numeric, strict=True)
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in aligned).rstrip()
-
-    lines = [[c.header for c in columns], ["-" * w for w in widths], *cells]
-    return "\n".join(line(ln) for ln in lines)
+    aligned = [
+        [v.rjust(w) if n else v.ljust(w) for v, w, n in zip(ln, widths, numeric, strict=True)]
+        for ln in [[c.header for c in columns], ["-" * w for w in widths], *cells]
+    ]
+    return "\n".join("  ".join(ln).rstrip() for ln in aligned)
 
 
 CHECK_COLUMNS = [Column(k, k) for k in ("target", "measured", "result")]
 
 
-def check_rows(checks: Iterable[Mapping[str, Any]], num: Callable[[Any, str], str] = cell) -> Rows:
+def check_rows(checks: Iterable[Mapping[str, Any]], num: Callable[[Any, str], str] = _cell) -> Rows:
     """The rows of a checks table; ``num(value, spec)`` prints the numbers."""
     return [
         {
@@ -322,10 +283,6 @@ def check_rows(checks: Iterable[Mapping[str, Any]], num: Callable[[Any, str], st
         }
         for c in checks
     ]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def render(result: SuiteResult) -> str:
@@ -338,35 +295,6 @@ def render(result: SuiteResult) -> str:
     parts += [f"{title}\n{format_table(cols, rows)}" for title, cols, rows in result.sections]
     parts += [f"note: {n}" for n in result.notes]
     return "\n\n".join(parts) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: those become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
-
-
-def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any]:
-    """The documented JSON object of one suite run (see the module comment)."""
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    obj: dict[str, Any] = {"suite": result.suite, "machine": dict(machine), "date": now}
-    obj |= {k: getattr(result, k) for k in ("quick", "title", "params", "rows")}
-    obj |= {"checks": [c.as_dict() for c in result.checks], "passed": result.passed}
-    obj |= {"notes": result.notes, "details": {t: rows for t, _, rows in result.sections}}
-    finite: dict[str, Any] = _finite(obj)
-    return finite
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as strict JSON (no NaN), atomically enough for a report file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------- profile
@@ -404,9 +332,3 @@ def _short_path(filename: str) -> str:
         if anchor in parts and "site-packages" not in parts:
             return "/".join(parts[parts.index(anchor) :])
     return Path(filename).name
-
-
-def stderr_log(message: str) -> None:
-    """Progress lines for long suites, on stderr, only when it is a terminal."""
-    if sys.stderr.isatty():
-        print(message, file=sys.stderr, flush=True)

@@ -1,13 +1,11 @@
 # `cyncsim bench fuzz`: random and mutated packets against everything a peer's bytes reach.
 #
-# Strategy: a seeded generator takes real packets (the shipped model's answer exemplars, built
-# requests, the shared captures' Cync packets) and flips bits, truncates, lies in the length
-# field, splices one packet's header onto another's body, concatenates, inserts bytes, or
-# sends random bytes.  Each batch goes to every target: decode_packet (strict, lenient),
-# PacketFramer.feed in random chunks (lenient, strict) and a device engine's receive (the raw
-# input, then each packet the framer cuts from it, as a device connection hands them on).
-# An exception that is not a CyncError is "untyped": counted, the first few listed with the
-# input's hex.  Target: none.
+# Strategy: a seeded generator mutates real packets (the shipped model's exemplars, built
+# requests, the shared captures' packets): bit flips, truncation, length lies, splices,
+# concatenation, inserted or random bytes.  Each batch goes to every target: decode_packet
+# (strict, lenient), PacketFramer.feed in random chunks (lenient, strict) and a device engine's
+# receive (the raw input, then each packet the framer cuts from it).  An exception that is not
+# a CyncError is "untyped": counted, the first few listed with the input's hex.  Target: none.
 from __future__ import annotations
 
 import collections
@@ -63,9 +61,8 @@ def seed_packets(captures: Path | None) -> list[bytes]:
     seeds |= {build_hello(DEVICE_ID, b"1e07d0000000abcd").encode()}
     seeds |= {build_simple(t).encode() for t in (PacketType.PING, PacketType.HELLO_ACK)}
     seeds |= {build_report(DEVICE_ID, b"\0\1\0", StatusReport(1, True, 50, 50, (1, 2, 3))).encode()}
-    for path in (
-        sorted(captures.glob("*.txt")) if captures is not None and captures.is_dir() else []
-    ):
+    texts = sorted(captures.glob("*.txt")) if captures is not None and captures.is_dir() else []
+    for path in texts:
         seeds |= {fp.packet.encode() for flow in read_capture(path).flows for fp in flow.packets}
     return sorted(seeds)
 
@@ -205,17 +202,11 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         {"name": name, "inputs": n, "typed": t.typed, "untyped": t.untyped, "seconds": t.seconds}
         for name, t in tallies.items()
     ]
-    rows.append(
-        {
-            "name": "all targets",
-            "inputs": n,
-            **{k: sum(r[k] for r in rows) for k in ("typed", "untyped", "seconds")},
-        }
-    )
+    total = {k: sum(r[k] for r in rows) for k in ("typed", "untyped", "seconds")}
+    rows.append({"name": "all targets", "inputs": n, **total})
     for row in rows:
         row["per_s"] = row["inputs"] / row["seconds"] if row["seconds"] > 0 else None
-    untyped = rows[-1]["untyped"]
-    checks = [Check("untyped exceptions (all targets)", untyped, 0, "<=", "", ",d")]
+    checks = [Check("untyped exceptions (all targets)", total["untyped"], 0, "<=", "", ",d")]
     title = f"{n:,} seeded random and mutated packets through every decoder a peer reaches"
     params = {"inputs": n, "seed": SEED, "seed_packets": len(seeds), "mutations": dict(kinds)}
     notes = [

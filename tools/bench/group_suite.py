@@ -76,17 +76,13 @@ async def _row(name: str, time_scale: float, rounds: int) -> dict[str, Any]:
     return row
 
 
-async def _run(size: Size, log: Log) -> list[dict[str, Any]]:
-    log(f"group: {size.no_delay_rounds} rounds of {DEVICES} toggles, no injected latency")
-    no_delay = await _row("no delay", 0.0, size.no_delay_rounds)
-    log(f"group: {size.rounds} rounds of {DEVICES} toggles, learned latency")
-    return [await _row("learned latency", 1.0, size.rounds), no_delay]
-
-
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     size = SPEC.size(opts)
-    rows = asyncio.run(_run(size, log))
-    learned, no_delay = rows
+    log(f"group: {size.no_delay_rounds} rounds of {DEVICES} toggles, no injected latency")
+    no_delay = asyncio.run(_row("no delay", 0.0, size.no_delay_rounds))
+    log(f"group: {size.rounds} rounds of {DEVICES} toggles, learned latency")
+    learned = asyncio.run(_row("learned latency", 1.0, size.rounds))
+    rows = [learned, no_delay]
     checks = [
         Check(f"{r['name']} success", r["success"], TARGET_SUCCESS, ">=", "", ".4f") for r in rows
     ]

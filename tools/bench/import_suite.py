@@ -20,35 +20,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from cyncsim import CaptureResult, CyncError, read_capture
+from cyncsim import CaptureResult, read_capture
 from cyncsim.replay.capture import accounting_errors, detect_format
 from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
 from cyncsim.replay.model.importer import import_files
 from cyncsim.tools._extras import require
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Case,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    Timing,
-    measure,
-    measure_rounds,
-    profile_by_file,
-)
+from cyncsim.tools.bench import common
+from cyncsim.tools.bench.common import BenchOptions, Case, Check, Column, Log, SuiteResult
 
-__all__ = [
-    "SPEC",
-    "dpkt_parse",
-    "import_model",
-    "pcap_slice",
-    "run",
-    "scale_rows",
-    "struct_floor",
-    "text_row",
-]
+__all__ = ["SPEC", "dpkt_parse", "import_model", "pcap_slice", "run", "struct_floor", "text_row"]
 
 TARGET_RATE = 100_000.0  # segments per second, reader and end to end
 TARGET_VS_DPKT = 3.0
@@ -66,7 +46,7 @@ class Size:
 
 
 SCALE = "scale: cyncsim import of generated pcaps, each in a fresh process"
-SPEC = SuiteSpec(
+SPEC = common.SuiteSpec(
     "import",
     full=Size(200_000, 20, 20_000, (200_000, 1_000_000, 5_000_000)),
     quick=Size(20_000, 20, 2_000, (200_000, 1_000_000)),
@@ -101,8 +81,8 @@ _WHAT = {
 }
 
 
-def _fail(message: str) -> CyncError:
-    return CyncError(f"bench import: {message}", reason="bench")
+def _fail(message: str) -> Exception:
+    return common.fail("import", message)
 
 
 def _records(buf: bytes, limit: int | None = None) -> tuple[int, int]:
@@ -165,20 +145,18 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "packets": packets,
 """
 
 
-def scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> list[dict[str, Any]]:
+def _scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> common.Rows:
     """One fresh-process import per size: wall and CPU seconds, CPU time per segment (the
-    process's own, so that other load on the machine does not bend the curve), peak RSS."""
-    rows: list[dict[str, Any]] = []
+    process's own: other load does not bend the curve), peak RSS."""
+    rows: common.Rows = []
     for segments in sizes:
         pcap, out = workdir / f"import-scale-{segments}.pcap", workdir / "import-scale.model"
         log(f"import: scale, generating {segments:,} segments")
         stats = generate_benchmark_pcap(pcap, segments, conns, seed=0)
         log(f"import: scale, importing {stats['segments']:,} segments in a child process")
+        argv = [sys.executable, "-c", _CHILD, str(pcap), str(out)]
         try:
-            proc = subprocess.run(
-                [sys.executable, "-c", _CHILD, str(pcap), str(out)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         finally:
             pcap.unlink(missing_ok=True)
             out.unlink(missing_ok=True)
@@ -187,17 +165,14 @@ def scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> l
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         if got["packets"] != stats["packets"]:
             raise _fail(f"scale import learned {got['packets']} packets of {stats['packets']}")
-        rss = got["peak_rss_kb"]
-        rows.append(
-            {
-                "segments": stats["segments"],
-                "packets": stats["packets"],
-                "seconds": got["seconds"],
-                "cpu_seconds": got["cpu_seconds"],
-                "us_per_segment": got["cpu_seconds"] / stats["segments"] * 1e6,
-                "peak_rss_mb": None if rss is None else rss / 1024,
-            }
-        )
+        cpu, rss = got["cpu_seconds"], got["peak_rss_kb"]
+        row = {
+            "segments": stats["segments"],
+            "packets": stats["packets"],
+            "seconds": got["seconds"],
+        }
+        row |= {"cpu_seconds": cpu, "us_per_segment": cpu / stats["segments"] * 1e6}
+        rows.append(row | {"peak_rss_mb": None if rss is None else rss / 1024})
     fastest = min(r["us_per_segment"] for r in rows)
     for r in rows:
         r["vs_smallest"] = r["us_per_segment"] / rows[0]["us_per_segment"]
@@ -205,19 +180,8 @@ def scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> l
     return rows
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _row(name: str, what: str, items: int, unit: str, timing: Timing) -> dict[str, Any]:
-    return {
-        "name": name,
-        "what": what,
-        "items": items,
-        "unit": unit,
+def _row(name: str, what: str, items: int, unit: str, timing: common.Timing) -> dict[str, Any]:
+    return {"name": name, "what": what, "items": items, "unit": unit} | {
         "median_s": timing.median,
         "samples_s": list(timing.samples),
         "per_s": timing.rate(items),
@@ -229,11 +193,8 @@ def text_row(captures: Path | None, repeats: int) -> dict[str, Any]:
     row: dict[str, Any] = {"name": "text", "what": "read_capture on the MITM text logs"}
     if captures is None or not captures.is_dir():
         return {**row, "status": "skipped", "reason": f"no captures folder ({captures})"}
-    files = sorted(
-        p
-        for p in captures.iterdir()
-        if p.is_file() and detect_format(p.read_bytes()[:256]) == "text"
-    )
+    files = [p for p in sorted(captures.iterdir()) if p.is_file()]
+    files = [p for p in files if detect_format(p.read_bytes()[:256]) == "text"]
     if not files:
         return {**row, "status": "skipped", "reason": f"no MITM text logs in {captures}"}
     expected = [read_capture(p).packet_count for p in files]
@@ -242,10 +203,9 @@ def text_row(captures: Path | None, repeats: int) -> dict[str, Any]:
         if counts != expected:
             raise _fail(f"text reader gave {counts} packets, then {expected}")
 
-    timing = measure(lambda: [read_capture(p).packet_count for p in files], repeats, verify)
+    timing = common.measure(lambda: [read_capture(p).packet_count for p in files], repeats, verify)
     what = f"read_capture on {len(files)} MITM text logs"
-    return {
-        **_row("text", what, sum(expected), "packets", timing),
+    return _row("text", what, sum(expected), "packets", timing) | {
         "status": "ok",
         "files": ", ".join(p.name for p in files),
         "bytes": sum(p.stat().st_size for p in files),
@@ -264,11 +224,25 @@ def _check_reader(got: CaptureResult, stats: dict[str, int], conns: int, *, full
         raise _fail(
             f"{len(got.findings)} findings on a clean capture: {first.reason} {first.detail}"
         )
-    if full:
-        errors = accounting_errors(got)
-        seen = sum(sum(f.bytes_seen.values()) for f in got.flows)
-        if errors or seen != stats["payload_bytes"]:
-            raise _fail(f"byte accounting: {errors[:1]}, {seen} of {stats['payload_bytes']} bytes")
+    errors = accounting_errors(got) if full else []
+    seen = sum(sum(f.bytes_seen.values()) for f in got.flows) if full else stats["payload_bytes"]
+    if errors or seen != stats["payload_bytes"]:
+        raise _fail(f"byte accounting: {errors[:1]}, {seen} of {stats['payload_bytes']} bytes")
+
+
+def _expect(what: str, want: object) -> Any:
+    def verify(got: object) -> None:
+        if got != want:
+            raise _fail(f"{what} gave {got}, expected {want}")
+
+    return verify
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
@@ -283,30 +257,19 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     _check_reader(read_capture(pcap), stats, size.connections, full=True)  # outside any clock
     sliced = pcap_slice(pcap, part, size.scapy_segments)
     rdpcap(str(part), count=10)  # scapy builds some tables on its first use: not timed
-
-    def expect(what: str, want: object) -> Any:
-        def verify(got: object) -> None:
-            if got != want:
-                raise _fail(f"{what} gave {got}, expected {want}")
-
-        return verify
-
     model_out = opts.workdir / "import-bench.model"
-    log(
-        f"import: reader, import, dpkt, floor, scapy ({size.scapy_segments:,} segments), "
-        "interleaved"
-    )
+    log(f"import: reader, import, dpkt, floor, scapy ({size.scapy_segments:,}), interleaved")
     cases: dict[str, Case] = {
         "reader": (
             lambda: read_capture(pcap),
             lambda got: _check_reader(got, stats, size.connections, full=False),
         ),
-        "import": (lambda: import_model(pcap, model_out), expect("import", stats["packets"])),
-        "dpkt": (lambda: dpkt_parse(pcap), expect("dpkt", (segments, stats["payload_bytes"]))),
-        "floor": (lambda: struct_floor(pcap), expect("the struct walk", segments)),
-        "scapy": (lambda: len(rdpcap(str(part))), expect("scapy", sliced)),
+        "import": (lambda: import_model(pcap, model_out), _expect("import", stats["packets"])),
+        "dpkt": (lambda: dpkt_parse(pcap), _expect("dpkt", (segments, stats["payload_bytes"]))),
+        "floor": (lambda: struct_floor(pcap), _expect("the struct walk", segments)),
+        "scapy": (lambda: len(rdpcap(str(part))), _expect("scapy", sliced)),
     }
-    timings = measure_rounds(cases, opts.repeats, log)
+    timings = common.measure_rounds(cases, opts.repeats, log)
     log("import: MITM text reader")
     text = text_row(opts.captures, opts.repeats)
     rows = [
@@ -314,49 +277,37 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         for name, timing in timings.items()
     ]
     by_name = {row["name"]: row for row in rows}
-    dpkt_rate, floor_rate = by_name["dpkt"]["per_s"], by_name["floor"]["per_s"]
     for row in rows:
-        row["vs_dpkt"] = row["per_s"] / dpkt_rate
-        row["vs_floor"] = row["per_s"] / floor_rate
+        row["vs_dpkt"] = row["per_s"] / by_name["dpkt"]["per_s"]
+        row["vs_floor"] = row["per_s"] / by_name["floor"]["per_s"]
     reader, imported = by_name["reader"], by_name["import"]
-    scale = scale_rows(opts.workdir, size.scale, size.connections, log)
-    peak = [r["peak_rss_mb"] for r in scale if r["peak_rss_mb"] is not None]
+    scale = _scale_rows(opts.workdir, size.scale, size.connections, log)
+    peak = max((r["peak_rss_mb"] for r in scale if r["peak_rss_mb"] is not None), default=0.0)
+    flat = max(r["vs_fastest"] for r in scale)
     checks = [
         Check("reader segments/s", reader["per_s"], TARGET_RATE, unit=" seg/s", spec=",.0f"),
         Check("reader / dpkt", reader["vs_dpkt"], TARGET_VS_DPKT, unit="x", spec=".2f"),
         Check("reader / floor", reader["vs_floor"], TARGET_VS_FLOOR, unit="x", spec=".3f"),
         Check("import segments/s", imported["per_s"], TARGET_RATE, unit=" seg/s", spec=",.0f"),
         Check("import / dpkt", imported["vs_dpkt"], TARGET_VS_DPKT, unit="x", spec=".2f"),
-        Check(
-            "scale: slowest / fastest CPU time per segment",
-            max(r["vs_fastest"] for r in scale), SCALE_FLAT, op="<=", unit="x", spec=".2f",
-        ),
-        Check("scale: peak RSS", max(peak, default=0.0), SCALE_RSS_MB, op="<=", unit=" MB",
-              spec=",.0f"),
-    ]  # fmt: skip
+        Check("scale: slowest / fastest CPU time per segment", flat, SCALE_FLAT, "<=", "x", ".2f"),
+        Check("scale: peak RSS", peak, SCALE_RSS_MB, op="<=", unit=" MB", spec=",.0f"),
+    ]
     title = (
         f"{segments:,} TCP segments over {size.connections} connections "
         f"({stats['packets']:,} Cync packets), median of {opts.repeats}"
     )
-    params: dict[str, Any] = {
-        **stats,
-        "connections": size.connections,
-        "file_bytes": pcap.stat().st_size,
-        "scapy_segments": sliced,
-        "repeats": opts.repeats,
-        "dpkt": _version("dpkt"),
-        "scapy": _version("scapy"),
-    }
+    params: dict[str, Any] = {**stats, "connections": size.connections}
+    params |= {"file_bytes": pcap.stat().st_size, "scapy_segments": sliced}
+    params |= {"repeats": opts.repeats, "dpkt": _version("dpkt"), "scapy": _version("scapy")}
+    params["scale_segments"] = list(size.scale)  # (5M at full size only)
     notes = [f"text row skipped: {text['reason']}"] if text.get("status") == "skipped" else []
     if opts.quick:
         notes.append("quick size: fixed costs weigh more; judge targets on a full run")
-    params["scale_segments"] = list(size.scale)  # (5M at full size only)
-    details = {SCALE: scale}
-    result = SPEC.result(opts, title, [*rows, text], checks, params, notes, details)
+    result = SPEC.result(opts, title, [*rows, text], checks, params, notes, {SCALE: scale})
     if opts.profile:
         log("import: profiling the reader once, and the import once")
-        result.add_profile(profile_by_file(lambda: read_capture(pcap)), "one read_capture")
-        result.add_profile(
-            profile_by_file(lambda: import_model(pcap, model_out)), "one cyncsim import"
-        )
+        result.add_profile(common.profile_by_file(lambda: read_capture(pcap)), "one read_capture")
+        profile = common.profile_by_file(lambda: import_model(pcap, model_out))
+        result.add_profile(profile, "one cyncsim import")
     return result

@@ -21,19 +21,11 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cyncsim import CyncDeviceSimulator, CyncError, PacketType
+from cyncsim import CyncDeviceSimulator, PacketType
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.protocol import exchange_key
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    measure,
-    profile_by_file,
-)
+from cyncsim.tools.bench import common
+from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import Child, CpuMeter, command_packet, process_cpu_seconds
 from cyncsim.tools.bench.stats import percentile
 
@@ -77,10 +69,6 @@ def device_id(i: int) -> bytes:
     return (DEVICE_BASE + i).to_bytes(4, "big")
 
 
-def _fail(message: str) -> CyncError:
-    return CyncError(f"bench overhead: {message}", reason="bench")
-
-
 # ---------------------------------------------------------------------------- servers
 class _Echo(asyncio.BufferedProtocol):
     """Counts request bytes; for every whole request writes the answer, in one write."""
@@ -114,12 +102,9 @@ def _floor(listener: socket.socket, request: int, answer: bytes) -> None:
                 if whole:
                     conn.sendall(answer * whole)
 
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    with contextlib.suppress(OSError):
+        while True:
+            threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
 
 
 async def _serve(ctl: Connection, kind: str, count: int, request: int, answer: bytes) -> None:
@@ -153,32 +138,31 @@ def serve_main(
 ) -> None:
     """A server process: serve until "stop"; with ``profile``, send its cProfile summary."""
     serve = functools.partial(asyncio.run, _serve(ctl, kind, count, request, answer))
-    ctl.send(profile_by_file(serve, top=15) if profile else serve())
+    ctl.send(common.profile_by_file(serve, top=15) if profile else serve())
 
 
 def _server(kind: str, count: int, request: int, answer: bytes, profile: bool = False) -> Child:
-    args = (kind, count, request, answer, profile)
-    return Child(serve_main, *args, name=f"the {kind} server")
+    return Child(serve_main, kind, count, request, answer, profile, name=f"the {kind} server")
 
 
 # ---------------------------------------------------------------------------- client
+def _connect(port: int, hello: bool) -> socket.socket:
+    sock = socket.create_connection((HOST, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hello and PacketType.HELLO not in _read(sock, 1)[1]:  # a device speaks first: its 0x23
+        raise common.fail("overhead", "the device did not say hello first")
+    return sock
+
+
 def _read(sock: socket.socket, packets: int) -> tuple[bytes, list[int]]:
     """Bytes and packet types read until ``packets`` whole packets came."""
     framer, data, kinds = PacketFramer(), b"", list[int]()
     while len(kinds) < packets:
         if not (chunk := sock.recv(4096)):
-            raise _fail(f"the device closed after {kinds}, before {packets} packets")
+            raise common.fail("overhead", f"the device closed after {kinds}, before {packets}")
         data += chunk
         kinds += [p.type for p in framer.feed(chunk)]
     return data, kinds
-
-
-def _connect(port: int, hello: bool) -> socket.socket:
-    sock = socket.create_connection((HOST, port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if hello and PacketType.HELLO not in _read(sock, 1)[1]:  # a device speaks first: its 0x23
-        raise _fail("the device did not say hello first")
-    return sock
 
 
 def _matches(buf: bytes | bytearray, request: bytes) -> bool:
@@ -194,17 +178,12 @@ def answer_set(port: int) -> tuple[bytes, bytes]:
     if kinds != [PacketType.DATA_ACK, PacketType.DATA, PacketType.REPORT] or not _matches(
         data, request
     ):
-        raise _fail(f"unexpected answer set {kinds}")
+        raise common.fail("overhead", f"unexpected answer set {kinds}")
     return request, data
 
 
 def round_trips(
-    ports: list[int],
-    hello: bool,
-    answer: int,
-    n: int = 0,
-    seconds: float = 0.0,
-    warmup: float = 0.0,
+    ports: list[int], hello: bool, answer: int, n: int = 0, seconds: float = 0.0, warmup: float = 0
 ) -> tuple[list[int], float]:
     """One request outstanding on a connection to each of ``ports`` (``hello``: devices,
     whose answers are checked), until ``n`` round trips or for ``seconds`` after ``warmup``:
@@ -229,18 +208,18 @@ def round_trips(
                 sock, reqs, buf, got, sent, since = conn = key.data
                 k = sock.recv_into(memoryview(buf)[got:], answer - got)
                 if not k:
-                    raise _fail("the server closed the connection")
+                    raise common.fail("overhead", "the server closed the connection")
                 conn[3] = got = got + k
                 if got < answer:
                     continue
                 if (now := clock()) >= counting:
                     lat.append(now - since)
                 if hello and not _matches(buf, reqs[sent % len(reqs)]):
-                    raise _fail("the answer does not match")
+                    raise common.fail("overhead", "the answer does not match")
                 nxt = reqs[(sent + 1) % len(reqs)]
                 conn[3:] = [0, sent + 1, clock()]
                 if sock.send(nxt) != len(nxt):
-                    raise _fail("short send")
+                    raise common.fail("overhead", "short send")
         return lat, (clock() - counting) / 1e9
     finally:
         sel.close()
@@ -274,8 +253,7 @@ def _measure_round(servers: dict[str, Child], size: Size, answer: int) -> dict[s
 
 
 def _engine_feed(calls: int) -> Any:
-    """A device's engine at time_scale 0 (as the simulator server's; the device is never
-    started) and a function feeding it ``calls`` toggles in-process: the engine's own share."""
+    """A function feeding ``calls`` toggles to a device's engine at time_scale 0, in-process."""
     engine = CyncDeviceSimulator(device_id(0), seed=1, time_scale=0.0, mesh_node=1).engine
     engine.connection_made(0.0)
     requests = [command_packet(device_id(0), i) for i in range(4096)]
@@ -291,12 +269,7 @@ def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
     }
     rows: list[dict[str, Any]] = []
     for kind, m in med.items():
-        one: dict[str, Any] = {
-            "name": kind,
-            "connections": 1,
-            "p50_us": m["p50_us"],
-            "p99_us": m["p99_us"],
-        }
+        one = {"name": kind, "connections": 1, "p50_us": m["p50_us"], "p99_us": m["p99_us"]}
         many: dict[str, Any] = {"name": kind, "connections": size.connections, "per_s": m["rate"]}
         for base in ("floor", "buffered"):
             one[f"p50_vs_{base}"] = m["p50_us"] / med[base]["p50_us"]
@@ -305,6 +278,21 @@ def _rows(rounds: list[dict[str, Any]], size: Size) -> list[dict[str, Any]]:
         many |= {"rate_samples": [r[kind]["rate"] for r in rounds], "client_cpu": m["client_cpu"]}
         rows += [one, many | {"server_cpu": m["server_cpu"]}]
     return sorted(rows, key=lambda r: r["connections"])  # the 1-connection rows first
+
+
+def _profile(result: SuiteResult, size: Size, request: bytes, answer: bytes) -> None:
+    """The simulator server's cProfile summary under the same load, and the engine's."""
+    server = _server("simulator", size.connections, len(request), answer, profile=True)
+    try:
+        round_trips(server.ready[:1], True, len(answer), n=size.round_trips)
+        ports = server.ready[: size.connections]
+        round_trips(ports, True, len(answer), seconds=size.seconds, warmup=size.warmup)
+    finally:
+        summary = server.stop()
+    if isinstance(summary, dict):
+        result.add_profile(summary, "simulator server, under the same load")
+    engine = common.profile_by_file(_engine_feed(size.round_trips), top=15)
+    result.add_profile(engine, "DeviceEngine.receive")
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
@@ -329,9 +317,9 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
 
     def verify(answers: int) -> None:
         if answers != 3 * calls:  # 0x7B, f9 result, 0x83 status for every toggle
-            raise _fail(f"{answers} engine answers to {calls} toggles")
+            raise common.fail("overhead", f"{answers} engine answers to {calls} toggles")
 
-    engine = measure(_engine_feed(calls), opts.repeats, verify)
+    engine = common.measure(_engine_feed(calls), opts.repeats, verify)
     engine_us = engine.median / calls * 1e6
     rows = _rows(rounds, size)
     what = "DeviceEngine.receive of a toggle, in-process (median of repeats, per call)"
@@ -362,14 +350,5 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         result.notes.append("quick size: no profile (a full run or --profile adds one)")
     if opts.profile or (missed and not opts.quick):
         log("overhead: profiling the simulator server (cProfile) under the same load")
-        server = _server("simulator", size.connections, len(request), answer, profile=True)
-        try:
-            round_trips(server.ready[:1], True, len(answer), n=size.round_trips)
-            ports = server.ready[: size.connections]
-            round_trips(ports, True, len(answer), seconds=size.seconds, warmup=size.warmup)
-        finally:
-            summary = server.stop()
-        if isinstance(summary, dict):
-            result.add_profile(summary, "simulator server, under the same load")
-        result.add_profile(profile_by_file(_engine_feed(calls), top=15), "DeviceEngine.receive")
+        _profile(result, size, request, answer)
     return result

@@ -37,8 +37,8 @@ Suite = Mapping[str, Any]
 
 
 def _columns(name: str, title: str | None, rows: Sequence[Mapping[str, Any]]) -> list[Column]:
-    """The columns the suite declares (its SPEC) for its table (``title`` None) or for an
-    extra table; a profile's by its rows; else every scalar key of the rows."""
+    """The SPEC's columns of the suite's table (``title`` None) or an extra table, else a
+    profile's by its rows, else every scalar key of the rows."""
     spec = getattr(load_suite(name), "SPEC", None) if name in SUITES else None
     cols = None if spec is None else spec.columns if title is None else spec.details.get(title)
     if cols:
@@ -51,8 +51,8 @@ def _columns(name: str, title: str | None, rows: Sequence[Mapping[str, Any]]) ->
     return [Column(k, k, ".1%" if k.endswith("share") else ",.4g") for k in keys]
 
 
-def _num(value: Any) -> str:
-    if isinstance(value, float) and not isinstance(value, bool):
+def _num(value: Any, _: str = "") -> str:
+    if isinstance(value, float):
         if value != 0 and abs(value) < 0.01:
             return f"{value:.4g}"
         return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
@@ -70,8 +70,7 @@ def render_block(suite: Suite, image: str | None, command: str) -> str:
         format_table(_columns(name, None, suite["rows"]), suite["rows"], markdown=True),
     ]
     if checks := suite.get("checks", []):
-        rows = check_rows(checks, lambda value, _: _num(value))
-        parts.append(format_table(CHECK_COLUMNS, rows, markdown=True))
+        parts.append(format_table(CHECK_COLUMNS, check_rows(checks, _num), markdown=True))
     for title, rows in suite.get("details", {}).items():
         if rows:
             table = format_table(_columns(name, title, rows), rows, markdown=True)
@@ -139,8 +138,7 @@ def _pyplot() -> Any:
 def _axes(
     ax: Any, title: str, xlabel: str, ylabel: str, legend: int = 0, grid: str = "both"
 ) -> None:
-    """Title, axis labels, a grid, and a legend in font size ``legend`` (0: none); CDFs have
-    theirs at the lower right."""
+    """Title, axis labels, a grid, and a legend in font size ``legend`` (0: none)."""
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis=grid)

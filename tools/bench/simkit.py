@@ -69,26 +69,19 @@ class Lane:
 async def lanes(
     count: int, *, seed: int, first: int = 0, chaos: Any = None, **kw: Any
 ) -> AsyncIterator[list[Lane]]:
-    """``count`` lanes numbered from ``first``, opened at once, closed on exit: listening
-    devices (id 0x5100_0000 + number, node 1; ``model``, ``time_scale`` and ``chaos(number)``
-    go to them) and handshaken transports (the other keywords go to ReliableTransport)."""
+    """``count`` lanes numbered from ``first``, opened at once, closed on exit: devices
+    (``model``, ``time_scale``, ``chaos(number)``) and handshaken transports (the rest)."""
     dev_kw = {k: kw.pop(k) for k in ("model", "time_scale") if k in kw}
     opened: dict[int, Lane] = {}
 
-    async def open_one(number: int) -> None:
-        chaos_config = chaos(number) if chaos is not None else None
+    async def open_one(i: int) -> None:
+        faults = chaos(i) if chaos is not None else None
         device = CyncDeviceSimulator(
-            0x51000000 + number,
-            seed=seed * 1000 + number,
-            chaos_config=chaos_config,
-            mesh_node=NODE,
-            **dev_kw,
+            0x51000000 + i, seed=seed * 1000 + i, chaos_config=faults, mesh_node=NODE, **dev_kw
         )
         await device.start()
-        transport = ReliableTransport(
-            "127.0.0.1", device.port, seed=seed * 1000 + number + 500, **kw
-        )
-        opened[number] = Lane(device, transport)
+        transport = ReliableTransport("127.0.0.1", device.port, seed=seed * 1000 + i + 500, **kw)
+        opened[i] = Lane(device, transport)
         await transport.connect()
         await transport.handshake(timeout=30.0)
 
@@ -102,8 +95,7 @@ async def lanes(
 
 
 def command_summary(lanes: list[Lane], retransmits: int | None = None) -> dict[str, Any]:
-    """Latency of the acknowledged commands (standard summary), success, retransmissions
-    (default: the lanes' transports' so far)."""
+    """Latency of the acknowledged commands, success, retransmissions (default: so far)."""
     results = [r for lane in lanes for r in lane.results]
     if retransmits is None:
         retransmits = sum(lane.transport.stats.retransmissions for lane in lanes)
@@ -124,21 +116,16 @@ def command_summary(lanes: list[Lane], retransmits: int | None = None) -> dict[s
 
 
 def device_view(model: DeviceModel | None = None) -> Any:
-    """The model view a device of ``model`` samples from (built, never started):
-    ``.split(request key).acks[0]`` plans the answer, ``.heartbeat`` the idle time."""
+    """The model view a device of ``model`` samples from (built, never started)."""
     return CyncDeviceSimulator(0x51000000, model=model, seed=0, mesh_node=NODE).engine.view
 
 
 def command_packet(device_id: bytes, number: int, *, light: bool = False) -> bytes:
-    """Bytes of toggle (f8 d0) or brightness (f8 f0) command ``number`` to node 1, with a
-    distinct message id and sequence byte."""
-    msg_id = ((number % 0xFFFF) + 1).to_bytes(2, "big") + b"\0"
-    seq = number % 255 + 1
-    cmd = (
-        LightStateCommand(seq, NODE, brightness=10 + number % 90)
-        if light
-        else PowerCommand(seq, NODE, bool(number % 2))
-    )
+    """Toggle (f8 d0) or brightness (f8 f0) command ``number`` to node 1, as bytes."""
+    msg_id, seq = ((number % 0xFFFF) + 1).to_bytes(2, "big") + b"\0", number % 255 + 1
+    cmd: Any = PowerCommand(seq, NODE, bool(number % 2))
+    if light:
+        cmd = LightStateCommand(seq, NODE, brightness=10 + number % 90)
     return build_command(device_id, msg_id, cmd).encode()
 
 
@@ -171,8 +158,7 @@ class Probe(asyncio.Protocol):
     async def exchange(
         self, data: bytes, want: Callable[[CyncPacket], bool]
     ) -> tuple[float, CyncPacket]:
-        """Send ``data`` (if any): (seconds to the first packet ``want`` accepts, that packet);
-        the packets read before it are dropped."""
+        """Send ``data``: (seconds to the first packet ``want`` accepts, that packet)."""
         start = self.loop.time()
         if data:
             self.transport.write(data)
@@ -195,10 +181,8 @@ class Probe(asyncio.Protocol):
 async def loop_lateness(
     n: int, low: float, high: float, *, seed: int = 0, sleep: bool = False
 ) -> list[float]:
-    """Lateness (s) of ``n`` bare timers one after another, each of a delay drawn uniformly
-    from [low, high): loop.call_at callbacks, or ``asyncio.sleep`` (one more task wake-up).
-    Random delays matter: epoll waits in whole milliseconds, rounded up, so a timer due at a
-    fraction of a millisecond after the loop last woke is late by that rounding."""
+    """Lateness (s) of ``n`` loop.call_at timers (or ``asyncio.sleep``s) one after another,
+    of random delays in [low, high): epoll rounds its waits up to whole milliseconds."""
     loop, rng, out = asyncio.get_running_loop(), random.Random(seed), list[float]()
     for _ in range(n):
         delay, start = rng.uniform(low, high), loop.time()
@@ -228,8 +212,7 @@ async def lateness_monitor(
 
 # ---------------------------------------------------------------------------- meters
 class LockMeter:
-    """Acquisitions of asyncio.Lock and asyncio.Semaphore and the time they are held,
-    process-wide, while ``active()`` is entered (the classes' methods are wrapped)."""
+    """asyncio.Lock and Semaphore acquisitions and time held while ``active()`` is entered."""
 
     def __init__(self) -> None:
         self.acquisitions, self.held_s = 0, 0.0
@@ -262,18 +245,16 @@ class LockMeter:
 
 @contextlib.asynccontextmanager
 async def loop_health() -> AsyncIterator[dict[str, Any]]:
-    """While entered: pauses of the cyclic garbage collector (gc.callbacks), lateness of bare
-    loop timers, this process's CPU; the dict it gives gets the figures on exit."""
+    """While entered: gc pauses, bare loop timers' lateness, CPU; figures in the dict on exit."""
     figures: dict[str, Any] = {}
     pauses: list[tuple[int, float]] = []  # (generation, seconds)
     started = [0.0]
 
     def callback(phase: str, info: dict[str, Any]) -> None:
-        now = time.perf_counter()
         if phase == "start":
-            started[0] = now
+            started[0] = time.perf_counter()
         else:
-            pauses.append((int(info["generation"]), now - started[0]))
+            pauses.append((int(info["generation"]), time.perf_counter() - started[0]))
 
     cpu, stop = CpuMeter(), asyncio.Event()
     monitor = asyncio.ensure_future(lateness_monitor(stop))
@@ -299,8 +280,7 @@ async def loop_health() -> AsyncIterator[dict[str, Any]]:
 
 
 class CpuMeter:
-    """Process CPU seconds (user + system), wall seconds and their ratio ``utilisation``
-    (1.0 = one core busy) between start and ``stop``."""
+    """Process CPU and wall seconds, and their ratio ``utilisation``, from start to ``stop``."""
 
     def __init__(self) -> None:
         self._start = (time.process_time(), time.perf_counter())
@@ -314,7 +294,7 @@ class CpuMeter:
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc), None if unknown."""
+    """User + system CPU seconds of process ``pid`` so far (Linux), None if unknown."""
     with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -331,10 +311,8 @@ def process_rss_bytes(pid: int | None = None) -> int | None:
 
 # ---------------------------------------------------------------------------- processes
 class Child:
-    """A spawned process (a fresh interpreter: no inherited heap) and its control pipe.
-
-    ``target(ctl, *args)`` runs in the child: it sends one "ready" value, then answers every
-    message (``Child.serve``) until "stop", after which it sends one last value."""
+    """A spawned process and its pipe: ``target(ctl, *args)`` sends one "ready" value, answers
+    messages (``Child.serve``) until "stop", then sends one last value."""
 
     def __init__(self, target: Callable[..., None], *args: Any, name: str) -> None:
         ctx = multiprocessing.get_context("spawn")

@@ -7,25 +7,18 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
-from cyncsim import CyncError
 from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
-from cyncsim.tools.bench.common import (
-    BenchOptions,
-    Check,
-    Column,
-    Log,
-    SuiteResult,
-    SuiteSpec,
-    measure_rounds,
-)
+from cyncsim.tools.bench import common
+from cyncsim.tools.bench.common import BenchOptions, Case, Check, Column, Log, SuiteResult
 
 __all__ = ["SMALL_CAPTURE", "SPEC", "TARGET_S", "cyncsim_command", "run"]
 
 TARGET_S = 0.3
 SMALL_CAPTURE = "capture_20251106_081101.txt"
-SPEC = SuiteSpec(
+SPEC = common.SuiteSpec(
     "startup",
     full=5,  # runs of each command
     quick=5,
@@ -47,30 +40,20 @@ def cyncsim_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "cyncsim.tools.cli"]
 
 
-def _small_capture(opts: BenchOptions) -> Path:
-    shared = opts.captures / SMALL_CAPTURE if opts.captures is not None else None
-    if shared is not None and shared.is_file():
-        return shared
-    path = opts.workdir / "startup-small.pcap"
-    generate_benchmark_pcap(path, 200, 2, seed=0)
-    return path
-
-
-def _case(argv: list[str]) -> tuple[Any, Any]:
+def _case(argv: list[str]) -> Case:
     def verify(code: int) -> None:
         if code != 0:
-            raise CyncError(f"bench startup: {' '.join(argv)} exited {code}", reason="bench")
+            raise common.fail("startup", f"{' '.join(argv)} exited {code}")
 
-    return (
-        lambda: subprocess.call(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        verify,
-    )
+    return (lambda: subprocess.call(argv, stdout=DEVNULL, stderr=DEVNULL)), verify
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    runs = SPEC.size(opts)
-    capture = _small_capture(opts)
-    cli = cyncsim_command()
+    runs, cli = SPEC.size(opts), cyncsim_command()
+    capture = opts.captures / SMALL_CAPTURE if opts.captures is not None else None
+    if capture is None or not capture.is_file():
+        capture = opts.workdir / "startup-small.pcap"
+        generate_benchmark_pcap(capture, 200, 2, seed=0)
     commands = {
         "python -c pass": [sys.executable, "-c", "pass"],
         "cyncsim --help": [*cli, "--help"],
@@ -79,7 +62,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     for argv in commands.values():  # once untimed: the files are in the page cache
         _case(argv)[0]()
     log(f"startup: {', '.join(commands)}, {runs} runs each, interleaved")
-    timings = measure_rounds({n: _case(a) for n, a in commands.items()}, runs, log)
+    timings = common.measure_rounds({n: _case(a) for n, a in commands.items()}, runs, log)
     base = timings["python -c pass"].median
     rows: list[dict[str, Any]] = [
         {
