@@ -13,7 +13,8 @@
 #     stall, by backlog at arrival (BUCKETS); a likelihood-ratio test says whether the rate
 #     depends on the backlog (``load_dependent``), else one pooled rate is used;
 #   * the durations (the stalls' busy gaps), a dist.Distribution;
-#   * the flush: of the commands queued behind a stall, how many left with it;
+#   * the flush: of the commands queued behind a stall, how many left with it (none queued
+#     behind one: a flush, as after every stall of 152132);
 #   * per request kind, the busy service without stalls and flushes (the device's pace).
 # The idle latency (nothing queued) is the exchange's by_outstanding["0"], learned already.
 # A model without a StallModel (older files, captures without exact flows) has no stalls.
@@ -67,8 +68,9 @@ class StallModel:
 
     @property
     def flush(self) -> bool:
-        """Commands queued behind a stall leave with it (most did in the captures)."""
-        return self.queued > 0 and 2 * self.flushed >= self.queued
+        """Commands queued behind a stall leave with it: unless most did not in the captures
+        (where no command ever queued behind one, the flush every real stall showed)."""
+        return 2 * self.flushed >= self.queued
 
     def load_p(self) -> float:
         """p-value of a likelihood-ratio test of one onset rate against one per bucket."""

@@ -192,3 +192,11 @@ def test_likelihood_ratio_test() -> None:
     assert lr_pvalue([(100, 5), (100, 5)]) == pytest.approx(1.0)
     assert lr_pvalue([(100, 0), (100, 30)]) < 1e-6
     assert lr_pvalue([(100, 5)]) == 1.0  # nothing to compare
+
+
+def test_where_no_command_queued_behind_a_stall_it_flushes() -> None:
+    """152132 flushed every command queued behind its stalls: where a capture never had one
+    queued behind a stall, the flush is kept; it goes only when most were not flushed."""
+    assert StallModel(queued=0, flushed=0).flush
+    assert StallModel(queued=9, flushed=9).flush
+    assert not StallModel(queued=9, flushed=2).flush
