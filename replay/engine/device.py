@@ -9,7 +9,9 @@
 # learned distribution times ``time_scale``.  A device works through its requests one after
 # another, per response kind: response k leaves at max(arrival_k, departure_{k-1}) + a service
 # sample, never before the previous response to the same request, so a burst queues up as on
-# real bridges.  Dispatch is a table by packet type (the Engine base in _base.py).
+# real bridges; where the model learned stall episodes, the 0x7B queue follows them instead
+# (idle latency, busy pace, a stall and the flush of the commands queued behind it:
+# _stalls.py).  Dispatch is a table by packet type (the Engine base in _base.py).
 from __future__ import annotations
 
 from collections import deque
