@@ -126,6 +126,8 @@ async def replay_capture(
         path = text if text is not None else Path(tmp) / f"replay-{stem}.txt"
         recorder = Recorder(path)
         answers = answer_model if answer_model is not None else ref.model
+        if plan.variant not in answers.variants:  # an answer model learned elsewhere
+            plan.variant = answers.variants[0] if answers.variants else plan.variant
         if side == "devices":
             await _run_devices(plan, answers, host, port, ctx, time_scale, root, recorder)
         else:

@@ -167,8 +167,8 @@ def print_validation(report: ValidationReport, out: TextIO) -> None:
         for name, value in info.items():
             if isinstance(value, dict) and "runs" in value:
                 out.write(
-                    f"{direction} side of {name}: {value['conformant_runs']}/{value['runs']} "
-                    "runs conformant (structure)\n"
+                    f"{direction} side of {name}: {value['structurally_conformant_runs']}/"
+                    f"{value['runs']} runs without structural findings\n"
                 )
         other = info.get("other_findings")
         if other:

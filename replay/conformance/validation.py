@@ -58,15 +58,18 @@ class RealSamples:
         return {key[1] for key, v in self.samples.items() if v}
 
 
-def real_samples(source: str, held: CaptureResult) -> RealSamples:
-    """Pair one source's held-out part as a replay of it will be judged."""
+def real_samples(source: str, held: CaptureResult, variant: str | None = None) -> RealSamples:
+    """Pair one source's held-out part as a replay of it will be judged.  ``variant``: the
+    source's variant seen on the whole capture (a held-out part may lack the packets that
+    tell a local server from the cloud); its kinds are labelled with it."""
     ref = Reference.from_result(held)
     report = diff(ref, held)
     samples: dict[KindKey, list[float]] = {}
     for row in report.timing:
         if row.request == "heartbeat":
             continue
-        samples[(row.variant, row.role, row.request, row.response)] = list(row.cand_values)
+        key = (variant or row.variant, row.role, row.request, row.response)
+        samples.setdefault(key, []).extend(row.cand_values)
     return RealSamples(source, held, ref, samples)
 
 
