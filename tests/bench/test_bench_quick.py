@@ -125,12 +125,15 @@ def test_acks_rows(quick_run: tuple[dict[str, Any], str]) -> None:
         assert r["ks_ok"] is (r["ks"] <= acks.TARGET_KS)
         assert r["p99_ok"] is (abs(r["p99_err_ms"]) <= r["p99_tol_ms"])
         assert r["late_min_us"] is not None and r["min_margin_us"] is not None
+        assert r["ks_off"] is not None and r["min_margin_off_us"] is not None
+        assert r["min_over_floor_us"] >= 0  # never before request + learned minimum (built in)
         assert r["learned_kind"] == ("service" if r["answered_by"] == "device" else "latency")
     timers = suite["details"]["timer lateness (written at minus asked for)"]
     names = {(t["loop"], t["name"]) for t in timers}
     for loop in acks.LOOPS:
         assert (loop, "simulator answers") in names
         assert (loop, "loop.call_at, during the run") in names
+        assert (loop, "simulator answers, compensation off") in names
     answers = [t for t in timers if t["name"] == "simulator answers"]
     assert all(t["n"] == acks.SPEC.quick.requests * len(acks.KINDS) for t in answers)
 
