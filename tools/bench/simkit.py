@@ -1,9 +1,9 @@
-# Shared asyncio machinery of the simulator suites: lanes, a raw probe, meters, processes.
+# Shared asyncio machinery of the simulator suites: lanes, timers, meters, processes.
 #
 # Strategy: measure from the outside through the public API and its documented seams
 # (a connection's ``observer``, an engine's ``receive``), never change the simulator.  A lane
-# is a device and a ReliableTransport with one command outstanding; Probe a raw peer stamping
-# each packet with the loop clock; Child a spawned process answering a control pipe.
+# is a device and a ReliableTransport with one command outstanding; Child a spawned process
+# answering a control pipe.
 from __future__ import annotations
 
 import asyncio
@@ -21,9 +21,7 @@ from typing import Any
 from unittest import mock
 
 from cyncsim import CyncDeviceSimulator, CyncError, DeviceModel, ReliableTransport, Result
-from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_command
-from cyncsim.replay.protocol import CyncPacket
 from cyncsim.tools.bench.stats import percentile, rate, summary
 
 __all__ = [
@@ -32,7 +30,6 @@ __all__ = [
     "CpuMeter",
     "Lane",
     "LockMeter",
-    "Probe",
     "command_packet",
     "command_summary",
     "device_view",
@@ -127,54 +124,6 @@ def command_packet(device_id: bytes, number: int, *, light: bool = False) -> byt
     if light:
         cmd = LightStateCommand(seq, NODE, brightness=10 + number % 90)
     return build_command(device_id, msg_id, cmd).encode()
-
-
-# ---------------------------------------------------------------------------- raw probe
-class Probe(asyncio.Protocol):
-    """A raw Cync peer that stamps each packet it reads with the loop clock."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.framer = PacketFramer(strict=False)
-        self.transport: Any = None
-        self.read: asyncio.Queue[tuple[float, CyncPacket | None]] = asyncio.Queue()
-
-    @classmethod
-    async def open(cls, port: int) -> Probe:
-        _, probe = await asyncio.get_running_loop().create_connection(cls, "127.0.0.1", port)
-        return probe
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        now = self.loop.time()
-        for pkt in self.framer.feed(data):
-            self.read.put_nowait((now, pkt))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.read.put_nowait((self.loop.time(), None))
-
-    async def exchange(
-        self, data: bytes, want: Callable[[CyncPacket], bool]
-    ) -> tuple[float, CyncPacket]:
-        """Send ``data``: (seconds to the first packet ``want`` accepts, that packet)."""
-        start = self.loop.time()
-        if data:
-            self.transport.write(data)
-        try:
-            async with asyncio.timeout(30.0):
-                while True:
-                    at, pkt = await self.read.get()
-                    if pkt is None:
-                        raise CyncError("probe connection closed", reason="closed")
-                    if want(pkt):
-                        return at - start, pkt
-        except TimeoutError:
-            raise CyncError("no answer to the probe in 30 s", reason="timeout") from None
-
-    def close(self) -> None:
-        self.transport.close()
 
 
 # ---------------------------------------------------------------------------- timers
