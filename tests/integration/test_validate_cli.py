@@ -113,3 +113,21 @@ def test_bad_options_are_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a fraction between 0 and 1" in capsys.readouterr().err
     code, _, err = _run(["validate", str(capture_path(LOCAL)), "--runs", "1"], capsys)
     assert code == 2 and "--runs 1: need at least 2" in err
+
+
+def test_holdout_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the held-out file: the capture's first 20 s (records are three lines each)
+    records = capture_path(LOCAL).read_text(encoding="utf-8").split("\n\n")
+    head = [r for r in records if r.strip() and r[:19] < "2025-11-07T15:21:53"]
+    held = tmp_path / "first20s.txt"
+    held.write_text("\n\n".join(head) + "\n\n", encoding="utf-8")
+    code, out, _ = _run(
+        ["validate", str(capture_path(LOCAL)), "--holdout", str(held), "--runs", "2",
+         "--max-gap", "0.5", "--seed", "3", "--json"],
+        capsys,
+    )  # fmt: skip
+    doc = json.loads(out)
+    assert doc["split"] is None
+    assert doc["training"] == [LOCAL] and doc["held_out"] == ["first20s.txt"]
+    assert doc["kinds"] and all(k["variant"] == "local" for k in doc["kinds"])
+    assert code == (1 if doc["verdict"] == "implausible" else 0)
