@@ -93,8 +93,9 @@ SPEC = SuiteSpec(
         *Column.latency("learned_", "l."),
         Column("ks_off", "KS off", ".3f"),
         Column("ks", "KS", ".3f"),
-        Column("ks_read_off", "KS rd off", ".3f"),
         Column("ks_read", "KS rd", ".3f"),
+        Column("ks_own_off", "KS own off", ".3f"),
+        Column("ks_own", "KS own", ".3f"),
         Column("ks_asked", "KS asked", ".3f"),
         Column("ks_random", "KS rnd", ".3f"),
         Column("p99_err_ms", "p99 err ms", "+.1f"),
@@ -337,6 +338,8 @@ async def _kind(
         "ks": ks(latencies, plan.delay),
         "ks_read_off": ks(off["read"], plan.delay),
         "ks_read": ks(on["read"], plan.delay),
+        "ks_own_off": ks(off["took"], plan.delay) if off["took"] else None,
+        "ks_own": ks(on["took"], plan.delay) if on["took"] else None,
         "ks_asked": ks(asked, plan.delay) if asked else None,
         "ks_random": ks_random(len(latencies)),
         **_lateness(late, "late_"),
@@ -442,7 +445,10 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         "KS: sup |F_measured - F_learned| (scipy ks_2samp against the learned quantiles), of "
         "the latencies at the socket (the kernel's receive stamp, as a pcap sees the wire); KS "
         "rd: of the latencies at the probe's read callback (plus its own wait for the loop); KS "
-        "asked: of the delays the engine asked for; KS rnd: the median KS of n random draws",
+        "own: of the simulator's own time from reading the request to writing the answer (the "
+        "wire adds the I/O path: the probe's send, the loop's wake and read dispatch, the "
+        "answer's send); KS asked: of the delays the engine asked for; KS rnd: the median KS "
+        "of n random draws",
         "compensation (default on): an answer's timer is asked for early by the loop's running "
         "median timer lateness (the 'lead' row), never before request + the learned minimum "
         "delay of its answer kind; KS off / late off: the same simulators with it off, run at "
