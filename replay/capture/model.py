@@ -36,6 +36,8 @@ __all__ = [
     "Flow",
     "FlowBuilder",
     "FlowPacket",
+    "FlowSink",
+    "PacketConsumer",
     "PacketSink",
     "Sender",
     "Summary",
@@ -242,8 +244,25 @@ class Summary:
         }
 
 
-# Where a stream reader's FlowBuilders put their packets, in the order they were framed.
-PacketSink = list[tuple[Flow, FlowPacket]]
+# What takes the packets of one flow straight from its FlowBuilder: (sender, ts, packet).
+PacketConsumer = Callable[[Sender, float, CyncPacket], None]
+
+
+class FlowSink:
+    """A stream's packets handed straight to a consumer, flow by flow, without FlowPackets
+    (the importer's learner): ``open(flow)`` is called once per flow, when its FlowBuilder is
+    made, and gives the consumer of its packets, called in stream order.  The packets are
+    not kept, nor counted in the stream's batches (``CaptureStream(consumer=...)``)."""
+
+    __slots__ = ("open",)
+
+    def __init__(self, open_flow: Callable[[Flow], PacketConsumer]) -> None:
+        self.open = open_flow
+
+
+# Where a stream reader's FlowBuilders put their packets, in the order they were framed:
+# a list of (flow, packet), or a FlowSink.
+PacketSink = list[tuple[Flow, FlowPacket]] | FlowSink
 
 
 class FlowBuilder:
@@ -252,14 +271,20 @@ class FlowBuilder:
     Feed payload bytes in stream order with ``feed(sender, ts, data)``; report holes with
     ``gap(sender, ts, offset, length)``; call ``close()`` at the end.  A direction whose first bytes
     are a TLS record marks the flow as TLS and its bytes become one ``tls`` finding.  Packets
-    are appended to ``flow.packets``, or to ``sink`` as (flow, packet) when one is given;
-    ``emitted`` counts them either way.
+    are appended to ``flow.packets``, or to ``sink`` as (flow, packet) when one is given (a
+    FlowSink: to its consumer of the flow, as they are framed); ``emitted`` counts them.
     """
 
     def __init__(self, flow: Flow, findings: list[Finding], sink: PacketSink | None = None) -> None:
         self.flow = flow
         self._findings = findings
-        self._to_sink = None if sink is None else _ToSink(flow, sink)
+        self._direct: PacketConsumer | None = None  # a FlowSink's consumer of this flow
+        self._direct_count = 0
+        self._to_sink = None
+        if isinstance(sink, FlowSink):
+            self._direct = sink.open(flow)
+        elif sink is not None:
+            self._to_sink = _ToSink(flow, sink)
         self._put: Callable[[FlowPacket], None] = (
             flow.packets.append if self._to_sink is None else self._to_sink
         )
@@ -270,6 +295,8 @@ class FlowBuilder:
     @property
     def emitted(self) -> int:
         """Packets framed so far (kept in the flow or handed to the sink)."""
+        if self._direct is not None:
+            return self._direct_count
         return len(self.flow.packets) if self._to_sink is None else self._to_sink.count
 
     def feed(self, sender: Sender, ts: float, data: bytes, tags: tuple[str, ...] = ()) -> None:
@@ -336,13 +363,18 @@ class FlowBuilder:
     def _emit_one(
         self, sender: Sender, ts: float, off: int, pkt: CyncPacket, tags: tuple[str, ...]
     ) -> None:
-        fp = _new(FlowPacket)  # == FlowPacket(ts, sender, pkt, off, tags), faster
-        _fp_ts(fp, ts)
-        _fp_sender(fp, sender)
-        _fp_packet(fp, pkt)
-        _fp_offset(fp, off)
-        _fp_tags(fp, tags)
-        self._put(fp)
+        direct = self._direct
+        if direct is not None:
+            self._direct_count += 1
+            direct(sender, ts, pkt)
+        else:
+            fp = _new(FlowPacket)  # == FlowPacket(ts, sender, pkt, off, tags), faster
+            _fp_ts(fp, ts)
+            _fp_sender(fp, sender)
+            _fp_packet(fp, pkt)
+            _fp_offset(fp, off)
+            _fp_tags(fp, tags)
+            self._put(fp)
         if pkt.defect is not None:
             self._add(sender, off, len(pkt), f"defect:{pkt.defect}", pkt.encode()[:16].hex(), ts)
         flow = self.flow
@@ -392,7 +424,7 @@ class _ToSink:
 
     __slots__ = ("count", "flow", "sink")
 
-    def __init__(self, flow: Flow, sink: PacketSink) -> None:
+    def __init__(self, flow: Flow, sink: list[tuple[Flow, FlowPacket]]) -> None:
         self.flow = flow
         self.sink = sink
         self.count = 0

@@ -17,6 +17,7 @@
 # and not kept.
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cyncsim.replay.capture._decode import FrameDecoder
@@ -26,6 +27,8 @@ from cyncsim.replay.capture.model import (
     Finding,
     Flow,
     FlowPacket,
+    FlowSink,
+    PacketConsumer,
     PacketSink,
     Summary,
 )
@@ -57,7 +60,11 @@ class CaptureStream:
     """
 
     def __init__(
-        self, source: str = "<stdin>", *, cloud_ports: tuple[int, ...] = DEFAULT_CLOUD_PORTS
+        self,
+        source: str = "<stdin>",
+        *,
+        cloud_ports: tuple[int, ...] = DEFAULT_CLOUD_PORTS,
+        consumer: Callable[[Flow], PacketConsumer] | None = None,
     ) -> None:
         self.source = source
         self.cloud_ports = cloud_ports
@@ -65,7 +72,9 @@ class CaptureStream:
         self.totals = Summary([source])  # what the batches handed out so far
         self._buf = b""  # bytes not consumed yet
         self._base = 0  # stream offset of _buf[0]
-        self._sink: PacketSink = []
+        # ``consumer``: packets go straight to consumer(flow) as they are framed (a FlowSink),
+        # not into the batches, which then carry findings and flows only.
+        self._sink: PacketSink = [] if consumer is None else FlowSink(consumer)
         self._findings: list[Finding] = []
         self._text: TextWalker | SocatWalker | None = None  # the line-based formats
         self._walker: Walker | None = None
@@ -167,7 +176,7 @@ class CaptureStream:
 
     def _batch(self) -> StreamBatch:
         batch = StreamBatch()
-        if self._sink:
+        if isinstance(self._sink, list) and self._sink:
             batch.packets = self._sink[:]  # the builders hold the list itself: copy, clear
             self._sink.clear()
             self.totals.add_packets(fp.packet for _, fp in batch.packets)

@@ -14,9 +14,10 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
-from cyncsim.replay.capture.model import CLOUD, DEVICE, FlowPacket
-from cyncsim.replay.model._pairing import _GROUP, _NEVER, MAX_WAIT, KeyOf, Pending, _Queue
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Flow
+from cyncsim.replay.model._pairing import _GROUP, _NEVER, MAX_WAIT, KeyOf, candidates, other_side
 from cyncsim.replay.model.behaviour import _PRE_HELLO, CONNECT_SPAN, BehaviourLearner, _Flow
 from cyncsim.replay.model.dist import Samples
 from cyncsim.replay.model.learn import (
@@ -47,59 +48,128 @@ _REPORT_KIND = int(FrameKind.REPORT)
 _GROUP_ANSWER = "0x83:fa:db"  # answers group commands too (see FlowPairer._match)
 _CLOUD_BIT = 1 << 24  # plan codes: sender, type, frame kind, opcode in one int
 
-# (key, request count cell, counter key or None, may tell a local server, the queue it
-# answers (queue, echo key reader) or None, the queues it waits in, the responses it
-# expects, may tell who a device is)
+# A request waiting for its responses: [answered, time, packet], shared by the queues it
+# waits in; in each queue an entry [responses left, arrival time, arrival number, queue
+# depth at arrival, request, echo key, target] (lists: cheaper to make than objects, and
+# one is made per request).  The target, one per flow, request kind and response kind:
+# [responses expected, request key, its _Kind per occurrence (made on the first pair),
+# its _Outstanding (likewise), the answered counter's key].
+_LEFT, _TS, _SEQ, _DEPTH, _REQ, _IKEY, _TARGET = range(7)
+_T_TIMES, _T_KEY, _T_KINDS, _T_OUT, _T_ANSWERED = range(5)
+_Entry = list[Any]
+
+
+class _Queue:
+    """The requests waiting for one response kind on one flow (_pairing._Queue, leaner):
+    ``order`` holds every entry in arrival order; a queue without an echo key (``fifo``)
+    takes its answers from it directly, a keyed one through ``buckets`` (per echo key, in
+    arrival order).  ``live``: entries still expecting an answer, not given up."""
+
+    __slots__ = ("buckets", "fifo", "group", "keyof", "live", "order")
+
+    def __init__(self, rk: str, keyof: KeyOf | None) -> None:
+        self.keyof = keyof
+        self.fifo = keyof is None
+        self.group = rk == _GROUP_ANSWER
+        self.order: deque[_Entry] = deque()
+        self.buckets: dict[object, deque[_Entry]] = {}
+        self.live = 0
+
+    def expire(self, now: float) -> None:
+        """Give up the requests older than MAX_WAIT (the oldest first)."""
+        order = self.order
+        if self.fifo:
+            while order and now - order[0][_TS] > MAX_WAIT:
+                if order.popleft()[_LEFT] > 0:
+                    self.live -= 1
+            return
+        buckets = self.buckets
+        while order and now - order[0][_TS] > MAX_WAIT:
+            e = order.popleft()
+            if e[_LEFT] <= 0:
+                continue  # answered: it left its bucket then
+            self.live -= 1
+            bucket = buckets.get(e[_IKEY])
+            if bucket is not None:
+                seq = e[_SEQ]
+                while bucket and bucket[0][_SEQ] <= seq:
+                    bucket.popleft()
+                if not bucket:
+                    del buckets[e[_IKEY]]
+
+
+# (key, request count cell, may tell a local server, the queue it answers or None, the
+# queues it waits in (queue, echo key reader, answers expected, target), its message-id
+# counter [last id, steps] or None, may tell who a device is)
 _Plan = tuple[
     str,
     list[int],
-    tuple[str, int] | None,
     bool,
-    tuple[_Queue, KeyOf | None] | None,
-    tuple[tuple[str, _Queue, KeyOf | None], ...],
-    dict[str, int],
+    _Queue | None,
+    tuple[tuple[_Queue, KeyOf | None, int, list[Any]], ...],
+    list[Any] | None,
     bool,
 ]
 
 
 class FlowLearner:
-    """Both learners' state of one exact flow; ``feed(fp)`` learns one packet of it."""
+    """Both learners' state of one exact flow; ``feed(sender, ts, packet)`` learns one
+    packet of it (a capture.model.PacketConsumer: the reader calls it as it frames)."""
 
-    __slots__ = ("beh", "beh_learner", "ex", "ex_learner", "plans", "queues")
+    __slots__ = ("beh", "beh_learner", "ex", "ex_learner", "flow", "lasts", "n", "plans",
+                 "queues")  # fmt: skip
 
-    def __init__(self, ex_learner: ExchangeLearner, beh_learner: BehaviourLearner,
-                 ex: _FlowState, beh: _Flow) -> None:  # fmt: skip
+    def __init__(
+        self, ex_learner: ExchangeLearner, beh_learner: BehaviourLearner, flow: Flow
+    ) -> None:
         self.ex_learner = ex_learner
         self.beh_learner = beh_learner
-        self.ex = ex
-        self.beh = beh
+        self.flow = flow
+        # Both learners' states are made on the first packet (the first plan), so that a
+        # flow without packets leaves no trace in them, as with ModelLearner.feed.
+        self.ex: _FlowState | None = None
+        self.beh: _Flow | None = None
         self.plans: dict[int, _Plan] = {}
-        self.queues = 0  # the pairer's queue count when the plans were made
+        self.queues: dict[tuple[str, str], _Queue] = {}  # (responder, response key)
+        self.n = 0  # packets of the flow so far (FlowPairer.n)
+        self.lasts: dict[tuple[str, int], list[Any]] = {}  # counter -> [last id, its steps]
 
     def _plan(self, code: int, sender: str, pkt: CyncPacket) -> _Plan:
         ex = self.ex
+        if ex is None:
+            ex = self.ex = self.ex_learner.state_of(self.flow)
+            self.beh = self.beh_learner.state_of(self.flow)
         key = packet_key(pkt)
         cell, counter, maybe_local = ex.plans[sender].get(key) or self.ex_learner._plan(
             ex, sender, key, pkt
         )
-        pairer = ex.pairer
-        match, adds, expected = pairer.plans.get((sender, key)) or pairer._plan(sender, key)
-        if len(pairer.queues) != self.queues:
-            # A new queue: responses of its kind now have one to answer (FlowPairer._plan).
-            self.plans.clear()
-            self.queues = len(pairer.queues)
+        # The pairing, as FlowPairer._plan works it out.
+        cands = candidates(sender, key)
+        side = other_side(sender)
+        adds = []
+        for rk, times, keys in sorted(cands, key=lambda c: c[0]):
+            queue = self.queues.get((side, rk))
+            if queue is None:
+                queue = self.queues[(side, rk)] = _Queue(rk, keys[1] if keys else None)
+                self.plans.clear()  # a response of that kind now has a queue to answer
+            expected = times if keys else 1
+            target = [expected, key, [None] * expected, None, (sender, key)]
+            adds.append((queue, keys[0] if keys else None, expected, target))
         t = pkt.type
         ident = sender == DEVICE and (
             t in (0x23, _STATUS) or (code > 0xFFFF and (code >> 8) & 0xFF == _REPORT_KIND)
         )
-        plan = (key, cell, counter, maybe_local, match, adds, expected, ident)
+        match = self.queues.get((sender, key))
+        last = None  # the message-id counter: [last id or None, its steps [n, +1 steps]]
+        if counter is not None:
+            last = self.lasts.get(counter)
+            if last is None:
+                last = self.lasts[counter] = [None, ex.stats.steps.setdefault(counter, [0, 0])]
+        plan = (key, cell, maybe_local, match, tuple(adds), last, ident)
         self.plans[code] = plan
         return plan
 
-    def feed(self, fp: FlowPacket) -> None:
-        pkt = fp.packet
-        sender = fp.sender
-        ts = fp.ts
+    def feed(self, sender: str, ts: float, pkt: CyncPacket) -> None:
         t = pkt.type
         code = t
         if pkt.__class__ is _FRAMED:
@@ -111,80 +181,90 @@ class FlowLearner:
         plan = self.plans.get(code)
         if plan is None:
             plan = self._plan(code, sender, pkt)
-        key, cell, counter, maybe_local, match, adds, expected, ident = plan
+        key, cell, maybe_local, queue, adds, last, ident = plan
 
         # -- ExchangeLearner.feed_state -----------------------------------------------------
-        ex = self.ex
+        ex: _FlowState = self.ex  # type: ignore[assignment]  # made by the first plan
         cell[0] += 1
         if maybe_local:
             stats = ex.stats
             if not stats.local and _local_peer(pkt):
                 stats.local = True
-        if counter is not None and isinstance(pkt, _FRAMED):
+        if last is not None and isinstance(pkt, _FRAMED):
             mid = pkt.msg_id
             c = (mid[0] << 8) | mid[1]
-            last_ids = ex.last
-            last = last_ids.get(counter)
-            if last is not None:
-                steps = ex.stats.steps
-                step = steps.get(counter)
-                if step is None:
-                    step = steps[counter] = [0, 0]
+            before = last[0]
+            if before is not None:
+                step = last[1]
                 step[0] += 1
-                step[1] += (c - last) & 0xFFFF == 1
-            last_ids[counter] = c
+                step[1] += (c - before) & 0xFFFF == 1
+            last[0] = c
 
-        # -- FlowPairer.feed (an exact flow) ------------------------------------------------
-        pairer = ex.pairer
-        n = pairer.n = pairer.n + 1
-        if match is not None:
-            queue, keyof = match
+        # -- FlowPairer.feed (an exact flow: the oldest request waiting is taken) -----------
+        n = self.n = self.n + 1
+        if queue is not None:
             order = queue.order
-            if order and ts - order[0][0] > MAX_WAIT:
+            if order and ts - order[0][_TS] > MAX_WAIT:
                 queue.expire(ts)
             if queue.live:
-                k: object = b"" if keyof is None else keyof(pkt)
-                if k is not None:
-                    chosen = None
-                    bucket = queue.buckets.get(k)
-                    if bucket:
-                        while bucket and bucket[0].remaining.get(key, 0) <= 0:
-                            bucket.popleft()
+                e: _Entry | None = None
+                if queue.fifo:  # the oldest entry expecting an answer (live > 0: one is)
+                    e = order[0]
+                    while e[_LEFT] <= 0:
+                        order.popleft()
+                        e = order[0]
+                    left = e[_LEFT] - 1
+                    e[_LEFT] = left
+                    if not left:
+                        queue.live -= 1
+                        order.popleft()
+                    _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
+                else:
+                    k = queue.keyof(pkt)  # type: ignore[misc]  # keyed: not None
+                    if k is not None:
+                        # A bucket holds its entries that still expect an answer, oldest
+                        # first (an answered one leaves it at once).
+                        buckets = queue.buckets
+                        bucket = buckets.get(k)
                         if bucket:
-                            chosen = bucket[0]
-                    if key == _GROUP_ANSWER:
-                        group = queue.first(_GROUP)
-                        if group is not None and (chosen is None or group.seq < chosen.seq):
-                            chosen = group
-                    if chosen is not None:
-                        rem = chosen.remaining
-                        left = rem[key] - 1
-                        rem[key] = left
-                        if not left:
-                            queue.live -= 1
-                        _pair(ex, n, chosen, fp, key, chosen.expected[key] - left - 1,
-                              chosen.depth.get(key, 0))  # fmt: skip
+                            e = bucket[0]
+                        if queue.group:  # group commands answer any node: oldest of both
+                            g = buckets.get(_GROUP)
+                            if g and (e is None or g[0][_SEQ] < e[_SEQ]):
+                                e, k, bucket = g[0], _GROUP, g
+                        if e is not None:
+                            left = e[_LEFT] - 1
+                            e[_LEFT] = left
+                            if not left:
+                                queue.live -= 1
+                                bucket.popleft()  # type: ignore[union-attr]  # e: in it
+                                if not bucket:
+                                    del buckets[k]
+                            _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
         if adds:
-            pend = Pending(fp, key, n, expected, expected.copy())
-            depth = pend.depth
-            for rk, queue, keyof in adds:
-                order = queue.order
-                if order and ts - order[0][0] > MAX_WAIT:
-                    queue.expire(ts)
-                depth[rk] = queue.live
-                ikey = b"" if keyof is None else keyof(pkt)
-                if ikey is None:
-                    ikey = _NEVER
-                order.append((ts, pend, ikey))
-                buckets = queue.buckets
-                bucket = buckets.get(ikey)
-                if bucket is None:
-                    buckets[ikey] = bucket = deque()
-                bucket.append(pend)
-                queue.live += 1
+            req = [False, ts, pkt]
+            for q, keyof, times, target in adds:
+                order = q.order
+                if order and ts - order[0][_TS] > MAX_WAIT:
+                    q.expire(ts)
+                if keyof is None:
+                    order.append([times, ts, n, q.live, req, None, target])
+                else:
+                    ikey = keyof(pkt)
+                    if ikey is None:
+                        # No key to be echoed (malformed, not a command): never matched, but
+                        # it waits, so the depth of later requests counts it.
+                        ikey = _NEVER
+                    e = [times, ts, n, q.live, req, ikey, target]
+                    order.append(e)
+                    bucket = q.buckets.get(ikey)
+                    if bucket is None:
+                        q.buckets[ikey] = bucket = deque()
+                    bucket.append(e)
+                q.live += 1
 
         # -- BehaviourLearner.feed_state (an exact flow) ------------------------------------
-        st = self.beh
+        st: _Flow = self.beh  # type: ignore[assignment]
         st.n += 1
         if st.first_ts is None:
             st.first_ts = ts
@@ -219,33 +299,45 @@ class FlowLearner:
             st.script.append((key, ts))
 
 
-def _pair(
-    state: _FlowState, n: int, req: Pending, resp: FlowPacket, rk: str, occ: int, depth: int
-) -> None:
-    """_FlowState._pair, with the response's packet number ``n`` passed in."""
+def _pair(state: _FlowState, n: int, e: _Entry, ts: float, pkt: CyncPacket, rk: str,
+          occ: int) -> None:  # fmt: skip
+    """_FlowState._pair: the request of entry ``e`` answered by ``pkt`` (packet ``n`` of the
+    flow), its ``occ``-th answer of kind ``rk``."""
     st = state.stats
-    rq = req.fp
-    name = (req.key, rk, occ)
-    kind = st.kinds.get(name)
+    req = e[_REQ]
+    target = e[_TARGET]
+    rq_ts = req[1]
+    kinds = target[_T_KINDS]
+    kind = kinds[occ]
     if kind is None:
-        kind = st.kinds[name] = _Kind(name, resp.sender)
-    lat = resp.ts - rq.ts
+        name = (target[_T_KEY], rk, occ)
+        kind = st.kinds.get(name)
+        if kind is None:
+            kind = st.kinds[name] = _Kind(
+                name, CLOUD if target[_T_ANSWERED][0] == DEVICE else DEVICE
+            )
+        kinds[occ] = kind
+    lat = ts - rq_ts
     kind.latency.values.append(lat)
     kn = kind.n = kind.n + 1
     pairs = kind.pairs
     if len(pairs) < TEMPLATE_PAIRS:
-        pairs.append(((0, 0, n), rq.packet, resp.packet, state))
+        pairs.append(((0, 0, n), req[2], pkt, state))
     elif kn == kind.next:
-        pairs[kind.slot()] = ((0, 0, n), rq.packet, resp.packet, state)
-    if not req.answered:
-        req.answered = True
-        st.answered[(rq.sender, req.key)] += 1
+        pairs[kind.slot()] = ((0, 0, n), req[2], pkt, state)
+    if not req[0]:
+        req[0] = True
+        st.answered[target[_T_ANSWERED]] += 1
     if occ:
         return
-    kr = (req.key, rk)
-    out = state.outstanding.get(kr)
+    out = target[_T_OUT]
     if out is None:
-        out = state.outstanding[kr] = _Outstanding(st, kr, True)
+        kr = (target[_T_KEY], rk)
+        out = state.outstanding.get(kr)
+        if out is None:
+            out = state.outstanding[kr] = _Outstanding(st, kr, True)
+        target[_T_OUT] = out
+    depth = e[_DEPTH]
     b = "0" if depth == 0 else ("1-4" if depth < 5 else "5+")
     smp = out.buckets.get(b)
     if smp is None:
@@ -254,8 +346,8 @@ def _pair(
     svc = out.service
     if svc is not None:
         prev = state.prev.get(rk)
-        start = rq.ts if prev is None or prev < rq.ts else prev
-        svc.values.append(max(0.0, resp.ts - start))
+        start = rq_ts if prev is None or prev < rq_ts else prev
+        svc.values.append(max(0.0, ts - start))
         if rk == "0x7b":
-            state.stalls.add(req.key, rq.ts, resp.ts, prev, depth)  # stalls.py
-        state.prev[rk] = resp.ts
+            state.stalls.add(target[_T_KEY], rq_ts, ts, prev, depth)  # stalls.py
+        state.prev[rk] = ts

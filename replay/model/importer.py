@@ -1,17 +1,19 @@
 # From captures to a DeviceModel: learning as the packets are read.
 #
-# Strategy: a ModelLearner takes each packet as the reader frames it (``feed(flow, fp)``) and
-# hands it to the exchange learner (learn.py) and the behaviour learner (behaviour.py), which
-# keep bounded tallies, never the packets.  ``import_files`` reads each file in chunks
-# through capture.stream.CaptureStream (every format the stream reader knows), so memory
-# stays bounded however large the capture; ``learn_model`` learns a result that was already
-# read whole, flow by flow.  Each packet is decoded once, by the reader.  Within a flow,
-# packets are taken in the order they were captured.
+# Strategy: a ModelLearner takes each packet as the reader frames it and hands it to the
+# exchange learner (learn.py) and the behaviour learner (behaviour.py), which keep bounded
+# tallies, never the packets.  ``import_files`` reads each file in chunks through
+# capture.stream.CaptureStream (every format the stream reader knows), so memory stays
+# bounded however large the capture; ``learn_model`` learns a result that was already read
+# whole, flow by flow (``feed(flow, fp)``: the reference path).  Each packet is decoded once,
+# by the reader.  Within a flow, packets are taken in the order they were captured.
 #
-# Speed: a reader's batch goes to ``feed_batch``, one state lookup per packet for both
-# learners, which append their samples to plain list buffers; the buffers are spilled into
-# sketches once per batch (bounded memory).  The cyclic GC is paused while importing: what
-# is learned is kept, and what is not is freed by reference counting.
+# Speed: the reader hands each packet straight to its flow's consumer (``consumer(flow)``,
+# a capture.model.FlowSink): no FlowPacket, no batch list.  For a flow of one connection
+# that is a FlowLearner (_hot.py), one call per packet for both learners, which append their
+# samples to plain list buffers; the buffers are spilled into sketches once per chunk read
+# (bounded memory).  The cyclic GC is paused while importing: what is learned is kept, and
+# what is not is freed by reference counting.
 from __future__ import annotations
 
 import hashlib
@@ -28,12 +30,13 @@ from cyncsim.replay.capture import (
     FlowPacket,
     load_bytes,
 )
-from cyncsim.replay.capture.model import gc_paused
+from cyncsim.replay.capture.model import PacketConsumer, Sender, gc_paused
 from cyncsim.replay.capture.stream import CaptureStream
 from cyncsim.replay.model._hot import FlowLearner
 from cyncsim.replay.model.behaviour import BehaviourLearner
 from cyncsim.replay.model.learn import ExchangeLearner
 from cyncsim.replay.model.store import DeviceModel
+from cyncsim.replay.protocol import CyncPacket
 
 __all__ = ["CHUNK", "ModelLearner", "import_captures", "import_files", "learn_model"]
 
@@ -51,8 +54,7 @@ class ModelLearner:
         self.findings: Counter[str] = Counter()
         self.packets: Counter[str] = Counter()  # per source
         self.order: list[Flow] = []  # flows in the reader's order, when it gives one
-        # id(flow) -> what learns its packets (the flow is kept alive by the learners)
-        self._learners: dict[int, Callable[[FlowPacket], None]] = {}
+        self._uncounted: list[FlowLearner | _Mixed] = []  # consumers not counted yet
 
     def add_source(self, path: str, sha256: str = "") -> None:
         self.sources[path] = sha256
@@ -64,37 +66,22 @@ class ModelLearner:
         self.exchanges.feed(flow, fp)
         self.behaviour.feed(flow, fp)
 
-    def feed_batch(self, source: str, packets: list[tuple[Flow, FlowPacket]]) -> None:
-        """``feed`` for each of a reader's batch (all of ``source``), then the sample
-        buffers spilled: the learner's hot loop."""
-        self.packets[source] += len(packets)
-        learners = self._learners
-        fed = 0
-        for flow, fp in packets:
-            if flow.kind != "cync":
-                continue
-            learn = learners.get(id(flow))
-            if learn is None:
-                learn = learners[id(flow)] = self._learner_of(flow)
-            learn(fp)
-            fed += 1
-        self.exchanges.packets += fed
-        self.spill()
+    def consumer(self, flow: Flow) -> PacketConsumer:
+        """What learns the packets of ``flow`` as the reader frames them (a capture
+        FlowSink's consumer): for one connection a FlowLearner (_hot.py), for a flow that
+        mixes connections both learners' reference paths.  Counted by ``count``."""
+        learn: FlowLearner | _Mixed = (
+            FlowLearner(self.exchanges, self.behaviour, flow) if flow.exact else _Mixed(self, flow)
+        )
+        self._uncounted.append(learn)
+        return learn.feed
 
-    def _learner_of(self, flow: Flow) -> Callable[[FlowPacket], None]:
-        """What learns a packet of ``flow``: for one connection, a FlowLearner (_hot.py);
-        for a flow that mixes connections, both learners' reference paths."""
-        ex, beh = self.exchanges, self.behaviour
-        ex_state, beh_state = ex.state_of(flow), beh.state_of(flow)
-        if flow.exact:
-            return FlowLearner(ex, beh, ex_state, beh_state).feed
-        ex_feed, beh_feed = ex.feed_state, beh.feed_state
-
-        def learn(fp: FlowPacket) -> None:
-            ex_feed(ex_state, fp)
-            beh_feed(beh_state, fp)
-
-        return learn
+    def count(self, source: str) -> None:
+        """Count the packets the consumers of ``source`` took (at the end of its file)."""
+        n = sum(learn.n for learn in self._uncounted)
+        self._uncounted.clear()
+        self.packets[source] += n
+        self.exchanges.packets += n
 
     def spill(self) -> None:
         self.exchanges.spill()
@@ -120,6 +107,23 @@ class ModelLearner:
             )
         model.findings = dict(self.findings)
         return model
+
+
+class _Mixed:
+    """The consumer of a flow that mixes connections: ModelLearner.feed's path."""
+
+    __slots__ = ("flow", "learner", "n")
+
+    def __init__(self, learner: ModelLearner, flow: Flow) -> None:
+        self.learner = learner
+        self.flow = flow
+        self.n = 0
+
+    def feed(self, sender: Sender, ts: float, pkt: CyncPacket) -> None:
+        self.n += 1
+        fp = FlowPacket(ts, sender, pkt, 0)
+        self.learner.exchanges.feed_state(self.learner.exchanges.state_of(self.flow), fp)
+        self.learner.behaviour.feed_state(self.learner.behaviour.state_of(self.flow), fp)
 
 
 def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = None) -> DeviceModel:
@@ -161,16 +165,15 @@ def _import_file(
     path: str, learner: ModelLearner, cloud_ports: tuple[int, ...], cb: Progress | None
 ) -> None:
     load_bytes(path, 0)  # a missing file or a folder: the reader's one clear error
-    stream = CaptureStream(path, cloud_ports=cloud_ports)
+    stream = CaptureStream(path, cloud_ports=cloud_ports, consumer=learner.consumer)
     digest = hashlib.sha256()
-    feed = learner.feed_batch
     total = Path(path).stat().st_size
     done = 0
     with Path(path).open("rb") as fh:
         while True:
             chunk = fh.read(CHUNK)
-            batch = stream.feed(chunk) if chunk else stream.close()
-            feed(path, batch.packets)
+            batch = stream.feed(chunk) if chunk else stream.close()  # packets: learned
+            learner.spill()
             learner.add_findings(batch.findings)
             learner.order.extend(batch.flows)
             if not chunk:
@@ -179,6 +182,7 @@ def _import_file(
             done += len(chunk)
             if cb is not None:
                 cb(done, total)
+    learner.count(path)
     learner.add_source(path, digest.hexdigest() if done else "")
 
 
