@@ -37,7 +37,7 @@ __all__ = [
     "FlowBuilder",
     "FlowPacket",
     "FlowSink",
-    "PacketConsumer",
+    "PacketBuffer",
     "PacketSink",
     "Sender",
     "Summary",
@@ -244,19 +244,20 @@ class Summary:
         }
 
 
-# What takes the packets of one flow straight from its FlowBuilder: (sender, ts, packet).
-PacketConsumer = Callable[[Sender, float, CyncPacket], None]
+# Where a FlowSink's FlowBuilder appends the packets of its flow: (sender, ts, packet).
+PacketBuffer = list[tuple[Sender, float, CyncPacket]]
 
 
 class FlowSink:
-    """A stream's packets handed straight to a consumer, flow by flow, without FlowPackets
-    (the importer's learner): ``open(flow)`` is called once per flow, when its FlowBuilder is
-    made, and gives the consumer of its packets, called in stream order.  The packets are
-    not kept, nor counted in the stream's batches (``CaptureStream(consumer=...)``)."""
+    """A stream's packets handed over flow by flow, without FlowPackets (the importer's
+    learner): ``open(flow)`` is called once per flow, when its FlowBuilder is made, and
+    gives the list the flow's packets are appended to as (sender, ts, packet), in stream
+    order; its owner empties it as it likes (after each chunk, say).  The packets are not
+    counted in the stream's batches (``CaptureStream(consumer=...)``)."""
 
     __slots__ = ("open",)
 
-    def __init__(self, open_flow: Callable[[Flow], PacketConsumer]) -> None:
+    def __init__(self, open_flow: Callable[[Flow], PacketBuffer]) -> None:
         self.open = open_flow
 
 
@@ -272,13 +273,13 @@ class FlowBuilder:
     ``gap(sender, ts, offset, length)``; call ``close()`` at the end.  A direction whose first bytes
     are a TLS record marks the flow as TLS and its bytes become one ``tls`` finding.  Packets
     are appended to ``flow.packets``, or to ``sink`` as (flow, packet) when one is given (a
-    FlowSink: to its consumer of the flow, as they are framed); ``emitted`` counts them.
+    FlowSink: to its buffer of the flow, as they are framed); ``emitted`` counts them.
     """
 
     def __init__(self, flow: Flow, findings: list[Finding], sink: PacketSink | None = None) -> None:
         self.flow = flow
         self._findings = findings
-        self._direct: PacketConsumer | None = None  # a FlowSink's consumer of this flow
+        self._direct: PacketBuffer | None = None  # a FlowSink's buffer of this flow
         self._direct_count = 0
         self._to_sink = None
         if isinstance(sink, FlowSink):
@@ -366,7 +367,7 @@ class FlowBuilder:
         direct = self._direct
         if direct is not None:
             self._direct_count += 1
-            direct(sender, ts, pkt)
+            direct.append((sender, ts, pkt))
         else:
             fp = _new(FlowPacket)  # == FlowPacket(ts, sender, pkt, off, tags), faster
             _fp_ts(fp, ts)

@@ -28,7 +28,7 @@ from cyncsim.replay.capture.model import (
     Flow,
     FlowPacket,
     FlowSink,
-    PacketConsumer,
+    PacketBuffer,
     PacketSink,
     Summary,
 )
@@ -64,7 +64,7 @@ class CaptureStream:
         source: str = "<stdin>",
         *,
         cloud_ports: tuple[int, ...] = DEFAULT_CLOUD_PORTS,
-        consumer: Callable[[Flow], PacketConsumer] | None = None,
+        consumer: Callable[[Flow], PacketBuffer] | None = None,
     ) -> None:
         self.source = source
         self.cloud_ports = cloud_ports
@@ -72,8 +72,8 @@ class CaptureStream:
         self.totals = Summary([source])  # what the batches handed out so far
         self._buf = b""  # bytes not consumed yet
         self._base = 0  # stream offset of _buf[0]
-        # ``consumer``: packets go straight to consumer(flow) as they are framed (a FlowSink),
-        # not into the batches, which then carry findings and flows only.
+        # ``consumer``: the packets of each flow go to the list consumer(flow) gives, as they
+        # are framed (a FlowSink), not into the batches, which then carry findings and flows.
         self._sink: PacketSink = [] if consumer is None else FlowSink(consumer)
         self._findings: list[Finding] = []
         self._text: TextWalker | SocatWalker | None = None  # the line-based formats

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from cyncsim.replay.capture.model import CLOUD, DEVICE, Flow
+from cyncsim.replay.capture.model import CLOUD, DEVICE, Flow, PacketBuffer
 from cyncsim.replay.model._pairing import _GROUP, _NEVER, MAX_WAIT, KeyOf, candidates, other_side
 from cyncsim.replay.model.behaviour import _PRE_HELLO, CONNECT_SPAN, BehaviourLearner, _Flow
 from cyncsim.replay.model.dist import Samples
@@ -113,8 +113,8 @@ _Plan = tuple[
 
 
 class FlowLearner:
-    """Both learners' state of one exact flow; ``feed(sender, ts, packet)`` learns one
-    packet of it (a capture.model.PacketConsumer: the reader calls it as it frames)."""
+    """Both learners' state of one exact flow; ``learn(packets)`` learns packets of it, as
+    the reader buffers them (a capture.model.FlowSink's buffer of the flow)."""
 
     __slots__ = ("beh", "beh_learner", "ex", "ex_learner", "flow", "lasts", "n", "plans",
                  "queues")  # fmt: skip
@@ -125,8 +125,8 @@ class FlowLearner:
         self.ex_learner = ex_learner
         self.beh_learner = beh_learner
         self.flow = flow
-        # Both learners' states are made on the first packet (the first plan), so that a
-        # flow without packets leaves no trace in them, as with ModelLearner.feed.
+        # Both learners' states are made on the first packet, so that a flow without
+        # packets leaves no trace in them, as with ModelLearner.feed.
         self.ex: _FlowState | None = None
         self.beh: _Flow | None = None
         self.plans: dict[int, _Plan] = {}
@@ -135,10 +135,7 @@ class FlowLearner:
         self.lasts: dict[tuple[str, int], list[Any]] = {}  # counter -> [last id, its steps]
 
     def _plan(self, code: int, sender: str, pkt: CyncPacket) -> _Plan:
-        ex = self.ex
-        if ex is None:
-            ex = self.ex = self.ex_learner.state_of(self.flow)
-            self.beh = self.beh_learner.state_of(self.flow)
+        ex: _FlowState = self.ex  # type: ignore[assignment]  # made by learn()
         key = packet_key(pkt)
         cell, counter, maybe_local = ex.plans[sender].get(key) or self.ex_learner._plan(
             ex, sender, key, pkt
@@ -169,134 +166,144 @@ class FlowLearner:
         self.plans[code] = plan
         return plan
 
-    def feed(self, sender: str, ts: float, pkt: CyncPacket) -> None:
-        t = pkt.type
-        code = t
-        if pkt.__class__ is _FRAMED:
-            f = pkt.frame
-            if f is not None:
-                code = (t << 16) | (f.kind << 8) | f.opcode
-        if sender == CLOUD:
-            code |= _CLOUD_BIT
-        plan = self.plans.get(code)
-        if plan is None:
-            plan = self._plan(code, sender, pkt)
-        key, cell, maybe_local, queue, adds, last, ident = plan
-
-        # -- ExchangeLearner.feed_state -----------------------------------------------------
-        ex: _FlowState = self.ex  # type: ignore[assignment]  # made by the first plan
-        cell[0] += 1
-        if maybe_local:
-            stats = ex.stats
-            if not stats.local and _local_peer(pkt):
-                stats.local = True
-        if last is not None and isinstance(pkt, _FRAMED):
-            mid = pkt.msg_id
-            c = (mid[0] << 8) | mid[1]
-            before = last[0]
-            if before is not None:
-                step = last[1]
-                step[0] += 1
-                step[1] += (c - before) & 0xFFFF == 1
-            last[0] = c
-
-        # -- FlowPairer.feed (an exact flow: the oldest request waiting is taken) -----------
-        n = self.n = self.n + 1
-        if queue is not None:
-            order = queue.order
-            if order and ts - order[0][_TS] > MAX_WAIT:
-                queue.expire(ts)
-            if queue.live:
-                e: _Entry | None = None
-                if queue.fifo:  # the oldest entry expecting an answer (live > 0: one is)
-                    e = order[0]
-                    while e[_LEFT] <= 0:
-                        order.popleft()
-                        e = order[0]
-                    left = e[_LEFT] - 1
-                    e[_LEFT] = left
-                    if not left:
-                        queue.live -= 1
-                        order.popleft()
-                    _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
-                else:
-                    k = queue.keyof(pkt)  # type: ignore[misc]  # keyed: not None
-                    if k is not None:
-                        # A bucket holds its entries that still expect an answer, oldest
-                        # first (an answered one leaves it at once).
-                        buckets = queue.buckets
-                        bucket = buckets.get(k)
-                        if bucket:
-                            e = bucket[0]
-                        if queue.group:  # group commands answer any node: oldest of both
-                            g = buckets.get(_GROUP)
-                            if g and (e is None or g[0][_SEQ] < e[_SEQ]):
-                                e, k, bucket = g[0], _GROUP, g
-                        if e is not None:
-                            left = e[_LEFT] - 1
-                            e[_LEFT] = left
-                            if not left:
-                                queue.live -= 1
-                                bucket.popleft()  # type: ignore[union-attr]  # e: in it
-                                if not bucket:
-                                    del buckets[k]
-                            _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
-        if adds:
-            req = [False, ts, pkt]
-            for q, keyof, times, target in adds:
-                order = q.order
-                if order and ts - order[0][_TS] > MAX_WAIT:
-                    q.expire(ts)
-                if keyof is None:
-                    order.append([times, ts, n, q.live, req, None, target])
-                else:
-                    ikey = keyof(pkt)
-                    if ikey is None:
-                        # No key to be echoed (malformed, not a command): never matched, but
-                        # it waits, so the depth of later requests counts it.
-                        ikey = _NEVER
-                    e = [times, ts, n, q.live, req, ikey, target]
-                    order.append(e)
-                    bucket = q.buckets.get(ikey)
-                    if bucket is None:
-                        q.buckets[ikey] = bucket = deque()
-                    bucket.append(e)
-                q.live += 1
-
-        # -- BehaviourLearner.feed_state (an exact flow) ------------------------------------
+    def learn(self, packets: PacketBuffer) -> None:
+        """Learn the packets of the flow (sender, ts, packet), in stream order."""
+        if self.ex is None:  # the first packet
+            self.ex = self.ex_learner.state_of(self.flow)
+            self.beh = self.beh_learner.state_of(self.flow)
+        ex: _FlowState = self.ex
         st: _Flow = self.beh  # type: ignore[assignment]
-        st.n += 1
-        if st.first_ts is None:
-            st.first_ts = ts
-        if ident and (
-            pkt.__class__ is _HELLO
-            or (isinstance(pkt, _FRAMED) and ((pkt.frame is not None
-                                              and pkt.frame.kind == _REPORT_KIND) or t == _STATUS))
-            or (t == _STATUS and isinstance(pkt, IdPacket))
-        ):  # fmt: skip
-            self.beh_learner._identity(st.flow.source, pkt, st)
-        if sender != DEVICE:
+        plans = self.plans
+        n = self.n
+        for sender, ts, pkt in packets:
+            t = pkt.type
+            code = t
+            if pkt.__class__ is _FRAMED:
+                f = pkt.frame
+                if f is not None:
+                    code = (t << 16) | (f.kind << 8) | f.opcode
+            if sender == CLOUD:
+                code |= _CLOUD_BIT
+            plan = plans.get(code)
+            if plan is None:
+                plan = self._plan(code, sender, pkt)
+            key, cell, maybe_local, queue, adds, last, ident = plan
+
+            # -- ExchangeLearner.feed_state -----------------------------------------------------
+            cell[0] += 1
+            if maybe_local:
+                stats = ex.stats
+                if not stats.local and _local_peer(pkt):
+                    stats.local = True
+            if last is not None and isinstance(pkt, _FRAMED):
+                mid = pkt.msg_id
+                c = (mid[0] << 8) | mid[1]
+                before = last[0]
+                if before is not None:
+                    step = last[1]
+                    step[0] += 1
+                    step[1] += (c - before) & 0xFFFF == 1
+                last[0] = c
+
+            # -- FlowPairer.feed (an exact flow: the oldest request waiting is taken) -----------
+            n += 1
+            if queue is not None:
+                order = queue.order
+                if order and ts - order[0][_TS] > MAX_WAIT:
+                    queue.expire(ts)
+                if queue.live:
+                    e: _Entry | None = None
+                    if queue.fifo:  # the oldest entry expecting an answer (live > 0: one is)
+                        e = order[0]
+                        while e[_LEFT] <= 0:
+                            order.popleft()
+                            e = order[0]
+                        left = e[_LEFT] - 1
+                        e[_LEFT] = left
+                        if not left:
+                            queue.live -= 1
+                            order.popleft()
+                        _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
+                    else:
+                        k = queue.keyof(pkt)  # type: ignore[misc]  # keyed: not None
+                        if k is not None:
+                            # A bucket holds its entries that still expect an answer, oldest
+                            # first (an answered one leaves it at once).
+                            buckets = queue.buckets
+                            bucket = buckets.get(k)
+                            if bucket:
+                                e = bucket[0]
+                            if queue.group:  # group commands answer any node: oldest of both
+                                g = buckets.get(_GROUP)
+                                if g and (e is None or g[0][_SEQ] < e[_SEQ]):
+                                    e, k, bucket = g[0], _GROUP, g
+                            if e is not None:
+                                left = e[_LEFT] - 1
+                                e[_LEFT] = left
+                                if not left:
+                                    queue.live -= 1
+                                    bucket.popleft()  # type: ignore[union-attr]  # e: in it
+                                    if not bucket:
+                                        del buckets[k]
+                                _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
+            if adds:
+                req = [False, ts, pkt]
+                for q, keyof, times, target in adds:
+                    order = q.order
+                    if order and ts - order[0][_TS] > MAX_WAIT:
+                        q.expire(ts)
+                    if keyof is None:
+                        order.append([times, ts, n, q.live, req, None, target])
+                    else:
+                        ikey = keyof(pkt)
+                        if ikey is None:
+                            # No key to be echoed (malformed, not a command): never matched, but
+                            # it waits, so the depth of later requests counts it.
+                            ikey = _NEVER
+                        e = [times, ts, n, q.live, req, ikey, target]
+                        order.append(e)
+                        bucket = q.buckets.get(ikey)
+                        if bucket is None:
+                            q.buckets[ikey] = bucket = deque()
+                        bucket.append(e)
+                    q.live += 1
+
+            # -- BehaviourLearner.feed_state (an exact flow) ------------------------------------
+            st.n += 1
+            if st.first_ts is None:
+                st.first_ts = ts
+            if ident and (
+                pkt.__class__ is _HELLO
+                or (
+                    isinstance(pkt, _FRAMED)
+                    and ((pkt.frame is not None and pkt.frame.kind == _REPORT_KIND) or t == _STATUS)
+                )
+                or (t == _STATUS and isinstance(pkt, IdPacket))
+            ):
+                self.beh_learner._identity(st.flow.source, pkt, st)
+            if sender != DEVICE:
+                st.prev_ts = ts
+                st.answered = True
+                continue
+            if t == _PING:
+                if st.prev_ts is not None:
+                    st.src.idle.values.append(ts - st.prev_ts)
+            elif t == _STATUS:
+                if st.last_status is not None:
+                    st.src.status_gaps.values.append(ts - st.last_status)
+                st.last_status = ts
             st.prev_ts = ts
-            st.answered = True
-            return
-        if t == _PING:
-            if st.prev_ts is not None:
-                st.src.idle.values.append(ts - st.prev_ts)
-        elif t == _STATUS:
-            if st.last_status is not None:
-                st.src.status_gaps.values.append(ts - st.last_status)
-            st.last_status = ts
-        st.prev_ts = ts
-        hello = st.hello
-        if hello is None:
-            if pkt.__class__ is _HELLO:
-                st.hello = (ts, pkt.device_id)
-                st.script = [(k2, t2) for k2, t2 in st.pre if t2 - ts <= CONNECT_SPAN]
-                st.pre = []
-            elif len(st.pre) < _PRE_HELLO:
-                st.pre.append((key, ts))
-        elif ts - hello[0] <= CONNECT_SPAN:
-            st.script.append((key, ts))
+            hello = st.hello
+            if hello is None:
+                if pkt.__class__ is _HELLO:
+                    st.hello = (ts, pkt.device_id)
+                    st.script = [(k2, t2) for k2, t2 in st.pre if t2 - ts <= CONNECT_SPAN]
+                    st.pre = []
+                elif len(st.pre) < _PRE_HELLO:
+                    st.pre.append((key, ts))
+            elif ts - hello[0] <= CONNECT_SPAN:
+                st.script.append((key, ts))
+        self.n = n
 
 
 def _pair(state: _FlowState, n: int, e: _Entry, ts: float, pkt: CyncPacket, rk: str,

@@ -8,12 +8,14 @@
 # whole, flow by flow (``feed(flow, fp)``: the reference path).  Each packet is decoded once,
 # by the reader.  Within a flow, packets are taken in the order they were captured.
 #
-# Speed: the reader hands each packet straight to its flow's consumer (``consumer(flow)``,
-# a capture.model.FlowSink): no FlowPacket, no batch list.  For a flow of one connection
-# that is a FlowLearner (_hot.py), one call per packet for both learners, which append their
-# samples to plain list buffers; the buffers are spilled into sketches once per chunk read
-# (bounded memory).  The cyclic GC is paused while importing: what is learned is kept, and
-# what is not is freed by reference counting.
+# Speed: the reader appends each packet to its flow's buffer (``buffer(flow)``, a
+# capture.model.FlowSink) as a (sender, ts, packet) tuple: no FlowPacket.  After each chunk
+# the buffers are learned flow by flow (``learn_buffered``): reading a chunk, then learning
+# it, keeps each loop's code and data warm (interleaving the two per packet cost a third
+# more); a flow of one connection is learned by a FlowLearner (_hot.py), one loop for both
+# learners, which append their samples to plain list buffers; those are spilled into
+# sketches once per chunk (bounded memory).  The cyclic GC is paused while importing: what
+# is learned is kept, and what is not is freed by reference counting.
 from __future__ import annotations
 
 import hashlib
@@ -30,13 +32,12 @@ from cyncsim.replay.capture import (
     FlowPacket,
     load_bytes,
 )
-from cyncsim.replay.capture.model import PacketConsumer, Sender, gc_paused
+from cyncsim.replay.capture.model import PacketBuffer, gc_paused
 from cyncsim.replay.capture.stream import CaptureStream
 from cyncsim.replay.model._hot import FlowLearner
 from cyncsim.replay.model.behaviour import BehaviourLearner
 from cyncsim.replay.model.learn import ExchangeLearner
 from cyncsim.replay.model.store import DeviceModel
-from cyncsim.replay.protocol import CyncPacket
 
 __all__ = ["CHUNK", "ModelLearner", "import_captures", "import_files", "learn_model"]
 
@@ -54,7 +55,8 @@ class ModelLearner:
         self.findings: Counter[str] = Counter()
         self.packets: Counter[str] = Counter()  # per source
         self.order: list[Flow] = []  # flows in the reader's order, when it gives one
-        self._uncounted: list[FlowLearner | _Mixed] = []  # consumers not counted yet
+        # id(flow) -> (flow, what learns it, the packets the reader buffered), while open
+        self._open: dict[int, tuple[Flow, FlowLearner | _Mixed, PacketBuffer]] = {}
 
     def add_source(self, path: str, sha256: str = "") -> None:
         self.sources[path] = sha256
@@ -66,22 +68,29 @@ class ModelLearner:
         self.exchanges.feed(flow, fp)
         self.behaviour.feed(flow, fp)
 
-    def consumer(self, flow: Flow) -> PacketConsumer:
-        """What learns the packets of ``flow`` as the reader frames them (a capture
-        FlowSink's consumer): for one connection a FlowLearner (_hot.py), for a flow that
-        mixes connections both learners' reference paths.  Counted by ``count``."""
+    def buffer(self, flow: Flow) -> PacketBuffer:
+        """Where the reader puts the packets of ``flow`` (a capture FlowSink's buffer), for
+        ``learn_buffered``: for one connection a FlowLearner (_hot.py) learns them, for a
+        flow that mixes connections both learners' reference paths."""
         learn: FlowLearner | _Mixed = (
             FlowLearner(self.exchanges, self.behaviour, flow) if flow.exact else _Mixed(self, flow)
         )
-        self._uncounted.append(learn)
-        return learn.feed
+        buf: PacketBuffer = []
+        self._open[id(flow)] = (flow, learn, buf)
+        return buf
 
-    def count(self, source: str) -> None:
-        """Count the packets the consumers of ``source`` took (at the end of its file)."""
-        n = sum(learn.n for learn in self._uncounted)
-        self._uncounted.clear()
-        self.packets[source] += n
-        self.exchanges.packets += n
+    def learn_buffered(self, closed: list[Flow]) -> None:
+        """Learn what the reader buffered, flow by flow (each in stream order); then forget
+        the flows in ``closed``, which the reader has finished."""
+        for flow, learn, buf in self._open.values():
+            if buf:
+                self.packets[flow.source] += len(buf)
+                self.exchanges.packets += len(buf)
+                learn.learn(buf)
+                buf.clear()
+        for flow in closed:
+            self._open.pop(id(flow), None)
+        self.spill()
 
     def spill(self) -> None:
         self.exchanges.spill()
@@ -110,20 +119,21 @@ class ModelLearner:
 
 
 class _Mixed:
-    """The consumer of a flow that mixes connections: ModelLearner.feed's path."""
+    """Learns a flow that mixes connections: ModelLearner.feed's path."""
 
-    __slots__ = ("flow", "learner", "n")
+    __slots__ = ("flow", "learner")
 
     def __init__(self, learner: ModelLearner, flow: Flow) -> None:
         self.learner = learner
         self.flow = flow
-        self.n = 0
 
-    def feed(self, sender: Sender, ts: float, pkt: CyncPacket) -> None:
-        self.n += 1
-        fp = FlowPacket(ts, sender, pkt, 0)
-        self.learner.exchanges.feed_state(self.learner.exchanges.state_of(self.flow), fp)
-        self.learner.behaviour.feed_state(self.learner.behaviour.state_of(self.flow), fp)
+    def learn(self, packets: PacketBuffer) -> None:
+        ex, beh = self.learner.exchanges, self.learner.behaviour
+        ex_state, beh_state = ex.state_of(self.flow), beh.state_of(self.flow)
+        for sender, ts, pkt in packets:
+            fp = FlowPacket(ts, sender, pkt, 0)
+            ex.feed_state(ex_state, fp)
+            beh.feed_state(beh_state, fp)
 
 
 def learn_model(result: CaptureResult, raw_sources: dict[str, bytes] | None = None) -> DeviceModel:
@@ -165,15 +175,15 @@ def _import_file(
     path: str, learner: ModelLearner, cloud_ports: tuple[int, ...], cb: Progress | None
 ) -> None:
     load_bytes(path, 0)  # a missing file or a folder: the reader's one clear error
-    stream = CaptureStream(path, cloud_ports=cloud_ports, consumer=learner.consumer)
+    stream = CaptureStream(path, cloud_ports=cloud_ports, consumer=learner.buffer)
     digest = hashlib.sha256()
     total = Path(path).stat().st_size
     done = 0
     with Path(path).open("rb") as fh:
         while True:
             chunk = fh.read(CHUNK)
-            batch = stream.feed(chunk) if chunk else stream.close()  # packets: learned
-            learner.spill()
+            batch = stream.feed(chunk) if chunk else stream.close()
+            learner.learn_buffered(batch.flows)  # the packets the chunk completed
             learner.add_findings(batch.findings)
             learner.order.extend(batch.flows)
             if not chunk:
@@ -182,7 +192,6 @@ def _import_file(
             done += len(chunk)
             if cb is not None:
                 cb(done, total)
-    learner.count(path)
     learner.add_source(path, digest.hexdigest() if done else "")
 
 
