@@ -43,7 +43,7 @@ from typing import Protocol
 
 from cyncsim.replay.chaos import ChaosPolicy, Direction
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
-from cyncsim.simulator._lateness import LoopLateness, answer_floor
+from cyncsim.simulator._lateness import AnswerTimes
 from cyncsim.simulator._stream import MAX_PACKET, PacketQueue, PacketStream, read_buffer
 from cyncsim.simulator.chaos import ChaosWriter, abort_connection
 from cyncsim.simulator.record import ConnectionRecord
@@ -141,8 +141,7 @@ class EngineConnection(asyncio.BufferedProtocol):
         self._stream = PacketStream(max_packet, self._oversize)
         self._inbox = PacketQueue(self._stream, CHUNK)  # read, not handed to the engine yet
         self._heap: list[_Item] = []
-        self._late = LoopLateness.of(self.loop) if owner.lateness_compensation else None
-        self._floors: dict[str, float] = {}  # answer key -> smallest learned delay (scaled)
+        self._times = AnswerTimes(self.loop, engine) if owner.lateness_compensation else None
         self._delayed = 0  # _DELIVER items in the heap (packets chaos holds back)
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -402,10 +401,10 @@ class EngineConnection(asyncio.BufferedProtocol):
 
     def _apply(self, actions: list[Action], now: float, *, run: bool = True) -> None:
         batch: list[bytes] = []  # due now: one write (one syscall) for all of them
-        lead = 0.0 if self._late is None else self._late.lead
+        times = self._times
         for a in actions:
             if type(a) is Send:
-                fire = a.at if not lead or a.at <= now else self._early(a, now, lead)
+                fire = a.at if times is None or a.at <= now else times.fire(a, now)
                 if fire <= now and not self._heap:
                     batch.append(a.data)
                 else:
@@ -449,17 +448,6 @@ class EngineConnection(asyncio.BufferedProtocol):
         if out is not None and not out.is_closing():
             out.write(b"".join(packets))
 
-    def _early(self, send: Send, now: float, lead: float) -> float:
-        """When the timer of ``send`` (asked at ``now``) fires: ``lead`` early, but never
-        before ``now`` plus the smallest learned delay of its kind, never after its time."""
-        floor = self._floors.get(send.key)
-        if floor is None:
-            engine = self.engine
-            floor = answer_floor(engine.view, send.key) * engine.time_scale
-            self._floors[send.key] = floor
-        fire, low = send.at - lead, now + floor
-        return fire if fire > low else low if low < send.at else send.at
-
     def _push(self, at: float, kind: int, data: bytes, fire: float | None = None) -> None:
         heapq.heappush(
             self._heap, (at, next(self._order), kind, data, at if fire is None else fire)
@@ -498,8 +486,8 @@ class EngineConnection(asyncio.BufferedProtocol):
         if now < self._timer_at:  # woke early (clock resolution): never act before the time
             self._timer = self.loop.call_at(self._timer_at, self._on_timer)
             return
-        if self._late is not None:
-            self._late.observe(self._timer_at, now)
+        if self._times is not None:
+            self._times.late.observe(self._timer_at, now)
         self._timer = None
         self._timer_at = INF
         if not self.active:

@@ -16,19 +16,21 @@
 # first timer of each loop wake-up, is biased: the first one run is the one due earliest, the
 # latest one).  A few operations per timer, nothing per answer but a subtraction.
 #
-# Where it is used (simulator/_connection.py): an answer due at ``at`` is written by a timer
-# asked for ``at - lead``, never before ``arrival + floor`` (``answer_floor``: the smallest
-# delay the model can draw for that answer kind) and never after ``at``: the compensation can
-# make no delay negative, nor shorter than anything learned.  No spinning, no blocking sleep.
+# Where it is used (simulator/_connection.py, through AnswerTimes): an answer due at ``at`` is
+# written by a timer asked for ``at - lead``, never before ``arrival + floor`` (``answer_floor``:
+# the smallest delay the model can draw for that answer kind) and never after ``at``: the
+# compensation can make no delay negative, nor shorter than anything learned.  No spinning, no
+# blocking sleep.
 from __future__ import annotations
 
 import asyncio
 import weakref
 from collections import OrderedDict
 
+from cyncsim.replay.engine import Engine, Send
 from cyncsim.replay.engine.view import ModelView
 
-__all__ = ["EVERY", "OUTLIER_S", "WINDOW", "LoopLateness", "answer_floor"]
+__all__ = ["EVERY", "OUTLIER_S", "WINDOW", "AnswerTimes", "LoopLateness", "answer_floor"]
 
 WINDOW = 64  # observations the median is taken over
 EVERY = 8  # the median is taken again after this many new observations
@@ -98,3 +100,28 @@ def answer_floor(view: ModelView, key: str) -> float:
         lows = [p.delay.values[0] for p in plans if p is not None and p.key == key and p.delay]
         got = floors[key] = max(0.0, min(lows, default=0.0))
     return got
+
+
+class AnswerTimes:
+    """When the timers of one connection's answers fire: early by its loop's lateness, never
+    before the request plus the smallest learned delay of the answer's kind (scaled)."""
+
+    __slots__ = ("_engine", "_floors", "late")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
+        self.late = LoopLateness.of(loop)
+        self._engine = engine
+        self._floors: dict[str, float] = {}  # answer key -> its floor, scaled
+
+    def fire(self, send: Send, now: float) -> float:
+        """The timer time of ``send``, asked for at ``now`` (the request's arrival)."""
+        at, lead = send.at, self.late.lead
+        if at <= now or not lead:
+            return at
+        floor = self._floors.get(send.key)
+        if floor is None:
+            engine = self._engine
+            floor = answer_floor(engine.view, send.key) * engine.time_scale
+            self._floors[send.key] = floor
+        fire, low = at - lead, now + floor
+        return fire if fire > low else low if low < at else at

@@ -7,9 +7,17 @@ import random
 
 import pytest
 
+from cyncsim.replay.engine import CloudEngine, Send
 from cyncsim.replay.engine.view import ModelView
 from cyncsim.simulator._base import default_model
-from cyncsim.simulator._lateness import EVERY, OUTLIER_S, WINDOW, LoopLateness, answer_floor
+from cyncsim.simulator._lateness import (
+    EVERY,
+    OUTLIER_S,
+    WINDOW,
+    AnswerTimes,
+    LoopLateness,
+    answer_floor,
+)
 
 
 def feed(est: LoopLateness, lateness: list[float], start: float = 100.0) -> None:
@@ -87,3 +95,27 @@ def test_answer_floor_is_the_smallest_learned_delay() -> None:
         low = answer_floor(device, key)
         plans = [p for p in (device.ack, device.report) if p is not None and p.key == key]
         assert plans and 0.0 <= low <= min(p.delay.values[0] for p in plans)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+def test_answer_times_never_make_a_delay_shorter_than_the_learned_minimum(scale: float) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        engine = CloudEngine(default_model(), seed=1, time_scale=scale)
+        times = AnswerTimes(loop, engine)
+        floor = answer_floor(engine.view, "0xd8") * scale
+        now = 1000.0
+        times.late.lead = 0.0  # no estimate yet: the asked time
+        assert times.fire(Send(now + 0.05, b"", "0xd8"), now) == now + 0.05
+        for lead in (0.0005, 0.004, 0.05, 5.0):
+            times.late.lead = lead
+            for delay in (0.0, floor * 0.5, floor, floor + 0.0001, floor + 0.01, 0.2):
+                fire = times.fire(Send(now + delay, b"", "0xd8"), now)
+                assert fire <= now + delay  # never later than asked
+                assert fire >= now + min(delay, floor)  # nor before request + learned minimum
+                if delay - lead >= floor:
+                    assert fire == pytest.approx(now + delay - lead)  # early by the lead
+            assert times.fire(Send(now + 0.01, b"", "raw"), now) >= now  # nothing learned: 0
+            assert times.fire(Send(now - 1.0, b"", "0xd8"), now) == now - 1.0  # due already
+    finally:
+        loop.close()
