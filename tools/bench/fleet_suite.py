@@ -27,14 +27,9 @@ from cyncsim.replay.payloads import PowerCommand, decode_status_entries
 from cyncsim.replay.protocol import decode_packet
 from cyncsim.simulator.fleet import FleetWorkers, raise_fd_limit, ray_fleet_row
 from cyncsim.tools._extras import require
+from cyncsim.tools.bench import simkit
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import (
-    Child,
-    device_view,
-    loop_health,
-    process_cpu_seconds,
-    process_rss_bytes,
-)
+from cyncsim.tools.bench.simkit import Child
 from cyncsim.tools.bench.stats import percentile, summary
 
 __all__ = ["SPEC", "Size", "controller_main", "expected_idle", "fleet_row", "run"]
@@ -92,7 +87,7 @@ SPEC = SuiteSpec(
 
 def expected_idle(time_scale: float) -> tuple[float, bool]:
     """The heartbeat idle time a fleet device waits (s, scaled) and whether it is one value."""
-    dist = device_view().heartbeat
+    dist = simkit.device_view().heartbeat
     if dist is None or not dist.values:
         return 21.0 * time_scale, True  # the engine's documented default
     return dist.quantile(0.5) * time_scale, len(set(dist.values)) == 1
@@ -240,7 +235,7 @@ async def _fleet_row(
 ) -> tuple[Row, tuple[float, float]]:
     load_default_model()  # loaded before the baseline, as every worker loads it too
     gc.collect()
-    rss0, idle = process_rss_bytes() or 0, expected_idle(time_scale)[0]
+    rss0, idle = simkit.process_rss_bytes() or 0, expected_idle(time_scale)[0]
     fleet: Any = (
         FleetWorkers(n, workers, seed=SEED, time_scale=time_scale)
         if workers
@@ -253,16 +248,16 @@ async def _fleet_row(
         connect_s = time.perf_counter() - start
         await asyncio.sleep(warmup)
         pids = [w.process.pid or 0 for w in fleet.workers] if workers else [os.getpid()]
-        rss = sum(process_rss_bytes(p) or 0 for p in pids)  # settled, before any probe
+        rss = sum(simkit.process_rss_bytes(p) or 0 for p in pids)  # settled, before any probe
         for conn in [] if workers else (d.connection for d in fleet.devices if d.connection):
             conn.observer = _gap_probe("out", lambda _, g: errors.append(g - idle), conn.observer)
-        cpu0, steal0 = [process_cpu_seconds(p) or 0.0 for p in pids], _steal()
-        async with loop_health() as health:
+        cpu0, steal0 = [simkit.process_cpu_seconds(p) or 0.0 for p in pids], _steal()
+        async with simkit.loop_health() as health:
             t0 = time.time()
             await asyncio.sleep(window)
             t1 = time.time()
             device = None if workers else errors[:]  # not those late by the shutdown
-        cpu = [(process_cpu_seconds(p) or 0.0) - c for p, c in zip(pids, cpu0, strict=True)]
+        cpu = [(simkit.process_cpu_seconds(p) or 0.0) - c for p, c in zip(pids, cpu0, strict=True)]
         steal1 = _steal()
         stats = await fleet.refresh_stats() if workers else fleet.stats()
     finally:

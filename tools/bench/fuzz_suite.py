@@ -16,14 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cyncsim import (
-    CyncDeviceSimulator,
-    CyncError,
-    PacketType,
-    decode_packet,
-    load_default_model,
-    read_capture,
-)
+from cyncsim import CyncDeviceSimulator, CyncError, PacketType, decode_packet, read_capture
+from cyncsim.captures import load_default_model
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
 from cyncsim.replay.protocol import HEADER_LEN

@@ -17,15 +17,8 @@ from typing import Any
 
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._extras import require
-from cyncsim.tools.bench.common import (
-    CHECK_COLUMNS,
-    PROFILE_COLUMNS,
-    SUITES,
-    Column,
-    check_rows,
-    format_table,
-    load_suite,
-)
+from cyncsim.tools.bench import common
+from cyncsim.tools.bench.common import SUITES, Column, check_rows, format_table, load_suite
 
 __all__ = ["DEFAULT_COMMAND", "PLOTS", "main", "plot_all", "render_block", "update_document"]
 
@@ -44,7 +37,7 @@ def _columns(name: str, title: str | None, rows: Sequence[Mapping[str, Any]]) ->
     if cols:
         return list(cols)
     if title is not None and rows and ("function" in rows[0] or "file" in rows[0]):
-        return PROFILE_COLUMNS["functions" if "function" in rows[0] else "files"]
+        return common.PROFILE_COLUMNS["functions" if "function" in rows[0] else "files"]
     keys = dict.fromkeys(
         k for row in rows for k, v in row.items() if not isinstance(v, list | dict)
     )
@@ -70,7 +63,7 @@ def render_block(suite: Suite, image: str | None, command: str) -> str:
         format_table(_columns(name, None, suite["rows"]), suite["rows"], markdown=True),
     ]
     if checks := suite.get("checks", []):
-        parts.append(format_table(CHECK_COLUMNS, check_rows(checks, _num), markdown=True))
+        parts.append(format_table(common.CHECK_COLUMNS, check_rows(checks, _num), markdown=True))
     for title, rows in suite.get("details", {}).items():
         if rows:
             table = format_table(_columns(name, title, rows), rows, markdown=True)
