@@ -41,7 +41,7 @@ _DESCRIPTION = (
     "the runs' 5th-95th percentile envelope (with fewer than 20 runs: their min to max).  A "
     f"kind is insufficient with fewer than {MIN_SAMPLES} real samples (or too few simulated); "
     f"plausible when p >= {ALPHA:g} and the real p50 lies inside its envelope; else "
-    "implausible.  With N runs p cannot fall below 1/(N+1): use 19 runs or more for the KS "
+    "implausible.  With N runs p cannot fall below 1/(N+1): use 20 runs or more for the KS "
     "rank to reject on its own.  Exit status 0 when every kind with enough data is "
     "plausible, 1 when not, 2 on usage or input errors."
 )

@@ -6,7 +6,7 @@
 # distributional assumption:
 #   * KS rank.  d_real = KS(real, all runs pooled); for each run i, d_i = KS(run i, the other
 #     runs pooled) (leave one out).  p = (1 + #{d_i >= d_real}) / (N_eff + 1), N_eff the runs
-#     that produced samples.  Its resolution is 1 / (N_eff + 1): with fewer than 19 runs p can
+#     that produced samples.  Its resolution is 1 / (N_eff + 1): with fewer than 20 runs p can
 #     never fall below 0.05, and the envelope below carries the verdict.
 #   * Envelope.  The runs' p50, p95 and max each give N values; the envelope is their 5th to
 #     95th percentile as empirical quantiles (numpy method "inverted_cdf": with N < 20 that is
