@@ -318,10 +318,14 @@ class FlowBuilder:
                 return
             framer = self._framers[sender] = PacketFramer()
         # (A direction with a framer is never TLS: ``gap`` does not give a TLS one a framer.)
-        offset = framer.offset
         pkt = framer.feed_whole(data)  # one whole packet per segment is the common case
         if pkt is not None:
-            self._emit_one(sender, ts, offset, pkt, tags)
+            direct = self._direct
+            if direct is not None and pkt.defect is None and pkt.__class__ is not HelloPacket:
+                self._direct_count += 1  # _emit_one's FlowSink case, without the call
+                direct.append((sender, ts, pkt))
+                return
+            self._emit_one(sender, ts, framer.offset - len(data), pkt, tags)  # (it was whole)
             return
         for offset, pkt in framer.feed_with_offsets(data):
             self._emit_one(sender, ts, offset, pkt, tags)

@@ -245,6 +245,10 @@ class FlowLearner:
                                     bucket.popleft()  # type: ignore[union-attr]  # e: in it
                                     if not bucket:
                                         del buckets[k]
+                                    # Answered entries at the head of ``order`` go now
+                                    # (expiring them would do nothing else).
+                                    while order and order[0][_LEFT] <= 0:
+                                        order.popleft()
                                 _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
             if adds:
                 req = [False, ts, pkt]
@@ -328,10 +332,12 @@ def _pair(state: _FlowState, n: int, e: _Entry, ts: float, pkt: CyncPacket, rk: 
     kind.latency.values.append(lat)
     kn = kind.n = kind.n + 1
     pairs = kind.pairs
-    if len(pairs) < TEMPLATE_PAIRS:
-        pairs.append(((0, 0, n), req[2], pkt, state))
-    elif kn == kind.next:
-        pairs[kind.slot()] = ((0, 0, n), req[2], pkt, state)
+    if kn == kind.next:  # _Kind.keep, inlined while the pairs are few
+        if len(pairs) < TEMPLATE_PAIRS:
+            pairs.append(((0, 0, n), req[2], pkt, state))
+            kind.next = kn + kind.stride
+        else:
+            kind.keep(((0, 0, n), req[2], pkt, state))
     if not req[0]:
         req[0] = True
         st.answered[target[_T_ANSWERED]] += 1

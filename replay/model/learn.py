@@ -9,12 +9,13 @@
 #    dropped as ambiguous rather than guessed.
 # 2. From the pairs, per (request kind, response kind, occurrence), bounded as the capture
 #    grows: the latency from the request (dist.Samples: exact while few, a sketch beyond),
-#    the pairs for the byte template (template.py; all of them up to TEMPLATE_PAIRS, a seeded
-#    uniform reservoir of that many beyond: a field's role is then decided on 2,048 pairs, its
-#    agreement known to about +-0.3 % at the 98 % threshold, and the exemplar is the earliest
-#    pair kept rather than the first seen), and for device answers the FIFO service time
-#    S_k = t_k - max(arrival_k, t_{k-1}), which separates a command's own processing time
-#    from the time it waited behind others, and the first answer's latency by queue depth.
+#    the pairs for the byte template (template.py; all of them up to TEMPLATE_PAIRS, an
+#    evenly spaced sample of 1,024-2,048 beyond, every 2^k-th pair: a field's role is then
+#    decided on that sample, its agreement known to within about 0.5 % at the 98 %
+#    threshold, and the exemplar is still the first pair), and for device answers the FIFO
+#    service time S_k = t_k - max(arrival_k, t_{k-1}), which separates a command's own
+#    processing time from the time it waited behind others, and the first answer's latency
+#    by queue depth.
 # 3. At the end, per setup variant (a capture's peer: the real cloud or a local server), the
 #    sources of that variant are summed and each exchange keeps the responses that answer at
 #    least _MIN_SHARE of its answered requests.
@@ -23,9 +24,6 @@
 # queues it answers or waits in (_pairing.py); the request key comes from a table.
 from __future__ import annotations
 
-import math
-import random
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,41 +113,37 @@ def learn_exchanges(result: CaptureResult) -> tuple[list[ExchangeModel], dict[st
 class _Kind:
     """What is kept of one (request kind, response kind, occurrence): bounded."""
 
-    __slots__ = ("latency", "n", "next", "pairs", "rng", "sender", "w")
+    __slots__ = ("latency", "n", "next", "pairs", "sender", "stride")
 
     def __init__(self, name: tuple[str, str, int], sender: str) -> None:
         self.n = 0
         self.sender = sender
         self.latency = Samples()
-        # (order, request, response, flow state) while few; a seeded reservoir beyond.
+        # (order, request, response, flow state) of every pair while there are at most
+        # TEMPLATE_PAIRS; beyond, an evenly spaced sample: pair i (from 0) is kept when i is
+        # a multiple of ``stride``, which doubles (dropping every other pair kept) whenever
+        # TEMPLATE_PAIRS are kept.  ``next``: the count ``n`` at which the next pair is kept,
+        # so a pair that is not kept costs one comparison.
         self.pairs: list[tuple[tuple[int, int, int], CyncPacket, CyncPacket, _FlowState]] = []
-        self.rng = random.Random(zlib.crc32(repr(name).encode()))
-        # The reservoir skips ahead (Li's algorithm L): ``next`` is the count at which the
-        # next pair is kept, so a pair that is not kept costs one comparison, no draw.
-        self.w = 1.0
-        self.next = TEMPLATE_PAIRS
-        self._skip()
+        self.stride = 1
+        self.next = 1
 
-    def _skip(self) -> None:
-        rng = self.rng
-        self.w *= math.exp(math.log(rng.random() or _TINY) / TEMPLATE_PAIRS)
-        self.next += math.floor(math.log(rng.random() or _TINY) / math.log1p(-self.w)) + 1
-
-    def slot(self) -> int:
-        """The reservoir slot the pair counted ``next`` replaces (then skips ahead)."""
-        j = self.rng.randrange(TEMPLATE_PAIRS)
-        self._skip()
-        return j
+    def keep(self, item: tuple[tuple[int, int, int], CyncPacket, CyncPacket, _FlowState]) -> None:
+        """Keep pair number ``n`` (== ``next``)."""
+        pairs = self.pairs
+        if len(pairs) >= TEMPLATE_PAIRS:
+            del pairs[1::2]
+            self.stride *= 2
+            if (self.n - 1) % self.stride:  # not on the coarser grid: the next one is
+                self.next = self.n + self.stride // 2
+                return
+        pairs.append(item)
+        self.next = self.n + self.stride
 
     def add(self, item: tuple[tuple[int, int, int], CyncPacket, CyncPacket, _FlowState]) -> None:
-        n = self.n = self.n + 1
-        if len(self.pairs) < TEMPLATE_PAIRS:
-            self.pairs.append(item)
-        elif n == self.next:
-            self.pairs[self.slot()] = item
-
-
-_TINY = 5e-324  # random() may return 0.0 (the logarithms above need a positive number)
+        self.n += 1
+        if self.n == self.next:
+            self.keep(item)
 
 
 @dataclass(slots=True)
@@ -242,13 +236,10 @@ class _FlowState:
             kind = st.kinds[name] = _Kind(name, resp.sender)
         lat = resp.ts - rq.ts
         kind.latency.values.append(lat)  # the importer spills the buffers once per chunk
-        # the reservoir of template pairs (_Kind.add, with the item made only when kept)
+        # the sample of template pairs (_Kind.add, with the item made only when kept)
         n = kind.n = kind.n + 1
-        pairs = kind.pairs
-        if len(pairs) < TEMPLATE_PAIRS:
-            pairs.append(((0, 0, self.pairer.n), rq.packet, resp.packet, self))
-        elif n == kind.next:
-            pairs[kind.slot()] = ((0, 0, self.pairer.n), rq.packet, resp.packet, self)
+        if n == kind.next:
+            kind.keep(((0, 0, self.pairer.n), rq.packet, resp.packet, self))
         if not req.answered:
             req.answered = True
             st.answered[(rq.sender, req.key)] += 1
