@@ -175,6 +175,14 @@ class FlowLearner:
         st: _Flow = self.beh  # type: ignore[assignment]
         plans = self.plans
         n = self.n
+        # The behaviour learner's per-packet fields, kept in locals and stored back at the
+        # end (its sample buffers are only swapped by spill(), between calls).
+        if st.first_ts is None:
+            st.first_ts = packets[0][1]
+        bn = st.n
+        prev = st.prev_ts
+        idle = st.src.idle.values
+        gaps = st.src.status_gaps.values
         for sender, ts, pkt in packets:
             t = pkt.type
             code = t
@@ -273,9 +281,7 @@ class FlowLearner:
                     q.live += 1
 
             # -- BehaviourLearner.feed_state (an exact flow) ------------------------------------
-            st.n += 1
-            if st.first_ts is None:
-                st.first_ts = ts
+            bn += 1
             if ident and (
                 pkt.__class__ is _HELLO
                 or (
@@ -284,19 +290,20 @@ class FlowLearner:
                 )
                 or (t == _STATUS and isinstance(pkt, IdPacket))
             ):
+                st.n = bn  # _identity tells the packets apart by their number
                 self.beh_learner._identity(st.flow.source, pkt, st)
             if sender != DEVICE:
-                st.prev_ts = ts
+                prev = ts
                 st.answered = True
                 continue
             if t == _PING:
-                if st.prev_ts is not None:
-                    st.src.idle.values.append(ts - st.prev_ts)
+                if prev is not None:
+                    idle.append(ts - prev)
             elif t == _STATUS:
                 if st.last_status is not None:
-                    st.src.status_gaps.values.append(ts - st.last_status)
+                    gaps.append(ts - st.last_status)
                 st.last_status = ts
-            st.prev_ts = ts
+            prev = ts
             hello = st.hello
             if hello is None:
                 if pkt.__class__ is _HELLO:
@@ -308,6 +315,8 @@ class FlowLearner:
             elif ts - hello[0] <= CONNECT_SPAN:
                 st.script.append((key, ts))
         self.n = n
+        st.n = bn
+        st.prev_ts = prev
 
 
 def _pair(state: _FlowState, n: int, e: _Entry, ts: float, pkt: CyncPacket, rk: str,
