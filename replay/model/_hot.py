@@ -1,16 +1,19 @@
-# The importer's hot loop: one call per packet of an exact flow (one TCP connection) for
-# both learners, the exchange learner (learn.py, with its pairing, _pairing.py) and the
-# behaviour learner (behaviour.py).
+# The importer's hot loop: the packets of an exact flow (one TCP connection), learned by both
+# learners, the exchange learner (learn.py, with its pairing, _pairing.py) and the behaviour
+# learner (behaviour.py), in one loop over what the reader buffered for the flow.
 #
 # Strategy: what a packet does depends on its flow and on (sender, type, frame kind, opcode),
 # so that is worked out once per flow, on the first packet of each, into a plan: its request
-# key, its request count cell, whether its message id is counted, whether it may tell a local
-# server, the queue it answers and the queues it waits in, and what the behaviour learner
-# looks at.  A packet then costs one dictionary lookup and the work itself, inlined here:
-# the same steps, in the same order and on the same state, as ExchangeLearner.feed_state +
-# FlowPairer.feed + _FlowState._pair and BehaviourLearner.feed_state, which stay the
-# reference (and still learn the flows that mix connections, where pairing is not FIFO).
-# The equivalence is checked by comparing the models both paths write (tests/unit).
+# key, its request count cell, its message-id counter, whether it may tell a local server,
+# the queue it answers and the queues it waits in (with the tallies a pair feeds), and
+# whether the behaviour learner looks at who sent it.  A packet then costs one dictionary
+# lookup and the work itself, inlined here: the same steps, in the same order and on the
+# same state, as ExchangeLearner.feed_state + FlowPairer.feed + _FlowState._pair and
+# BehaviourLearner.feed_state, which stay the reference (and still learn the flows that mix
+# connections, where a response with two candidates is dropped).  The queues are leaner
+# than _pairing's: an entry is a list, a bucket holds only the requests still expecting an
+# answer, and an answered request leaves at once.  The equivalence is checked by comparing
+# the models both paths learn (tests/unit/test_import_hot.py).
 from __future__ import annotations
 
 from collections import deque

@@ -15,6 +15,7 @@ import pytest
 from cyncsim.replay.capture import read_capture
 from cyncsim.replay.capture.pcapwrite import generate_benchmark_pcap
 from cyncsim.replay.model.importer import import_files, learn_model
+from cyncsim.replay.model.learn import TEMPLATE_PAIRS, _Kind
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "captures"
 
@@ -48,3 +49,15 @@ def test_hot_loop_on_the_socat_logs() -> None:
     reference = learn_model(result)
     hot = import_files([str(p) for p in logs]).finish()
     assert _content(hot.to_obj()) == _content(reference.to_obj())
+
+
+def test_template_pairs_are_an_evenly_spaced_sample_beyond_the_limit() -> None:
+    kind = _Kind(("0xd3", "0xd8", 0), "cloud")
+    total = 5 * TEMPLATE_PAIRS + 123
+    for i in range(total):
+        kind.add(((0, 0, i), None, None, None))  # type: ignore[arg-type]
+    kept = [item[0][2] for item in kind.pairs]
+    assert kind.n == total
+    assert TEMPLATE_PAIRS // 2 <= len(kept) <= TEMPLATE_PAIRS
+    assert kept[0] == 0  # the exemplar stays the first pair
+    assert kept == list(range(0, total, kind.stride))  # every stride-th pair, none missing
