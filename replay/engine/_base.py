@@ -101,7 +101,8 @@ class Engine:
 
         Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
         previous departure) + a service sample, or, for a 0x7B under a learned stall process,
-        as _stalls.StallQueue decides (idle latency, busy pace, stalls and their flushes);
+        as _stalls.StallQueue decides (idle latency, busy pace, stalls and their flushes; the
+        other queued answers to a command queued behind a stall leave in its flush too);
         status reports at arrival + a latency sample;
         an answer learned without a service time (the general 0x7B to an unknown command)
         leaves at arrival + a latency sample, but never before the previous one of its kind.
@@ -126,6 +127,8 @@ class Engine:
                     if q is None:
                         q = self._stall_q = StallQueue(self.seeds, self.name)
                     at = q.depart(plan.stall, key, now, f, self.time_scale)
+                elif self._stall_q is not None and now < self._stall_q.flush_end:
+                    at = f if f > prev else prev  # a result queued behind a stall: its flush
                 else:
                     at = (f if f > now else now) + (self.sample_delay(plan) if scaled else 0.0)
                 free[key] = at = prev if prev > at else at

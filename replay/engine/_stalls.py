@@ -10,6 +10,8 @@
 #   * else busy: with the learned onset probability for its backlog (acks still owed at its
 #     arrival) it begins a stall, free + a learned duration; otherwise free + a sample of the
 #     busy pace of its request kind (stalls and flushes taken out of it).
+# The other queued answers (f9 results) to a command queued behind a stall leave in its flush
+# too, right after its ack, as in 152132 (_base.py asks ``flush_end``).
 # Every draw is seeded: the onsets from the engine's "engine/<name>/stall" stream, the
 # latencies and durations stratified per (answer key, idle|busy|stall) like the engine's other
 # delays, over "engine/<name>/stall-delay".
@@ -57,19 +59,20 @@ def stall_plan(ex: ExchangeModel, stalls: StallModel | None) -> StallPlan | None
 class StallQueue:
     """One connection's ack departures under the stall process (see the module comment)."""
 
-    __slots__ = ("_delays", "_deps", "_onset", "_strata", "stall_end")
+    __slots__ = ("_delays", "_deps", "_onset", "_strata", "flush_end", "stall_end")
 
     def __init__(self, seeds: SeedTree, name: str) -> None:
         self._onset = seeds.stream(f"engine/{name}/stall")  # one draw per busy command
         self._delays = seeds.stream(f"engine/{name}/stall-delay")  # under the stratifiers
         self._strata: dict[str, StratifiedUniform] = {}
         self._deps: deque[float] = deque()  # departures of acks still owed, in order
-        self.stall_end = -math.inf
+        self.stall_end = -math.inf  # end of the last stall
+        self.flush_end = -math.inf  # the same when it flushes the commands queued behind it
 
     def reset(self) -> None:
         """A new connection: nothing queued, no stall."""
         self._deps.clear()
-        self.stall_end = -math.inf
+        self.stall_end = self.flush_end = -math.inf
 
     def _draw(self, dist: Distribution, which: str) -> float:
         strat = self._strata.get(which)
@@ -91,6 +94,7 @@ class StallQueue:
             p = plan.onset[0 if len(deps) < 5 else 1]
             if p > 0.0 and self._onset.random() < p:
                 at = self.stall_end = free + self._draw(plan.durations, "stall") * scale
+                self.flush_end = at if plan.flush else -math.inf
             else:
                 at = free + self._draw(plan.busy, f"{key}/busy") * scale
         deps.append(at)

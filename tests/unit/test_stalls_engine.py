@@ -90,6 +90,13 @@ def test_a_stall_holds_the_queue_and_flushes_it() -> None:
         assert t1 == t2
         if a1 == a2:
             assert a1 - t1 == a2 - t2
+    # the f9 results of the commands queued behind the stall leave in its flush too
+    eng = _engine(model, 1)
+    results = []
+    for i in range(20):
+        sends = eng.receive(_cmd("f8 f0", i), 5.0 + 0.006 * (i // 2))
+        results += [a.at for a in sends if isinstance(a, Send) and a.key == "0x73:f9:f0"]
+    assert len(results) == 20 and set(results[1:]) == {second}
     # after the flush the device is idle again: the next command takes the idle latency
     (after,) = _acks(_engine(model, 1), _cmd("f8 f0", 99), 100.0)
     assert after - 100.0 < 0.5
