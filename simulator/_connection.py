@@ -12,8 +12,10 @@
 # acting early.  An answer's timer is asked for early by the loop's timer lateness (a shared
 # running estimate, simulator/_lateness.py), never before the request plus the smallest learned
 # delay of its kind, so it leaves the socket at its time on average; the heap stays ordered by
-# the asked times, each item carrying the time its timer may fire.  Writes go to the
-# transport, through a ChaosWriter when chaos is on, and through the recorder when recording.
+# the asked times, each item carrying the time its timer may fire.  With that compensation on,
+# the timer is the loop's timerfd on epoll (simulator/_timerfd.py: to tens of microseconds).
+# Writes go to the transport, through a ChaosWriter when chaos is on, and through the recorder
+# when recording.
 #
 # Backpressure (issue 16): every queue a peer can fill is bounded, as on a real device.  What
 # is read is handed to the engine packet by packet (framed CHUNK bytes at a time) only while
@@ -45,6 +47,7 @@ from cyncsim.replay.chaos import ChaosPolicy, Direction
 from cyncsim.replay.engine import Action, Close, Engine, Relay, Send
 from cyncsim.simulator._lateness import AnswerTimes
 from cyncsim.simulator._stream import MAX_PACKET, PacketQueue, PacketStream, read_buffer
+from cyncsim.simulator._timerfd import Timer
 from cyncsim.simulator.chaos import ChaosWriter, abort_connection
 from cyncsim.simulator.record import ConnectionRecord
 
@@ -144,8 +147,9 @@ class EngineConnection(asyncio.BufferedProtocol):
         self._times = AnswerTimes(self.loop, engine) if owner.lateness_compensation else None
         self._delayed = 0  # _DELIVER items in the heap (packets chaos holds back)
         self._order = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | Timer | None = None
         self._timer_at = INF
+        self._call_at = self.loop.call_at if self._times is None else self._times.call_at
         self._stall: asyncio.TimerHandle | None = None
         self._stalled = False  # chaos: reading stopped until the stall ends
         self._backlogged = False  # something read is held: reading stays paused
@@ -479,12 +483,12 @@ class EngineConnection(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = due
-        self._timer = self.loop.call_at(due, self._on_timer)
+        self._timer = self._call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
         now = self.loop.time()
         if now < self._timer_at:  # woke early (clock resolution): never act before the time
-            self._timer = self.loop.call_at(self._timer_at, self._on_timer)
+            self._timer = self._call_at(self._timer_at, self._on_timer)
             return
         if self._times is not None:
             self._times.late.observe(self._timer_at, now)

@@ -20,15 +20,20 @@
 # written by a timer asked for ``at - lead``, never before ``arrival + floor`` (``answer_floor``:
 # the smallest delay the model can draw for that answer kind) and never after ``at``: the
 # compensation can make no delay negative, nor shorter than anything learned.  No spinning, no
-# blocking sleep.
+# blocking sleep.  On an epoll loop the timers come from one timerfd per loop
+# (simulator/_timerfd.py, AnswerTimes.call_at), which wakes to tens of microseconds where
+# epoll's millisecond timeout would leave +-0.5 ms after centring; the lead then estimates the
+# small lateness left.  Elsewhere, or where timerfd is unavailable, loop.call_at.
 from __future__ import annotations
 
 import asyncio
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 
 from cyncsim.replay.engine import Engine, Send
 from cyncsim.replay.engine.view import ModelView
+from cyncsim.simulator._timerfd import PreciseTimers, Timer
 
 __all__ = ["EVERY", "OUTLIER_S", "WINDOW", "AnswerTimes", "LoopLateness", "answer_floor"]
 
@@ -104,12 +109,17 @@ def answer_floor(view: ModelView, key: str) -> float:
 
 class AnswerTimes:
     """When the timers of one connection's answers fire: early by its loop's lateness, never
-    before the request plus the smallest learned delay of the answer's kind (scaled)."""
+    before the request plus the smallest learned delay of the answer's kind (scaled);
+    ``call_at`` schedules the connection's timer (the loop's timerfd where it has one)."""
 
-    __slots__ = ("_engine", "_floors", "late")
+    __slots__ = ("_engine", "_floors", "call_at", "late")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
         self.late = LoopLateness.of(loop)
+        precise = PreciseTimers.of(loop)
+        self.call_at: Callable[[float, Callable[[], object]], asyncio.TimerHandle | Timer] = (
+            loop.call_at if precise is None else precise.call_at
+        )
         self._engine = engine
         self._floors: dict[str, float] = {}  # answer key -> its floor, scaled
 

@@ -1,14 +1,20 @@
 # The loop-lateness estimator (simulator/_lateness.py) on synthetic lateness: it converges to
 # the median, leaves out stalls, never goes negative, is shared per loop; the answer floors.
+# The epoll loop's precise timers (simulator/_timerfd.py): in order, never early, cancel,
+# errors reported, the fd closed with the loop, the fallback to loop.call_at.
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import random
+import selectors
 
 import pytest
 
 from cyncsim.replay.engine import CloudEngine, Send
 from cyncsim.replay.engine.view import ModelView
+from cyncsim.simulator import _timerfd
 from cyncsim.simulator._base import default_model
 from cyncsim.simulator._lateness import (
     EVERY,
@@ -119,3 +125,103 @@ def test_answer_times_never_make_a_delay_shorter_than_the_learned_minimum(scale:
             assert times.fire(Send(now - 1.0, b"", "0xd8"), now) == now - 1.0  # due already
     finally:
         loop.close()
+
+
+needs_timerfd = pytest.mark.skipif(
+    _timerfd._LIBC is None, reason="no timerfd (not Linux, or libc not reachable)"
+)
+
+
+def _epoll_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop(selectors.EpollSelector())
+
+
+@needs_timerfd
+def test_precise_timers_fire_in_order_and_never_early() -> None:
+    async def run() -> tuple[list[tuple[float, float]], list[float]]:
+        loop = asyncio.get_running_loop()
+        timers = _timerfd.PreciseTimers.of(loop)
+        assert timers is not None and timers is _timerfd.PreciseTimers.of(loop)
+        rng, ran, order = random.Random(5), [], []
+        start = loop.time()
+        whens = [start + 0.002 + rng.random() * 0.05 for _ in range(300)]
+        whens += whens[:20]  # ties run in the order they were scheduled
+        for i, when in enumerate(whens):
+
+            def note(when: float = when, i: int = i) -> None:
+                ran.append((when, loop.time()))
+                order.append(i)
+
+            timers.call_at(when, note)
+        cancelled = timers.call_at(start + 0.01, lambda: ran.append((-1.0, -1.0)))
+        cancelled.cancel()
+        assert cancelled.cancelled()
+        timers.call_at(start - 1.0, lambda: order.append(-1))  # past: runs at once
+        await asyncio.sleep(0.08)
+        return ran, [whens[i] if i >= 0 else -1.0 for i in order]
+
+    with asyncio.Runner(loop_factory=_epoll_loop) as runner:
+        ran, whens = runner.run(run())
+    assert len(ran) == 320 and whens[0] == -1.0  # the cancelled one never ran
+    assert all(at >= when for when, at in ran)  # never before its time
+    assert whens[1:] == sorted(whens[1:])  # in order of time
+
+
+@needs_timerfd
+def test_precise_timers_report_errors_and_go_on() -> None:
+    async def run() -> tuple[list[str], list[int]]:
+        loop = asyncio.get_running_loop()
+        errors: list[str] = []
+        loop.set_exception_handler(lambda _, ctx: errors.append(str(ctx["exception"])))
+        timers = _timerfd.PreciseTimers.of(loop)
+        assert timers is not None
+        ran: list[int] = []
+
+        def boom() -> None:
+            raise ValueError("boom")
+
+        now = loop.time()
+        timers.call_at(now + 0.001, boom)
+        timers.call_at(now + 0.002, lambda: ran.append(1))
+        handles = [timers.call_at(now + 10.0, lambda: None) for _ in range(200)]
+        for h in handles:  # many cancelled: the heap is rebuilt without them
+            h.cancel()
+        assert len(timers._heap) < 100
+        await asyncio.sleep(0.01)
+        return errors, ran
+
+    with asyncio.Runner(loop_factory=_epoll_loop) as runner:
+        errors, ran = runner.run(run())
+    assert errors == ["boom"] and ran == [1]
+
+
+@needs_timerfd
+def test_precise_timers_fd_closes_with_the_loop() -> None:
+    loop = _epoll_loop()
+    timers = _timerfd.PreciseTimers.of(loop)
+    assert timers is not None
+    fd = timers.fileno
+    os.fstat(fd)
+    del timers
+    loop.close()
+    del loop
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_fallback_to_call_at(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = CloudEngine(default_model(), seed=1)
+    select = asyncio.SelectorEventLoop(selectors.SelectSelector())
+    try:  # not epoll: plain call_at
+        assert _timerfd.PreciseTimers.of(select) is None
+        assert AnswerTimes(select, engine).call_at == select.call_at
+    finally:
+        select.close()
+    monkeypatch.setattr(_timerfd, "ENABLED", False)  # forced off (as where timerfd is missing)
+    epoll = _epoll_loop()
+    try:
+        assert _timerfd.PreciseTimers.of(epoll) is None
+        assert AnswerTimes(epoll, engine).call_at == epoll.call_at
+    finally:
+        epoll.close()
