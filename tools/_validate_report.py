@@ -4,7 +4,7 @@
 # report (tools/_diff_report.py); per request kind one matplotlib figure (object API, Agg):
 # the band the simulated runs' latency CDFs span (their pointwise 5th to 95th percentile on
 # the pooled values, shaded), each run's CDF as a thin line, and the real held-out CDF over
-# them.  The table below repeats the text output.
+# them.  The table below repeats the text output (* on a real value outside its envelope).
 from __future__ import annotations
 
 import base64
@@ -69,7 +69,8 @@ def _env(e: Envelope) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1000:.1f}"
 
-    return f"{ms(e.real)} [{ms(e.low)}&ndash;{ms(e.high)}]"
+    mark = "*" if e.inside is False else ""
+    return f"{ms(e.real)}{mark} [{ms(e.low)}&ndash;{ms(e.high)}]"
 
 
 def _table(report: ValidationReport) -> str:
@@ -120,7 +121,8 @@ def render_html(report: ValidationReport) -> str:
 <p class="meta">training: {_esc(", ".join(Path(s).name for s in report.training))}
 ({split})<br>
 {report.runs} runs per direction, seed {report.seed}; runtime {report.runtime_s:.0f} s<br>
-plausible: KS rank p &ge; 0.05 and the real p50 inside the runs' 5&ndash;95% envelope</p>
+plausible: KS rank p &ge; 0.05; * marks a real value outside the runs' 5&ndash;95% envelope
+(information, not judged)</p>
 <ul class="meta">{notes}</ul>
 <h2>Real held-out CDF over the simulated runs</h2>
 <div class="plots" id="plots">{"".join(plots) or "<p>No request kind held out.</p>"}</div>

@@ -3,8 +3,9 @@
 #
 # Thin front end over simulator.validate.validate: learn from a training part, replay the
 # held-out part N times against simulators of the learned model (both directions), and print
-# one table: per request kind the real held-out p50/p95/max, the runs' 5-95% envelope of each,
-# the KS rank p-value and the verdict, with the structural findings of the replays.  Exit
+# one table: per request kind the real held-out p50/p95/max, the runs' 5-95% envelope of each
+# (marked * when outside, information only), the KS rank p-value and the verdict (from p
+# alone), with the structural findings of the replays.  Exit
 # status 0 when every kind with enough data is plausible, 1 when one is not, 2 on usage or
 # input errors (a CyncError is one line on stderr in tools/cli.py).
 from __future__ import annotations
@@ -16,7 +17,12 @@ import math
 from pathlib import Path
 from typing import TextIO
 
-from cyncsim.replay.conformance.predictive import ALPHA, MIN_SAMPLES, Envelope
+from cyncsim.replay.conformance.predictive import (
+    ALPHA,
+    MIN_RUNS_TO_REJECT,
+    MIN_SAMPLES,
+    Envelope,
+)
 from cyncsim.replay.conformance.validation import ValidationReport
 from cyncsim.replay.errors import CyncError
 from cyncsim.tools._extras import require
@@ -34,16 +40,18 @@ _DESCRIPTION = (
     "connection that straddles the cut is held out from the cut on.  Then the held-out "
     "part's controller side is replayed against a simulated device, and its devices side "
     "against the simulated cloud, --runs times each with seeds derived from --seed, on "
-    "loopback at the captured times (idle gaps over --max-gap shortened).  Per request kind "
-    "the real latency sample is checked against the runs: the KS distance from the real "
-    "sample to the pooled runs is ranked among each run's distance to the other runs, "
-    "p = (1 + #{run distances >= real}) / (runs + 1); the real p50, p95 and max are placed in "
-    "the runs' 5th-95th percentile envelope (with fewer than 20 runs: their min to max).  A "
-    f"kind is insufficient with fewer than {MIN_SAMPLES} real samples (or too few simulated); "
-    f"plausible when p >= {ALPHA:g} and the real p50 lies inside its envelope; else "
-    "implausible.  With N runs p cannot fall below 1/(N+1): use 20 runs or more for the KS "
-    "rank to reject on its own.  Exit status 0 when every kind with enough data is "
-    "plausible, 1 when not, 2 on usage or input errors."
+    "loopback at the captured times (idle gaps over --max-gap shortened), each replay in a "
+    "worker process of its own (its own event loop).  Per request kind the real latency "
+    "sample is checked against the runs: the KS distance from the real sample to the pooled "
+    "runs is ranked among each run's distance to the other runs, "
+    "p = (1 + #{run distances >= real}) / (runs + 1).  A kind is insufficient with fewer "
+    f"than {MIN_SAMPLES} real samples (or too few simulated); plausible when "
+    f"p >= {ALPHA:g}; else implausible.  With N runs p cannot fall below 1/(N+1), so with "
+    f"fewer than {MIN_RUNS_TO_REJECT} runs no kind can be implausible (the output says so).  "
+    "The real p50, p95 and max are also placed in the runs' 5th-95th percentile envelope "
+    "(with fewer than 20 runs: their min to max), marked * when outside: information, not "
+    "part of the verdict.  Exit status 0 when every kind with enough data is plausible, 1 "
+    "when not, 2 on usage or input errors."
 )
 
 
@@ -81,8 +89,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], help_text
         help=f"shorten idle gaps to this long (default {DEFAULT_MAX_GAP:g}; inf keeps them)",
     )  # fmt: skip
     p.add_argument(
-        "--jobs", type=int, metavar="J", help="replays running at once (default: all runs)"
-    )
+        "--jobs", type=int, metavar="J",
+        help="replays running at once, one worker process each (default: all runs; they "
+        "mostly wait on the captured schedule)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
     p.set_defaults(func=run)
@@ -129,7 +139,7 @@ def _ms(v: float | None) -> str:
 
 
 def _env(e: Envelope) -> str:
-    mark = "" if e.inside is not False else "!"
+    mark = "" if e.inside is not False else "*"
     if e.low is None:
         return f"{_ms(e.real)} [no runs]"
     return f"{_ms(e.real)}{mark} [{_ms(e.low)}-{_ms(e.high)}]"
@@ -147,7 +157,14 @@ def print_validation(report: ValidationReport, out: TextIO) -> None:
     out.write(f"runs: {report.runs} per direction, seed {report.seed}, idle gaps cut to {gap}\n")
     for note in report.notes:
         out.write(f"note: {note}\n")
-    out.write("\nlatency ms: real value [runs' 5-95% envelope], ! = outside; p = KS rank p-value\n")
+    if report.loop_lateness:
+        lat = report.loop_lateness
+        out.write(f"event-loop lateness in the replays: p50 {lat['p50_median']:.2f} ms (median "
+                  f"run), p99 {lat['p99_worst']:.2f} ms (worst run)\n")  # fmt: skip
+    out.write(
+        "\nlatency ms: real value [runs' 5-95% envelope], * = outside (not judged); "
+        f"p = KS rank p-value, plausible when p >= {ALPHA:g}\n"
+    )
     head = (
         f"{'kind':<30}{'by':<7}{'n real':>7}  {'p50':<24}{'p95':<24}{'max':<24}"
         f"{'p':>6}  {'verdict':<13}structure\n"

@@ -1,8 +1,9 @@
 # `cyncsim validate` end to end on a shared capture (a late time split, 3 runs, idle gaps cut,
 # so it stays short): the table and --json have one row per held-out request kind with the
-# real statistics, the runs' envelope, the p-value and the verdict, and the exit status follows
-# the verdicts (0 when no kind is implausible, else 1); --html writes the plots; bad input is
-# one line and exit status 2.
+# real statistics, the runs' envelope, the p-value and the verdict, with the note that 3 runs
+# cannot reject; the replays' loop lateness is reported; the exit status follows the verdicts
+# (0 when no kind is implausible, else 1; at 20 runs a shifted sample is implausible); --html
+# writes the plots; bad input is one line and exit status 2.
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,9 @@ def test_json_shape_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(out)
     assert {"verdict", "kinds", "runs", "seed", "split", "directions", "notes"} <= set(doc)
     assert doc["runs"] == 3 and doc["seed"] == 5 and doc["split"] == 0.8
+    note = "3 runs: the KS rank cannot reject (p >= 1/4 = 0.250 > 0.05); use 20 or more"
+    assert note in doc["notes"] and doc["rule"]["ks_rank_can_reject"] is False
+    assert 0 <= doc["loop_lateness_ms"]["p50_median"] <= doc["loop_lateness_ms"]["p99_worst"]
     kinds = {k["kind"]: k for k in doc["kinds"]}
     assert "0x73:f8:f0 -> 0x7b" in kinds and "0xd3 -> 0xd8" in kinds
     for k in doc["kinds"]:
@@ -56,6 +60,8 @@ def test_table_and_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code in (0, 1)
     assert "kind" in out and "n real" in out and "verdict" in out
     assert "0x73:f8:f0 -> 0x7b" in out
+    assert "note: 3 runs: the KS rank cannot reject" in out
+    assert "* = outside (not judged)" in out and "event-loop lateness in the replays" in out
     assert f"HTML report written to {html}" in out
     assert out.strip().splitlines()[-2].startswith("verdict: ")
     page = html.read_text(encoding="utf-8")
@@ -63,10 +69,10 @@ def test_table_and_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def _report(verdict_shift: float) -> ValidationReport:
-    runs = [[0.01 + 0.001 * i for i in range(20)] for _ in range(19)]
+    runs = [[0.01 + 0.001 * i for i in range(20)] for _ in range(20)]
     real = [x + verdict_shift for x in runs[0]]
     check = predictive_check(real, runs)
-    report = ValidationReport(["a.txt"], ["a.txt"], 0.67, 19, 1, 5.0)
+    report = ValidationReport(["a.txt"], ["a.txt"], 0.67, 20, 1, 5.0)
     report.kinds.append(KindResult(("local", "device", "0x73", "0x7b"), "controller", check, {}, 0))
     return report
 

@@ -1,8 +1,9 @@
 # The predictive check of `cyncsim validate` (replay/conformance/predictive.py) on synthetic
-# samples with known answers: a real sample from the runs' own distribution is plausible with
-# a high p-value; a shifted one is implausible (p at its floor, p50 outside the envelope);
-# fewer than 10 real samples, or runs that produced nothing, are insufficient; the p-value is
-# the rank formula.
+# samples with known answers: at N = 20 runs a real sample from the runs' own distribution is
+# plausible (p uniform, false rejections about 1/21) and a shifted one implausible (p at its
+# floor 1/21); below 20 runs the KS rank cannot reject; the envelope is information, not the
+# verdict; fewer than 10 real samples, or runs that produced nothing, are insufficient; the
+# p-value is the rank formula.
 from __future__ import annotations
 
 import random
@@ -10,7 +11,8 @@ import random
 import pytest
 
 from cyncsim.replay.conformance.predictive import (
-    Envelope,
+    MIN_RUNS_TO_REJECT,
+    can_reject,
     ks_distance,
     predictive_check,
     verdict_of,
@@ -21,30 +23,53 @@ def _lognormal(rng: random.Random, n: int, mu: float = -3.0, shift: float = 0.0)
     return [rng.lognormvariate(mu, 0.5) + shift for _ in range(n)]
 
 
-def test_same_distribution_is_plausible_with_a_high_p() -> None:
+def test_same_distribution_is_plausible_at_20_runs() -> None:
     rng = random.Random(1)
     plausible = 0
     ps = []
-    for _ in range(20):
-        runs = [_lognormal(rng, 40) for _ in range(19)]
+    for _ in range(200):
+        runs = [_lognormal(rng, 40) for _ in range(20)]
         check = predictive_check(_lognormal(rng, 40), runs)
+        assert check.p_value is not None
         ps.append(check.p_value)
         plausible += check.verdict == "plausible"
-    # under the null the p-value is uniform on {1/20, ..., 1}: its mean is about 0.5, and the
-    # verdict fails only on p50 outside the runs' range (2/20) or p < 0.05 (never with 19 runs)
-    assert 0.3 < sum(p for p in ps if p is not None) / len(ps) < 0.7
-    assert plausible >= 14
+        assert (check.verdict == "plausible") == (check.p_value >= 0.05)
+    # under the null the p-value is uniform on {1/21, ..., 1}: its mean is about 0.5, and the
+    # verdict fails only when p = 1/21 (probability 1/21: about 10 of 200, sd 3)
+    assert 0.4 < sum(ps) / len(ps) < 0.6
+    assert plausible >= 180
 
 
-def test_shifted_distribution_is_implausible() -> None:
+def test_shifted_distribution_is_implausible_at_20_runs() -> None:
+    rng = random.Random(2)
+    runs = [_lognormal(rng, 40) for _ in range(20)]
+    check = predictive_check(_lognormal(rng, 40, shift=0.05), runs)
+    assert check.verdict == "implausible"
+    assert check.p_value == pytest.approx(1 / 21)
+    assert check.ks_real is not None and check.ks_real > max(check.ks_runs)
+    assert check.envelopes["p50"].inside is False  # reported beside the verdict
+    assert check.reason == "KS rank p = 0.048 < 0.05"
+
+
+def test_below_20_runs_the_ks_rank_cannot_reject() -> None:
+    assert MIN_RUNS_TO_REJECT == 20
+    assert not can_reject(19) and can_reject(20)
     rng = random.Random(2)
     runs = [_lognormal(rng, 40) for _ in range(19)]
     check = predictive_check(_lognormal(rng, 40, shift=0.05), runs)
-    assert check.verdict == "implausible"
+    # the same shift, one run fewer: p at its floor 1/20 = 0.05 is not below 0.05
     assert check.p_value == pytest.approx(1 / 20)
-    assert check.ks_real is not None and check.ks_real > max(check.ks_runs)
+    assert check.verdict == "plausible"
+
+
+def test_envelope_is_information_not_the_verdict() -> None:
+    # run i: 0..19 plus i/100; the real sample 0..19 minus 0.3: its p50 (9.2) is below every
+    # run's (9.5-9.69), its KS distance to the pooled runs (0.05) is matched by two runs'
+    runs = [[k + 0.01 * i for k in range(20)] for i in range(20)]
+    check = predictive_check([k - 0.3 for k in range(20)], runs)
     assert check.envelopes["p50"].inside is False
-    assert "above the runs' envelope" in check.reason
+    assert check.p_value == pytest.approx(3 / 21)
+    assert check.verdict == "plausible" and check.reason == ""
 
 
 def test_few_real_samples_are_insufficient() -> None:
@@ -86,10 +111,6 @@ def test_envelope_is_the_runs_range_below_20_runs() -> None:
 
 
 def test_verdict_rule() -> None:
-    inside = Envelope(0.1, 0.05, 0.2)
-    assert verdict_of(0.5, inside) == ("plausible", "")
-    assert verdict_of(0.04, inside)[0] == "implausible"
-    assert verdict_of(0.5, Envelope(0.01, 0.05, 0.2)) == (
-        "implausible",
-        "real p50 below the runs' envelope",
-    )
+    assert verdict_of(0.5) == ("plausible", "")
+    assert verdict_of(0.05) == ("plausible", "")
+    assert verdict_of(1 / 21) == ("implausible", "KS rank p = 0.048 < 0.05")
