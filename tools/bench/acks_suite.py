@@ -171,7 +171,9 @@ class TimerAudit:
         if not queue:
             del self._pending[data]
         written = self.loop.time()
-        self.asked[key].append(at - now)
+        # at the model's resolution (ns): at - now is the drawn delay up to float error, which
+        # would put the draws of a tied learned value (0x88: 3 of 21) just off its CDF step
+        self.asked[key].append(round(at - now, 9))
         self.late[key].append(written - at)
         self.took[key].append(written - now)
 
@@ -354,7 +356,7 @@ async def _kind(
     row["p99_err_ms"] = row["p99_ms"] - row["learned_p99_ms"]
     row["p99_tol_ms"] = max(P99_REL * row["learned_p99_ms"], P99_ABS_S * 1e3)
     row["p99_ok"] = abs(row["p99_err_ms"]) <= row["p99_tol_ms"]
-    row["ks_ok"] = row["ks"] <= TARGET_KS
+    row["ks_ok"] = row["ks_own"] is not None and row["ks_own"] <= TARGET_KS
     ex = view.model.exchange(kind.request, "device", view.variant) if device else None
     captured = next((r.latency for r in ex.responses if r.key == "0x7b"), None) if ex else None
     if captured is not None:
@@ -394,7 +396,8 @@ def _loop_checks(
     checks: list[Check] = []
     for row in (r for r in rows if r["checked"]):
         name = f"{loop} {row['name']}"
-        checks.append(Check(f"{name} KS with compensation", row["ks"], TARGET_KS, "<=", "", ".3f"))
+        own = row["ks_own"] if row["ks_own"] is not None else math.nan
+        checks.append(Check(f"{name} KS own with compensation", own, TARGET_KS, "<=", "", ".3f"))
         err, tol = abs(row["p99_err_ms"]), row["p99_tol_ms"]
         checks.append(Check(f"{name} |p99 err|", err, tol, "<=", " ms", ".1f"))
     timer = {t["name"]: t for t in timers}
@@ -451,8 +454,11 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         "of n random draws",
         "compensation (default on): an answer's timer is asked for early by the loop's running "
         "median timer lateness (the 'lead' row), never before request + the learned minimum "
-        "delay of its answer kind; KS off / late off: the same simulators with it off, run at "
-        "once (same seeds, same drawn delays, same load)",
+        "delay of its answer kind, its timer a timerfd on epoll (tens of us, not epoll's whole "
+        "ms); KS off / late off: the same simulators with it off, run at once (same seeds, same "
+        "drawn delays, same load)",
+        "targets: KS <= 0.05 on KS own (the simulator's socket, its own clock); KS at the wire "
+        "is shown, not checked (it adds the loopback and the probe's I/O, ~75 us)",
     ]
     for row in (r for r in rows if r["loop"] == "epoll" and "captured_latency_p99_ms" in r):
         p99 = row["captured_latency_p99_ms"]
