@@ -7,8 +7,11 @@
 # PreciseTimers keeps one heap of (time, order, Timer) per event loop and one timerfd, armed
 # for the earliest live timer; its reader callback runs every timer due, in order of time then
 # of scheduling, and re-arms the fd once.  Cheap for fleets: one fd and one heap per loop, a
-# push and at most one timerfd_settime per call_at.  Cancelled timers stay in the heap until
-# popped; the heap is rebuilt without them when they outnumber the live ones.  A timer never
+# push and at most one timerfd_settime per call_at.  The price of precision: timers denser than
+# one per millisecond each get a wake-up of their own instead of sharing epoll's (measured:
+# 20,000 timers over 2 s, 0.4-0.5 s of CPU against 0.24 s with loop.call_at).  Cancelled
+# timers stay in the heap until popped; it is rebuilt without them when they outnumber the
+# live ones.  A timer never
 # runs before its time (the deadline is rounded up to the next nanosecond, and a wake-up
 # before it re-arms).  The fd closes when the loop is collected (weakref.finalize).
 #
