@@ -11,8 +11,9 @@
 # <direction>/<i>")); the replayed side answers the peer from the training model too (the
 # held-out part alone may lack an exchange its engine needs, e.g. 0x73 -> 0x7B).
 # Timing precision is what is measured, so runs never share an event loop: each replay runs
-# with its simulator in a worker process of its own (asyncio.run there; a forkserver pool,
-# the held-out part and the model pickled to it, the DiffReport back), at most ``jobs`` at
+# with its simulator in a worker process of its own (asyncio.run there; a forkserver pool, a
+# fresh process per replay, the held-out part and the model pickled to it, the DiffReport
+# back; terminated on an error or a cancellation), at most ``jobs`` at
 # once (default: every run at once: a replay waits on the captured schedule nearly all the
 # time, ~1 s of CPU in minutes, so 40 processes fit 2 cores, while fewer at once multiply the
 # runtime by the held-out part's length).  Runs start STAGGER_S apart, so that the CPU of
@@ -31,7 +32,6 @@ import asyncio
 import multiprocessing
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,6 +49,7 @@ from cyncsim.replay.conformance.validation import (
     ValidationReport,
     assemble,
     real_samples,
+    train_counts,
 )
 from cyncsim.replay.errors import CyncError
 from cyncsim.replay.model import DeviceModel, learn_model
@@ -95,7 +96,10 @@ async def validate(
     max_gap: float | None = DEFAULT_MAX_GAP,
     jobs: int | None = None,
 ) -> ValidationReport:
-    """Learn, replay the held-out part ``runs`` times each way, and judge every kind."""
+    """Learn, replay the held-out part ``runs`` times each way, and judge every kind.
+
+    The replays run in worker processes (forkserver): a script calling this needs the
+    ``if __name__ == "__main__":`` guard, as multiprocessing does."""
     if runs < 2:
         raise CyncError(f"{runs} runs: need at least 2", reason="usage")
     if max_gap is not None and not max_gap > 0:
@@ -105,9 +109,11 @@ async def validate(
     train_parts = _read(captures)
     held: list[tuple[str, CaptureResult, str]] = []  # source, held-out part, its variant
     training = CaptureResult()
+    learned: list[tuple[CaptureResult, str | None]] = []  # each training part, its variant
     if holdout:
         for part in train_parts:
             training.extend(part)
+            learned.append((part, source_variant(part.flows)))
         held = [(str(p), r, source_variant(r.flows))
                 for p, r in zip(holdout, _read(holdout), strict=True)]  # fmt: skip
     else:
@@ -118,6 +124,7 @@ async def validate(
                 raise CyncError(f"{path}: {exc}", reason=exc.reason) from None
             training.extend(cut.training)
             held.append((str(path), cut.held_out, source_variant(part.flows)))
+            learned.append((cut.training, source_variant(part.flows)))
     model = learn_model(training)
     report = ValidationReport(
         [str(c) for c in captures],
@@ -162,7 +169,7 @@ async def validate(
             "structurally_conformant_runs": sum(1 for r in reps if not _structural(r)),
             "runs": len(reps),
         }
-    assemble(report, reals, done)
+    assemble(report, reals, done, train_counts(learned))
     report.runtime_s = time.monotonic() - started
     return report
 
@@ -194,26 +201,46 @@ class _Lag:
 
 
 async def _run_all(jobs: list[_Job], at_once: int) -> list[tuple[DiffReport, _Lag]]:
-    """Every job in a worker process, at most ``at_once`` at a time, starts STAGGER_S apart."""
+    """Every job in a fresh worker process, at most ``at_once`` at a time, started STAGGER_S
+    apart; on an error or a cancellation the workers are terminated (no replay outlives it)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(max_workers=at_once, mp_context=ctx) as pool:
+    pool = ctx.Pool(processes=min(at_once, len(jobs)), maxtasksperchild=1)
 
-        async def one(k: int, job: _Job) -> tuple[DiffReport, _Lag]:
-            await asyncio.sleep(STAGGER_S * k)  # staggered start (schedule, not synchronisation)
-            out = await loop.run_in_executor(pool, _in_process, job)
-            if isinstance(out, _Failed):
-                raise CyncError(out.message, reason=out.reason)
-            return out
+    async def one(k: int, job: _Job) -> tuple[DiffReport, _Lag]:
+        await asyncio.sleep(STAGGER_S * k)  # staggered start (schedule, not synchronisation)
+        fut: asyncio.Future[tuple[DiffReport, _Lag] | _Failed] = loop.create_future()
 
-        tasks = [asyncio.create_task(one(k, job)) for k, job in enumerate(jobs)]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for t in tasks:
-                t.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+        def settle(value: object, error: bool) -> None:
+            if fut.done():
+                return
+            if error:
+                assert isinstance(value, BaseException)
+                fut.set_exception(value)
+            else:
+                fut.set_result(value)  # type: ignore[arg-type]
+
+        pool.apply_async(
+            _in_process, (job,),
+            callback=lambda v: loop.call_soon_threadsafe(settle, v, False),
+            error_callback=lambda e: loop.call_soon_threadsafe(settle, e, True),
+        )  # fmt: skip
+        out = await fut
+        if isinstance(out, _Failed):
+            raise CyncError(out.message, reason=out.reason)
+        return out
+
+    tasks = [asyncio.create_task(one(k, job)) for k, job in enumerate(jobs)]
+    try:
+        results = list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        pool.terminate()
+        raise
+    pool.close()
+    return results
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ def _env(e: Envelope) -> str:
 
 def _table(report: ValidationReport) -> str:
     head = (
-        "<tr><th>kind</th><th>answered by</th><th>variant</th><th>n real</th>"
+        "<tr><th>kind</th><th>answered by</th><th>variant</th><th>n real</th><th>n train</th>"
         + "".join(f"<th>{s} ms: real [runs 5&ndash;95%]</th>" for s in STATS)
         + "<th>KS real</th><th>p-value</th><th>verdict</th><th>why</th><th>structure</th></tr>"
     )
@@ -86,7 +86,8 @@ def _table(report: ValidationReport) -> str:
         cells = "".join(f"<td class=num>{_env(c.envelopes[s])}</td>" for s in STATS)
         rows.append(
             f'<tr class="{cls[k.verdict]}"><td>{_esc(k.label)}</td><td>{_esc(k.key[1])}</td>'
-            f"<td>{_esc(k.key[0])}</td><td class=num>{c.n_real}</td>{cells}"
+            f"<td>{_esc(k.key[0])}</td><td class=num>{c.n_real}</td>"
+            f"<td class=num>{c.n_train or 0}</td>{cells}"
             f"<td class=num>{'-' if c.ks_real is None else f'{c.ks_real:.2f}'}</td>"
             f"<td class=num>{'-' if c.p_value is None else f'{c.p_value:.2f}'}</td>"
             f"<td>{_esc(k.verdict)}</td><td>{_esc(c.reason)}</td>"

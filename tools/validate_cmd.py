@@ -43,11 +43,13 @@ _DESCRIPTION = (
     "loopback at the captured times (idle gaps over --max-gap shortened), each replay in a "
     "worker process of its own (its own event loop).  Per request kind the real latency "
     "sample is checked against the runs: the KS distance from the real sample to the pooled "
-    "runs is ranked among each run's distance to the other runs, "
-    "p = (1 + #{run distances >= real}) / (runs + 1).  A kind is insufficient with fewer "
-    f"than {MIN_SAMPLES} real samples (or too few simulated); plausible when "
-    f"p >= {ALPHA:g}; else implausible.  With N runs p cannot fall below 1/(N+1), so with "
-    f"fewer than {MIN_RUNS_TO_REJECT} runs no kind can be implausible (the output says so).  "
+    "runs is ranked among each run's distance to as many values as the model learned the "
+    "kind from (n train), drawn from the other runs pooled (so both carry the training "
+    "sample's error), p = (1 + #{run distances >= real}) / (runs + 1).  A kind is "
+    f"insufficient with fewer than {MIN_SAMPLES} real samples (or too few simulated); "
+    f"plausible when p >= {ALPHA:g}; else implausible.  With N runs p cannot fall below "
+    f"1/(N+1), so with fewer than {MIN_RUNS_TO_REJECT} runs no kind can be implausible (the "
+    "output says so).  "
     "The real p50, p95 and max are also placed in the runs' 5th-95th percentile envelope "
     "(with fewer than 20 runs: their min to max), marked * when outside: information, not "
     "part of the verdict.  Exit status 0 when every kind with enough data is plausible, 1 "
@@ -166,7 +168,8 @@ def print_validation(report: ValidationReport, out: TextIO) -> None:
         f"p = KS rank p-value, plausible when p >= {ALPHA:g}\n"
     )
     head = (
-        f"{'kind':<30}{'by':<7}{'n real':>7}  {'p50':<24}{'p95':<24}{'max':<24}"
+        f"{'kind':<30}{'by':<7}{'n real':>7}{'n train':>8}  "
+        f"{'p50':<24}{'p95':<24}{'max':<24}"
         f"{'p':>6}  {'verdict':<13}structure\n"
     )
     out.write(head)
@@ -174,7 +177,8 @@ def print_validation(report: ValidationReport, out: TextIO) -> None:
         c = k.check
         p = "-" if c.p_value is None else f"{c.p_value:.2f}"
         out.write(
-            f"{k.label:<30}{k.key[1]:<7}{c.n_real:>7}  {_env(c.envelopes['p50']):<24}"
+            f"{k.label:<30}{k.key[1]:<7}{c.n_real:>7}{c.n_train or 0:>8}  "
+            f"{_env(c.envelopes['p50']):<24}"
             f"{_env(c.envelopes['p95']):<24}{_env(c.envelopes['max']):<24}{p:>6}  "
             f"{c.verdict:<13}{k.structure}\n"
         )

@@ -11,7 +11,9 @@
 # but the replay's own timing verdicts, which judge against the held-out part's model).  Directions:
 # ``controller`` replays the held-out controller side against a simulated device (kinds the
 # device answers); ``devices`` replays the held-out devices against the simulated cloud (kinds
-# the cloud answers).  Heartbeat idle rows are not request kinds and are left out.
+# the cloud answers).  Heartbeat idle rows are not request kinds and are left out.  The
+# training parts are paired the same way (``train_counts``): how many samples the model
+# learned each kind from, which the predictive check's reference distances take into account.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -41,6 +43,7 @@ __all__ = [
     "ValidationReport",
     "assemble",
     "real_samples",
+    "train_counts",
 ]
 
 # direction -> the role its peer under test answers as
@@ -76,6 +79,16 @@ def real_samples(source: str, held: CaptureResult, variant: str | None = None) -
         key = (variant or row.variant, row.role, row.request, row.response)
         samples.setdefault(key, []).extend(row.cand_values)
     return RealSamples(source, held, ref, samples)
+
+
+def train_counts(parts: Sequence[tuple[CaptureResult, str | None]]) -> dict[KindKey, int]:
+    """Per kind, the samples the training parts (each with its capture's variant) hold,
+    paired as the held-out parts are."""
+    counts: Counter[KindKey] = Counter()
+    for part, variant in parts:
+        for key, values in real_samples("training", part, variant).samples.items():
+            counts[key] += len(values)
+    return dict(counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +165,8 @@ class ValidationReport:
                 "alpha": ALPHA,
                 "min_samples": MIN_SAMPLES,
                 "plausible": "KS rank p >= alpha (the envelopes are information)",
+                "reference": "each run vs n_train values drawn from the other runs pooled "
+                "(leave one out when the kind has no training samples)",
                 "ks_rank_can_reject": can_reject(self.runs),
             },
             "kinds": [k.as_dict() for k in self.kinds],
@@ -166,8 +181,11 @@ def assemble(
     report: ValidationReport,
     reals: Sequence[RealSamples],
     runs: Mapping[tuple[str, str], Sequence[DiffReport]],
+    n_train: Mapping[KindKey, int] | None = None,
 ) -> ValidationReport:
-    """Fill ``report`` from the real samples and the replays, keyed (source, direction)."""
+    """Fill ``report`` from the real samples and the replays, keyed (source, direction).
+    ``n_train``: per kind, the training samples the model learned it from (``train_counts``);
+    the predictive check's reference distances then carry that sample size (predictive.py)."""
     real: dict[KindKey, list[float]] = defaultdict(list)
     sim: dict[KindKey, list[list[float]]] = {}
     found: dict[KindKey, Counter[str]] = defaultdict(Counter)
@@ -209,7 +227,7 @@ def assemble(
             KindResult(
                 key,
                 direction_of[key],
-                check_kind(real[key], sim[key]),
+                check_kind(real[key], sim[key], n_train=(n_train or {}).get(key) or None),
                 dict(found[key]),
                 len(flagged[key]),
             )

@@ -43,10 +43,12 @@ def test_json_shape_and_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     for k in doc["kinds"]:
         assert k["verdict"] in ("plausible", "implausible", "insufficient")
         assert len(k["run_counts"]) == 3
+        assert isinstance(k["n_train"], int) or k["n_train"] is None
         assert {"real", "low", "high", "inside"} <= set(k["p50"]) and "max" in k
         if k["n_real"] < 10:
             assert k["verdict"] == "insufficient"
     assert kinds["0x73:f8:f0 -> 0x7b"]["answered_by"] == "device"
+    assert kinds["0x73:f8:f0 -> 0x7b"]["n_train"] > 0  # learned from the first 80%
     assert kinds["0xd3 -> 0xd8"]["answered_by"] == "cloud"
     bad = any(k["verdict"] == "implausible" for k in doc["kinds"])
     assert code == (1 if bad else 0), err
@@ -58,7 +60,7 @@ def test_table_and_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     html = tmp_path / "report.html"
     code, out, _ = _run(["validate", str(capture_path(LOCAL)), *FAST, "--html", str(html)], capsys)
     assert code in (0, 1)
-    assert "kind" in out and "n real" in out and "verdict" in out
+    assert "kind" in out and "n real" in out and "n train" in out and "verdict" in out
     assert "0x73:f8:f0 -> 0x7b" in out
     assert "note: 3 runs: the KS rank cannot reject" in out
     assert "* = outside (not judged)" in out and "event-loop lateness in the replays" in out

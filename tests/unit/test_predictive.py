@@ -2,8 +2,9 @@
 # samples with known answers: at N = 20 runs a real sample from the runs' own distribution is
 # plausible (p uniform, false rejections about 1/21) and a shifted one implausible (p at its
 # floor 1/21); below 20 runs the KS rank cannot reject; the envelope is information, not the
-# verdict; fewer than 10 real samples, or runs that produced nothing, are insufficient; the
-# p-value is the rank formula.
+# verdict; a model learned from a small training sample is rejected about 5% of the time when
+# the reference distances carry n_train (far more often without); fewer than 10 real samples,
+# or runs that produced nothing, are insufficient; the p-value is the rank formula.
 from __future__ import annotations
 
 import random
@@ -70,6 +71,40 @@ def test_envelope_is_information_not_the_verdict() -> None:
     assert check.envelopes["p50"].inside is False
     assert check.p_value == pytest.approx(3 / 21)
     assert check.verdict == "plausible" and check.reason == ""
+
+
+def _learned(
+    rng: random.Random, n_train: int, n_real: int
+) -> tuple[list[float], list[list[float]]]:
+    # the truth F; the model is the training sample (runs resample it); the real held-out
+    # sample is a fresh draw from F
+    train = _lognormal(rng, n_train)
+    runs = [[rng.choice(train) for _ in range(n_real)] for _ in range(20)]
+    return _lognormal(rng, n_real), runs
+
+
+def test_training_size_keeps_a_learned_model_at_alpha() -> None:
+    rng = random.Random(6)
+    trials = 150
+    with_n = without = 0
+    for _ in range(trials):
+        real, runs = _learned(rng, 21, 10)
+        with_n += predictive_check(real, runs, n_train=21).verdict == "implausible"
+        without += predictive_check(real, runs).verdict == "implausible"
+    # expected about 0.05 with n_train (sd 0.018), about 0.16 without
+    assert with_n / trials <= 0.1
+    assert without / trials >= 0.1 and without > with_n
+
+
+def test_training_size_still_rejects_a_shift() -> None:
+    rng = random.Random(7)
+    train = _lognormal(rng, 300)
+    runs = [[rng.choice(train) for _ in range(100)] for _ in range(20)]
+    check = predictive_check(_lognormal(rng, 100, shift=0.02), runs, n_train=300)
+    assert check.n_train == 300 and check.verdict == "implausible"
+    # deterministic: the draws use a fixed seed
+    again = predictive_check(check.real, check.runs, n_train=300)
+    assert again.ks_runs == check.ks_runs and again.p_value == check.p_value
 
 
 def test_few_real_samples_are_insufficient() -> None:
