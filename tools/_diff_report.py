@@ -16,11 +16,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cyncsim.replay.conformance import ConformanceFinding, DiffReport, TimingRow
 from cyncsim.replay.errors import CyncError
 
-__all__ = ["MAX_ROWS_PER_KIND", "render_html", "timing_plot_png", "write_html"]
+__all__ = [
+    "MAX_ROWS_PER_KIND",
+    "cdf_png",
+    "render_html",
+    "timing_plot_png",
+    "write_html",
+    "write_page",
+]
 
 MAX_ROWS_PER_KIND = 50  # findings listed per kind in the table (all are in --json)
 _REF_COLOUR = "#1f77b4"
@@ -100,14 +108,21 @@ def timing_plot_png(row: TimingRow) -> bytes:
         if len(xs) <= 5:  # a step plot of one or two samples is hard to see
             ax.plot(xs, ys, "o", color=colour, markersize=4)
         positive += [x for x in xs if x > 0]
-    if positive and max(positive) / min(positive) > 30:
+    verdict = row.verdict.upper() if row.verdict == "fail" else row.verdict
+    xlabel = f"{'idle time' if idle else 'latency'} ({unit})"
+    return cdf_png(fig, ax, positive, xlabel, f"{row.label} [{row.variant}] {verdict}")
+
+
+def cdf_png(fig: Any, ax: Any, positive: Sequence[float], xlabel: str, title: str) -> bytes:
+    """Finish a CDF plot the way every report draws one (log x when the positive values span
+    more than 30x, shares 0-1, small labels, legend) and render it as PNG bytes."""
+    if len(positive) and max(positive) / min(positive) > 30:
         ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"{'idle time' if idle else 'latency'} ({unit})", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("cumulative share", fontsize=8)
     ax.tick_params(labelsize=7)
-    verdict = row.verdict.upper() if row.verdict == "fail" else row.verdict
-    ax.set_title(f"{row.label} [{row.variant}] {verdict}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -280,8 +295,13 @@ findings: {_esc(summary) or "none"}</p>
 
 
 def write_html(report: DiffReport, path: str | Path) -> None:
+    write_page(render_html(report), path)
+
+
+def write_page(page: str, path: str | Path) -> None:
+    """Write a rendered report page; an unwritable path is one CyncError naming it."""
     try:
-        Path(path).write_text(render_html(report), encoding="utf-8")
+        Path(path).write_text(page, encoding="utf-8")
     except OSError as exc:
         raise CyncError(
             f"{path}: cannot write the report: {exc.strerror}", reason="unwritable"

@@ -8,15 +8,13 @@
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 
 import numpy as np
 
 from cyncsim.replay.conformance.predictive import ENVELOPE, STATS, Envelope
 from cyncsim.replay.conformance.validation import KindResult, ValidationReport
-from cyncsim.replay.errors import CyncError
-from cyncsim.tools._diff_report import _CSS, _SCRIPT, _esc
+from cyncsim.tools._diff_report import _CSS, _SCRIPT, _esc, cdf_png, write_page
 
 __all__ = ["kind_plot_png", "render_html", "write_html"]
 
@@ -49,20 +47,8 @@ def kind_plot_png(kind: KindResult) -> bytes:
     if len(real):
         ax.step(grid, _ecdf_at(real, grid), where="post", color=_REAL, linewidth=2.0,
                 label=f"real held-out (n={len(real)})")  # fmt: skip
-    positive = grid[grid > 0]
-    if len(positive) and positive.max() / positive.min() > 30:
-        ax.set_xscale("log")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("latency (ms)", fontsize=8)
-    ax.set_ylabel("cumulative share", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_title(f"{kind.label} [{kind.key[0]}, {kind.key[1]}] {kind.verdict}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    title = f"{kind.label} [{kind.key[0]}, {kind.key[1]}] {kind.verdict}"
+    return cdf_png(fig, ax, grid[grid > 0].tolist(), "latency (ms)", title)
 
 
 def _env(e: Envelope) -> str:
@@ -135,9 +121,4 @@ plausible: KS rank p &ge; 0.05; * marks a real value outside the runs' 5&ndash;9
 
 
 def write_html(report: ValidationReport, path: str | Path) -> None:
-    try:
-        Path(path).write_text(render_html(report), encoding="utf-8")
-    except OSError as exc:
-        raise CyncError(
-            f"{path}: cannot write the report: {exc.strerror}", reason="unwritable"
-        ) from None
+    write_page(render_html(report), path)
