@@ -17,25 +17,23 @@
 # latest one).  A few operations per timer, nothing per answer but a subtraction.
 #
 # Where it is used (simulator/_connection.py, through AnswerTimes): an answer due at ``at`` is
-# written by a timer asked for ``at - lead``, never before ``arrival + floor`` (``answer_floor``:
-# the smallest delay the model can draw for that answer kind) and never after ``at``: the
-# compensation can make no delay negative, nor shorter than anything learned.  No spinning, no
-# blocking sleep.  On an epoll loop the timers come from one timerfd per loop
-# (simulator/_timerfd.py, AnswerTimes.call_at), which wakes to tens of microseconds where
+# written by a timer asked for ``at - lead``, never before ``arrival + floor``
+# (``ModelView.answer_floor``: the smallest delay the model can draw for that answer kind) and
+# never after ``at``: the compensation can make no delay negative, nor shorter than anything
+# learned.  No spinning, no blocking sleep.  On an epoll loop the timers come from one timerfd
+# per loop (simulator/_timerfd.py, AnswerTimes.call_at), which wakes to tens of microseconds where
 # epoll's millisecond timeout would leave +-0.5 ms after centring; the lead then estimates the
 # small lateness left.  Elsewhere, or where timerfd is unavailable, loop.call_at.
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 
 from cyncsim.replay.engine import Engine, Send
-from cyncsim.replay.engine.view import ModelView
 from cyncsim.simulator._timerfd import PreciseTimers, Timer
 
-__all__ = ["EVERY", "OUTLIER_S", "WINDOW", "AnswerTimes", "LoopLateness", "answer_floor"]
+__all__ = ["EVERY", "OUTLIER_S", "WINDOW", "AnswerTimes", "LoopLateness"]
 
 WINDOW = 64  # observations the median is taken over
 EVERY = 8  # the median is taken again after this many new observations
@@ -81,32 +79,6 @@ class LoopLateness:
             self.lead = sorted(window)[len(window) // 2]
 
 
-_FLOORS: OrderedDict[tuple[int, str], tuple[ModelView, dict[str, float]]] = OrderedDict()
-_FLOOR_VIEWS = 64  # views whose floors are kept (a process has a handful)
-
-
-def answer_floor(view: ModelView, key: str) -> float:
-    """The smallest delay (s, unscaled) ``view`` can draw for an answer of ``key``: the
-    minimum over every learned response of that key to any request of the view's role (0 when
-    none is learned, e.g. the device's own 0x43/0xd3 or raw writes)."""
-    slot = (id(view), view.role)
-    hit = _FLOORS.get(slot)
-    if hit is None or hit[0] is not view:
-        hit = _FLOORS[slot] = (view, {})
-        while len(_FLOORS) > _FLOOR_VIEWS:
-            _FLOORS.popitem(last=False)
-    floors = hit[1]
-    got = floors.get(key)
-    if got is None:
-        plans = [view.ack, view.report]
-        for ex in view.model.exchanges:
-            if ex.role == view.role:
-                plans += view.plans(ex.request) or ()
-        lows = [p.delay.values[0] for p in plans if p is not None and p.key == key and p.delay]
-        got = floors[key] = max(0.0, min(lows, default=0.0))
-    return got
-
-
 class AnswerTimes:
     """When the timers of one connection's answers fire: early by its loop's lateness, never
     before the request plus the smallest learned delay of the answer's kind (scaled);
@@ -131,7 +103,7 @@ class AnswerTimes:
         floor = self._floors.get(send.key)
         if floor is None:
             engine = self._engine
-            floor = answer_floor(engine.view, send.key) * engine.time_scale
+            floor = engine.view.answer_floor(send.key) * engine.time_scale
             self._floors[send.key] = floor
         fire, low = at - lead, now + floor
         return fire if fire > low else low if low < at else at

@@ -103,6 +103,7 @@ class ModelView:
     spread: Distribution | None = None  # connection starts after the first (reconnect wave)
     scripts: list[tuple[int, list[tuple[str, float]]]] = field(default_factory=list)
     stalls: StallModel | None = None  # device role: this variant's, else another's
+    _floors: dict[str, float] = field(default_factory=dict)  # answer key -> answer_floor
 
     @classmethod
     def get(cls, model: DeviceModel, role: str, variant: str | None = None) -> ModelView:
@@ -196,6 +197,20 @@ class ModelView:
             )
             if len(self._splits) < _PLAN_CACHE_SIZE:
                 self._splits[key] = got
+        return got
+
+    def answer_floor(self, key: str) -> float:
+        """The smallest delay (s, unscaled) this view can draw for an answer of ``key``: the
+        minimum over every learned response of that key to any request of the view's role (0
+        when none is learned, e.g. the device's own 0x43/0xd3 or raw writes)."""
+        got = self._floors.get(key)
+        if got is None:
+            plans = [self.ack, self.report]
+            for ex in self.model.exchanges:
+                if ex.role == self.role:
+                    plans += self.plans(ex.request) or ()
+            lows = [p.delay.values[0] for p in plans if p is not None and p.key == key and p.delay]
+            got = self._floors[key] = max(0.0, min(lows, default=0.0))
         return got
 
     def plans(self, key: str) -> tuple[ResponsePlan, ...] | None:

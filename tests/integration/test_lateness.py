@@ -14,7 +14,7 @@ import pytest
 from cyncsim.replay.engine import Send
 from cyncsim.replay.payloads import StatusReport, build_report
 from cyncsim.simulator import CyncCloudSimulator, _timerfd
-from cyncsim.simulator._lateness import LoopLateness, answer_floor
+from cyncsim.simulator._lateness import LoopLateness
 from tests.support import DEV, PING, RawController
 
 Peer = tuple[str, int]
@@ -62,7 +62,7 @@ async def test_answers_never_leave_before_request_plus_learned_minimum(
     scale = 0.05  # the cloud's 0x88 after about 2 ms
     sim = CyncCloudSimulator(seed=7, time_scale=scale)
     audit = Audit(sim)
-    floor = answer_floor(sim.view, "0x88") * scale
+    floor = sim.view.answer_floor("0x88") * scale
     assert floor > 0.001
     async with sim:
         client = RawController()

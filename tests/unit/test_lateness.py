@@ -22,7 +22,6 @@ from cyncsim.simulator._lateness import (
     WINDOW,
     AnswerTimes,
     LoopLateness,
-    answer_floor,
 )
 
 
@@ -93,12 +92,12 @@ def test_answer_floor_is_the_smallest_learned_delay() -> None:
     view = ModelView.get(default_model(), "cloud")
     hello = view.plans("0x23")
     assert hello is not None
-    assert answer_floor(view, "0x28") == min(p.delay.values[0] for p in hello)
-    assert answer_floor(view, "0x28") > 0.01  # the cloud answers a hello in about 40 ms
-    assert answer_floor(view, "nothing learned") == 0.0
+    assert view.answer_floor("0x28") == min(p.delay.values[0] for p in hello)
+    assert view.answer_floor("0x28") > 0.01  # the cloud answers a hello in about 40 ms
+    assert view.answer_floor("nothing learned") == 0.0
     device = ModelView.get(default_model(), "device")
     for key in ("0x7b", "0x83:fa:db"):
-        low = answer_floor(device, key)
+        low = device.answer_floor(key)
         plans = [p for p in (device.ack, device.report) if p is not None and p.key == key]
         assert plans and 0.0 <= low <= min(p.delay.values[0] for p in plans)
 
@@ -109,7 +108,7 @@ def test_answer_times_never_make_a_delay_shorter_than_the_learned_minimum(scale:
     try:
         engine = CloudEngine(default_model(), seed=1, time_scale=scale)
         times = AnswerTimes(loop, engine)
-        floor = answer_floor(engine.view, "0xd8") * scale
+        floor = engine.view.answer_floor("0xd8") * scale
         now = 1000.0
         times.late.lead = 0.0  # no estimate yet: the asked time
         assert times.fire(Send(now + 0.05, b"", "0xd8"), now) == now + 0.05

@@ -30,7 +30,7 @@ from cyncsim.replay.engine.state import firmware_report
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
 from cyncsim.replay.protocol import CyncPacket, exchange_key
-from cyncsim.simulator._lateness import LoopLateness, answer_floor
+from cyncsim.simulator._lateness import LoopLateness
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
 from cyncsim.tools.bench.simkit import command_packet, lateness_monitor, loop_lateness
 from cyncsim.tools.bench.stats import ks, ks_random, learned_summary, summary
@@ -323,7 +323,7 @@ async def _kind(
     latencies, asked, late, margins = on["lat"], on["asked"], on["late"], on["margins"]
     view, device = on["view"], kind.role == "device"
     plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
-    floor = answer_floor(view, plan.key)
+    floor = view.answer_floor(plan.key)
     row: dict[str, Any] = {
         "name": kind.name,
         "loop": loop,
