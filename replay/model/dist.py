@@ -5,6 +5,15 @@
 # Quantiles and sampling both use the same piecewise-linear inverse CDF, so sampling many
 # times reproduces the captured p50/p95/p99.  Pure: the caller passes the random source.
 #
+# Ties.  What is kept are times, and times are continuous: equal samples come from the
+# resolution of the stamps (a proxy's one read holding several answers, a log's millisecond
+# stamps, order statistics read from one sketch bucket), not from an atom of the real
+# distribution.  The inverse CDF therefore puts each run of equal values at one knot, at the
+# middle of its ranks (the minimum at rank 0 and the maximum at the last rank, so the range
+# stays [min, max]), and interpolates linearly between knots: a draw never repeats a tied
+# value exactly, where the plain order statistics would give it the weight of a step.
+# Without ties the knots are the order statistics themselves.
+#
 # Bounded learning and merging.  A distribution of more than ``cap`` samples also carries a
 # LogSketch (sketch.py) of them, so that models can be merged.  Accuracy, stated:
 #   * up to ``cap`` (2,048) samples: the samples themselves, exact; merging two such
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field
 from cyncsim.replay.model.sketch import LogSketch
 
 __all__ = ["DEFAULT_CAP", "EXACT_LIMIT", "Distribution", "Samples", "StratifiedUniform",
-           "sorted_quantile"]  # fmt: skip
+           "sorted_quantile", "tie_knots"]  # fmt: skip
 
 DEFAULT_CAP = 2048
 EXACT_LIMIT = 50_000  # samples a learner keeps exactly per distribution before sketching
@@ -44,8 +53,14 @@ class Distribution:
     count: int = 0
     method: str = "measured"  # measured | aggregate | default
     dropped: int = 0  # measurements left out as ambiguous
-    _cache: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     sketch: LogSketch | None = field(default=None, repr=False)  # when count > len(values)
+    # (ranks, values) of the inverse CDF's knots when ``values`` has ties, else None
+    _knots: tuple[tuple[float, ...], tuple[float, ...]] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_knots", tie_knots(self.values))
 
     @classmethod
     def from_samples(
@@ -125,7 +140,9 @@ class Distribution:
     def quantile(self, q: float) -> float:
         if not self.values:
             raise ValueError("empty distribution")
-        return sorted_quantile(self.values, min(max(q, 0.0), 1.0))
+        q = min(max(q, 0.0), 1.0)
+        knots = self._knots
+        return sorted_quantile(self.values, q) if knots is None else _knot_quantile(knots, q)
 
     @property
     def p50(self) -> float:
@@ -135,7 +152,20 @@ class Distribution:
         """One draw by inverse CDF; pass a StratifiedUniform for low-variance tails."""
         if len(self.values) == 1:
             return self.values[0]  # no draw taken: a constant leaves the stream as it is
-        return sorted_quantile(self.values, rng.random())
+        knots = self._knots
+        if knots is None:
+            return sorted_quantile(self.values, rng.random())
+        return _knot_quantile(knots, rng.random())
+
+    def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The inverse CDF as (positions 0-1, values): linear between them (module comment)."""
+        vals = self.values
+        if self._knots is not None:
+            ranks, at = self._knots
+            return tuple(r / (len(vals) - 1) for r in ranks), at
+        if len(vals) == 1:
+            return (0.0, 1.0), (vals[0], vals[0])
+        return tuple(i / (len(vals) - 1) for i in range(len(vals))), vals
 
     def cdf(self, x: float) -> float:
         """Fraction of the distribution at or below ``x`` (for KS statistics)."""
@@ -262,6 +292,39 @@ def sorted_quantile(vals: Sequence[float], q: float) -> float:
         return vals[-1]
     frac = pos - lo
     return vals[lo] + (vals[lo + 1] - vals[lo]) * frac
+
+
+def tie_knots(vals: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The knots (ranks, values) of the inverse CDF of sorted ``vals`` that has ties: each
+    run of equal values at the middle of its ranks, the first and last runs at the ends;
+    None without ties (the order statistics are the knots)."""
+    n = len(vals)
+    if n < 2 or all(a != b for a, b in itertools.pairwise(vals)):
+        return None
+    ranks: list[float] = []
+    at: list[float] = []
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and vals[j + 1] == vals[i]:
+            j += 1
+        ranks.append(0.0 if i == 0 else float(n - 1) if j == n - 1 else (i + j) / 2)
+        at.append(vals[i])
+        i = j + 1
+    if len(at) == 1:
+        ranks.append(float(n - 1))
+        at.append(vals[0])
+    return tuple(ranks), tuple(at)
+
+
+def _knot_quantile(knots: tuple[tuple[float, ...], tuple[float, ...]], q: float) -> float:
+    ranks, at = knots
+    pos = q * ranks[-1]
+    k = bisect.bisect_right(ranks, pos)
+    if k >= len(ranks):
+        return at[-1]
+    lo = ranks[k - 1]
+    return at[k - 1] + (at[k] - at[k - 1]) * (pos - lo) / (ranks[k] - lo)
 
 
 class StratifiedUniform:
