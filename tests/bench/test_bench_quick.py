@@ -27,7 +27,7 @@ from cyncsim.tools.bench import overhead_suite as overhead
 from cyncsim.tools.bench import startup_suite as startup
 from cyncsim.tools.bench.common import SUITES
 from cyncsim.tools.bench.report import main as report_main
-from cyncsim.tools.bench.stats import ks, percentile
+from cyncsim.tools.bench.simkit import ks, percentile
 from cyncsim.tools.cli import main
 
 SIM_SUITES = ["baseline", "acks", "chaos", "group", "overhead", "fleet", "startup", "fuzz"]

@@ -18,8 +18,16 @@ from cyncsim.tools.bench.acks_suite import TimerAudit
 from cyncsim.tools.bench.chaos_suite import cloud_variant_model
 from cyncsim.tools.bench.common import Column, format_table
 from cyncsim.tools.bench.report import update_document
-from cyncsim.tools.bench.simkit import LockMeter, device_view, loop_lateness
-from cyncsim.tools.bench.stats import GRID, ks, ks_random, percentile, summary
+from cyncsim.tools.bench.simkit import (
+    GRID,
+    LockMeter,
+    device_view,
+    ks,
+    ks_random,
+    loop_lateness,
+    percentile,
+    summary,
+)
 
 pytestmark = pytest.mark.bench
 

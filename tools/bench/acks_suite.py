@@ -1,14 +1,11 @@
 # `cyncsim bench acks`: does the simulator reproduce the learned answer timing?
 #
-# Strategy: per exchange a raw WireProbe sends requests one at a time on its own connection to
-# a cloud or device simulator (time_scale 1.0, all kinds at once) and times the answer at the
-# socket: when the kernel put it in the probe's socket (SO_TIMESTAMPNS: the wire, as a pcap
-# sees it) and when the probe's read callback ran (which adds the probe's own wait for the
-# shared loop); each kind is compared (KS, p99) with the distribution its engine samples.  Timer
-# fidelity: a TimerAudit notes each answer's asked departure against its real write,
-# next to bare loop timers, on two event loops.  Lateness compensation (simulator/_lateness.py)
-# off and on: every kind runs on simulators with it off and on at once (same seeds, so the same
-# drawn delays, under the same load), KS before (off) and after (on).
+# Strategy: per exchange a raw WireProbe sends requests one at a time to a cloud or device
+# simulator (time_scale 1.0, all kinds at once) and times each answer in the kernel
+# (SO_TIMESTAMPNS, the wire) and at its read callback, against the distribution the engine
+# samples (KS, p99).  A TimerAudit notes each answer's asked departure against its real write.
+# Every kind runs with lateness compensation off and on at once (same seeds, same load), on
+# two event loops.
 from __future__ import annotations
 
 import asyncio
@@ -31,13 +28,12 @@ from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
 from cyncsim.replay.protocol import CyncPacket, exchange_key
 from cyncsim.simulator._lateness import LoopLateness
+from cyncsim.tools.bench import simkit
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import command_packet, lateness_monitor, loop_lateness
-from cyncsim.tools.bench.stats import ks, ks_random, learned_summary, summary
 
 __all__ = [
-    "KINDS", "LOOPS", "SPEC", "TARGET_KS", "TIMERS", "Kind", "Size", "TimerAudit", "WireProbe",
-    "run",
+    "KINDS", "LOOPS", "SPEC", "TARGET_KS", "TIMERS", "Kind", "Size", "TimerAudit",
+    "WireProbe", "run",
 ]  # fmt: skip
 
 TARGET_KS = 0.05
@@ -47,6 +43,22 @@ LATE_P50_SLACK_US, LATE_P99_SLACK_US = 100.0, 500.0
 SEED = 11
 DEVICE_ID = bytes.fromhex("5a000001")
 TIMERS = "timer lateness (written at minus asked for)"
+_NOTES = [
+    "KS: sup |F_measured - F_learned| (scipy ks_2samp against the learned quantiles), of "
+    "the latencies at the socket (the kernel's receive stamp, as a pcap sees the wire); KS "
+    "rd: of the latencies at the probe's read callback (plus its own wait for the loop); KS "
+    "own: of the simulator's own time from reading the request to writing the answer (the "
+    "wire adds the I/O path: the probe's send, the loop's wake and read dispatch, the "
+    "answer's send); KS asked: of the delays the engine asked for; KS rnd: the median KS "
+    "of n random draws",
+    "compensation (default on): an answer's timer is asked for early by the loop's running "
+    "median timer lateness (the 'lead' row), never before request + the learned minimum "
+    "delay of its answer kind, its timer a timerfd on epoll (tens of us, not epoll's whole "
+    "ms); KS off / late off: the same simulators with it off, run at once (same seeds, same "
+    "drawn delays, same load)",
+    "targets: KS <= 0.05 on KS own (the simulator's socket, its own clock); KS at the wire "
+    "is shown, not checked (it adds the loopback and the probe's I/O, ~75 us)",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +91,6 @@ LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "epoll": asyncio.new_event_loop,
     "select": lambda: asyncio.SelectorEventLoop(selectors.SelectSelector()),
 }
-_US = {"unit": "us", "spec": ",.0f"}
 SPEC = SuiteSpec(
     "acks",
     full=Size(1000, 200),  # 10 connections per kind at once: 5 compensated, 5 not
@@ -108,7 +119,7 @@ SPEC = SuiteSpec(
             Column("loop", "loop"),
             Column("name", "timer"),
             Column("n", "n", ",d"),
-            *Column.latency(keys="min p50 p99 max", **_US),
+            *Column.latency(unit="us", spec=",.0f", keys="min p50 p99 max"),
         ]
     },
 )
@@ -129,8 +140,8 @@ _REQUESTS: dict[str, Callable[[int], bytes]] = {
     "0xd3": lambda i: build_simple(PacketType.PING).encode(),
     "0x83:fa:db": _status,
     "0x83:fa:00": lambda i: firmware_report(DEVICE_ID, _msg_id(i), "device", "10052"),
-    "0x73:f8:d0": lambda i: command_packet(DEVICE_ID, i),
-    "0x73:f8:f0": lambda i: command_packet(DEVICE_ID, i, light=True),
+    "0x73:f8:d0": lambda i: simkit.command_packet(DEVICE_ID, i),
+    "0x73:f8:f0": lambda i: simkit.command_packet(DEVICE_ID, i, light=True),
 }
 _ANSWERS = {"0x28": PacketType.HELLO_ACK, "0xd8": PacketType.PONG, "0x88": 0x88, "0x7b": 0x7B}
 
@@ -146,8 +157,7 @@ class TimerAudit:
         self.loop = asyncio.get_running_loop()
 
     def attach(self, sim: Any) -> Any:
-        """Audit every connection of ``sim`` (a device or cloud simulator) from its start,
-        through a connection's hooks: ``answered`` (the engine's actions), ``observer``."""
+        """Audit every connection of ``sim`` through its ``answered`` and ``observer`` hooks."""
         ready = sim.connection_ready
 
         def connection_ready(conn: Any) -> bool:
@@ -178,14 +188,13 @@ class TimerAudit:
         self.took[key].append(written - now)
 
 
-# SO_TIMESTAMPNS (Linux's asm-generic value; Python does not name it): elsewhere, or refused,
-# the read time stands in for the kernel's
+# SO_TIMESTAMPNS (Linux's value; Python does not name it); elsewhere the read time stands in
 _STAMP = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux" else None)
 
 
 class WireProbe:
-    """A raw Cync peer on a plain socket: each packet read comes with the wall-clock time the
-    kernel received it (SO_TIMESTAMPNS) and the time the probe's read callback ran."""
+    """A raw Cync peer on a plain socket: each packet read comes with the kernel's receive
+    time and the time the read callback ran (both wall-clock)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock, self.loop = sock, asyncio.get_running_loop()
@@ -227,8 +236,7 @@ class WireProbe:
     async def exchange(
         self, data: bytes, want: Callable[[CyncPacket], bool]
     ) -> tuple[float, float, CyncPacket]:
-        """Send ``data`` (if any): seconds to the first packet ``want`` accepts, in the kernel
-        and at the read callback, and that packet; the packets read before it are dropped."""
+        """Send ``data``: seconds to the first packet ``want`` accepts (kernel, read), it."""
         start = time.time()
         if data:
             self.write(data)
@@ -253,12 +261,9 @@ def _wants(kind: Kind, request: bytes) -> Callable[[CyncPacket], bool]:
     return lambda p: p.type == _ANSWERS[kind.answer]
 
 
-async def _connection(
-    kind: Kind, n: int, seed: int, compensate: bool
-) -> tuple[list[tuple[float, float]], Any, TimerAudit]:
-    """``n`` requests of ``kind`` on one connection to a simulator of its own (lateness
-    compensation on or off): the seconds to each answer at the socket (in the kernel, at the
-    read callback), the simulator's model view, its TimerAudit."""
+async def _connection(kind: Kind, n: int, seed: int, compensate: bool) -> dict[str, Any]:
+    """``n`` requests of ``kind`` on one connection to a simulator of its own: seconds to each
+    answer (in the kernel: lat, at the read callback: read), the TimerAudit's figures, the view."""
     audit, device = TimerAudit(), kind.role == "device"
     sim = audit.attach(
         CyncDeviceSimulator(DEVICE_ID, seed=seed, time_scale=1.0, mesh_node=1)
@@ -266,7 +271,7 @@ async def _connection(
         else CyncCloudSimulator(seed=seed, time_scale=1.0)
     )
     sim.lateness_compensation = compensate
-    view = sim.engine.view if device else sim.view
+    got: dict[str, Any] = {"view": sim.engine.view if device else sim.view, "lat": [], "read": []}
     await sim.start()
     try:
         probe = await WireProbe.open(sim.port)
@@ -276,52 +281,40 @@ async def _connection(
                 probe.write(build_simple(PacketType.HELLO_ACK).encode())
             elif kind.request != "0x23":
                 await probe.exchange(_HELLO, lambda p: p.type == PacketType.HELLO_ACK)
-            latencies = []
             for i in range(n):
                 request = _REQUESTS[kind.request](i)
                 wire, read, answer = await probe.exchange(request, _wants(kind, request))
                 if kind.answer == "0x88" and answer.encode()[5:8] != request[9:12]:
                     raise ValueError(f"0x88 does not echo the 0x83's bytes 9-11 ({kind.name})")
-                latencies.append((wire, read))
+                got["lat"].append(wire)
+                got["read"].append(read)
         finally:
             probe.close()
     finally:
         await sim.stop()
-    return latencies, view, audit
+    got |= {k: getattr(audit, k)[kind.answer] for k in ("asked", "late", "took")}
+    return got | {"margins": [t - w for t, w in zip(got["lat"], got["asked"], strict=True)]}
 
 
 async def _pass(kind: Kind, index: int, size: Size, compensate: bool) -> dict[str, Any]:
-    """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at once:
-    latencies at the socket (kernel, read callback), delays asked, lateness of the writes,
-    margins at the socket, request-to-write times, the model view."""
+    """``size.requests`` of ``kind`` over connections of ``size.per_connection`` each, at once."""
     each, n = size.per_connection, size.requests
-    counts = [min(each, n - k) for k in range(0, n, each)]
     parts = await asyncio.gather(
-        *(_connection(kind, c, SEED + 100 * index + j, compensate) for j, c in enumerate(counts))
+        *(
+            _connection(kind, min(each, n - k), SEED + 100 * index + j, compensate)
+            for j, k in enumerate(range(0, n, each))
+        )
     )
-    got: dict[str, Any] = {"view": parts[0][1], "took": [], "read": []}
-    got |= {"lat": [], "asked": [], "late": [], "margins": []}
-    for both, _, audit in parts:
-        wanted = audit.asked.get(kind.answer, [])
-        lat = [wire for wire, _ in both]
-        got["lat"] += lat
-        got["read"] += [read for _, read in both]
-        got["asked"] += wanted
-        got["late"] += audit.late.get(kind.answer, [])
-        got["took"] += audit.took.get(kind.answer, [])
-        got["margins"] += [t - want for t, want in zip(lat, wanted, strict=True)]
-    return got
+    return {k: parts[0][k] if k == "view" else [x for p in parts for x in p[k]] for k in parts[0]}
 
 
 async def _kind(
     kind: Kind, index: int, size: Size, loop: str
 ) -> tuple[dict[str, Any], list[float], list[float]]:
-    """``kind`` on simulators with lateness compensation off and on, at once: its row (the
-    figures with compensation on, KS and lateness with it off too), its answers' lateness (on,
-    off)."""
+    """``kind`` with lateness compensation off and on, at once: its row, its answers'
+    lateness (on, off)."""
     off, on = await asyncio.gather(*(_pass(kind, index, size, c) for c in (False, True)))
-    latencies, asked, late, margins = on["lat"], on["asked"], on["late"], on["margins"]
-    view, device = on["view"], kind.role == "device"
+    view, device, latencies = on["view"], kind.role == "device", on["lat"]
     plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     floor = view.answer_floor(plan.key)
     row: dict[str, Any] = {
@@ -332,21 +325,21 @@ async def _kind(
         "checked": kind.checked,
         "targets": "checked" if kind.checked else "shown only",
         "n": len(latencies),
-        **summary(latencies),
-        **learned_summary(plan.delay),
+        **simkit.summary(latencies),
+        **simkit.learned_summary(plan.delay),
         "learned_values": plan.delay.count,
         "learned_kind": "service" if plan.queued else "latency",
-        "ks_off": ks(off["lat"], plan.delay),
-        "ks": ks(latencies, plan.delay),
-        "ks_read_off": ks(off["read"], plan.delay),
-        "ks_read": ks(on["read"], plan.delay),
-        "ks_own_off": ks(off["took"], plan.delay) if off["took"] else None,
-        "ks_own": ks(on["took"], plan.delay) if on["took"] else None,
-        "ks_asked": ks(asked, plan.delay) if asked else None,
-        "ks_random": ks_random(len(latencies)),
-        **_lateness(late, "late_"),
+        "ks_off": simkit.ks(off["lat"], plan.delay),
+        "ks": simkit.ks(latencies, plan.delay),
+        "ks_read_off": simkit.ks(off["read"], plan.delay),
+        "ks_read": simkit.ks(on["read"], plan.delay),
+        "ks_own_off": simkit.ks(off["took"], plan.delay) if off["took"] else None,
+        "ks_own": simkit.ks(on["took"], plan.delay) if on["took"] else None,
+        "ks_asked": simkit.ks(on["asked"], plan.delay) if on["asked"] else None,
+        "ks_random": simkit.ks_random(len(latencies)),
+        **_lateness(on["late"], "late_"),
         **_lateness(off["late"], "late_off_"),
-        "min_margin_us": min(margins) * 1e6 if margins else None,
+        "min_margin_us": min(on["margins"]) * 1e6 if on["margins"] else None,
         "min_margin_off_us": min(off["margins"]) * 1e6 if off["margins"] else None,
         "learned_min_ms": floor * 1e3,
         "min_over_floor_us": (min(on["took"]) - floor) * 1e6 if on["took"] else None,
@@ -361,19 +354,19 @@ async def _kind(
     captured = next((r.latency for r in ex.responses if r.key == "0x7b"), None) if ex else None
     if captured is not None:
         row["captured_latency_p99_ms"] = captured.quantile(0.99) * 1e3
-    return row, late, off["late"]
+    return row, on["late"], off["late"]
 
 
 async def _run(size: Size, loop: str, log: Log) -> tuple[list[Any], dict[str, list[float]]]:
     """Every kind at once on this event loop: rows, and bare timer lateness for reference."""
     log(f"acks ({loop} loop): bare timers on an idle loop")
     ref = {
-        "loop.call_at, idle loop": await loop_lateness(200, 0.001, 0.01),
-        "asyncio.sleep, idle loop": await loop_lateness(200, 0.001, 0.01, sleep=True),
+        "loop.call_at, idle loop": await simkit.loop_lateness(200, 0.001, 0.01),
+        "asyncio.sleep, idle loop": await simkit.loop_lateness(200, 0.001, 0.01, sleep=True),
     }
     log(f"acks ({loop} loop): {size.requests} requests of each of {len(KINDS)} kinds")
     stop = asyncio.Event()
-    background = asyncio.ensure_future(lateness_monitor(stop, 0.001, 0.02))
+    background = asyncio.ensure_future(simkit.lateness_monitor(stop, 0.001, 0.02))
     try:
         measured = await asyncio.gather(*(_kind(k, i, size, loop) for i, k in enumerate(KINDS)))
     finally:
@@ -387,7 +380,10 @@ async def _run(size: Size, loop: str, log: Log) -> tuple[list[Any], dict[str, li
 
 
 def _lateness(late: list[float], prefix: str = "") -> dict[str, Any]:
-    return {**summary(late, "us", prefix), f"{prefix}min_us": min(late, default=math.nan) * 1e6}
+    return {
+        **simkit.summary(late, "us", prefix),
+        f"{prefix}min_us": min(late, default=math.nan) * 1e6,
+    }
 
 
 def _loop_checks(
@@ -422,7 +418,7 @@ def _loop_checks(
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     size = SPEC.size(opts)
-    ks_random(1)  # scipy.stats imported now: inside the run, the first KS held the loop ~1 s
+    simkit.ks_random(1)  # scipy imported now: inside the run the first KS held the loop ~1 s
     rows: list[dict[str, Any]] = []
     timers: list[dict[str, Any]] = []
     checks: list[Check] = []
@@ -441,27 +437,9 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         "connection), at the socket, against the learned distributions, on two event loops"
     )
     params = {**asdict(size), "seed": SEED, "time_scale": 1.0, "loops": list(LOOPS)}
-    return SPEC.result(opts, title, rows, checks, params, _notes(rows), {TIMERS: timers})
-
-
-def _notes(rows: list[dict[str, Any]]) -> list[str]:
     notes = [
-        "KS: sup |F_measured - F_learned| (scipy ks_2samp against the learned quantiles), of "
-        "the latencies at the socket (the kernel's receive stamp, as a pcap sees the wire); KS "
-        "rd: of the latencies at the probe's read callback (plus its own wait for the loop); KS "
-        "own: of the simulator's own time from reading the request to writing the answer (the "
-        "wire adds the I/O path: the probe's send, the loop's wake and read dispatch, the "
-        "answer's send); KS asked: of the delays the engine asked for; KS rnd: the median KS "
-        "of n random draws",
-        "compensation (default on): an answer's timer is asked for early by the loop's running "
-        "median timer lateness (the 'lead' row), never before request + the learned minimum "
-        "delay of its answer kind, its timer a timerfd on epoll (tens of us, not epoll's whole "
-        "ms); KS off / late off: the same simulators with it off, run at once (same seeds, same "
-        "drawn delays, same load)",
-        "targets: KS <= 0.05 on KS own (the simulator's socket, its own clock); KS at the wire "
-        "is shown, not checked (it adds the loopback and the probe's I/O, ~75 us)",
+        f"{r['name']}: the captured latency (with queueing) has p99 {p99:.0f} ms"
+        for r in rows
+        if r["loop"] == "epoll" and (p99 := r.get("captured_latency_p99_ms")) is not None
     ]
-    for row in (r for r in rows if r["loop"] == "epoll" and "captured_latency_p99_ms" in r):
-        p99 = row["captured_latency_p99_ms"]
-        notes.append(f"{row['name']}: the captured latency (with queueing) has p99 {p99:.0f} ms")
-    return notes
+    return SPEC.result(opts, title, rows, checks, params, [*_NOTES, *notes], {TIMERS: timers})

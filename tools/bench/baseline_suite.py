@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import CpuMeter, command_summary, lanes
-from cyncsim.tools.bench.stats import learned_summary
+from cyncsim.tools.bench.simkit import CpuMeter, command_summary, lanes, learned_summary
 
 __all__ = ["SPEC", "TARGET_P99_MS", "TARGET_SUCCESS", "Size", "run"]
 

@@ -17,8 +17,13 @@ from typing import Any
 
 from cyncsim import ChaosConfig, DeviceModel, load_default_model
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import command_summary, device_view, lanes, loop_health
-from cyncsim.tools.bench.stats import learned_summary
+from cyncsim.tools.bench.simkit import (
+    command_summary,
+    device_view,
+    lanes,
+    learned_summary,
+    loop_health,
+)
 
 __all__ = ["DEFAULT_TIMEOUT", "ROWS", "SPEC", "TIMEOUT_RULE", "Row", "Size", "chaos_config", "run"]
 

@@ -1,9 +1,7 @@
-# The scaffold every `cyncsim bench` suite stands on: the registry, a suite's description,
-# timing, checks, tables and profile.
+# The scaffold of every `cyncsim bench` suite: registry, description, timing, checks, tables.
 #
-# Strategy: a suite module declares a ``SuiteSpec`` (sizes, columns) and ``run(opts, log)``;
-# it times what it compares in one run, in interleaved rounds, medians reported, and returns
-# a SuiteResult (tools/bench_cmd.py prints it and writes its JSON).
+# Strategy: a suite module declares a ``SuiteSpec`` (sizes, columns) and ``run(opts, log)``,
+# times what it compares in interleaved rounds (medians reported) and returns a SuiteResult.
 from __future__ import annotations
 
 import cProfile
@@ -21,27 +19,10 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from cyncsim.replay.errors import CyncError
 
 __all__ = [
-    "CHECK_COLUMNS",
-    "PROFILE_COLUMNS",
-    "SUITES",
-    "BenchOptions",
-    "Case",
-    "Check",
-    "Column",
-    "Log",
-    "Rows",
-    "SuiteResult",
-    "SuiteSpec",
-    "Timing",
-    "check_rows",
-    "fail",
-    "format_table",
-    "load_suite",
-    "measure",
-    "measure_rounds",
-    "profile_by_file",
-    "render",
-]
+    "CHECK_COLUMNS", "PROFILE_COLUMNS", "SUITES", "BenchOptions", "Case", "Check", "Column",
+    "Log", "Rows", "SuiteResult", "SuiteSpec", "Timing", "check_rows", "fail", "format_table",
+    "load_suite", "measure", "measure_rounds", "profile_by_file", "render",
+]  # fmt: skip
 
 T = TypeVar("T")
 S = TypeVar("S")

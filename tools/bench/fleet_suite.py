@@ -5,7 +5,6 @@
 # it (CyncFleet, FleetWorkers or a RayFleet of 2 shards), settles, takes its RSS delta per
 # device, then times a window of heartbeats: time since the last packet minus the learned idle
 # time.  The commands row: the controller toggles the devices round-robin, timing each 0x7B.
-# Targets: 10,000 devices in one process under 1 GB, heartbeat error p99 under 50 ms.
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +28,6 @@ from cyncsim.simulator.fleet import FleetWorkers, raise_fd_limit, ray_fleet_row
 from cyncsim.tools._extras import require
 from cyncsim.tools.bench import simkit
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import Child
-from cyncsim.tools.bench.stats import percentile, summary
 
 __all__ = ["SPEC", "Size", "controller_main", "expected_idle", "fleet_row", "run"]
 
@@ -93,6 +90,23 @@ def expected_idle(time_scale: float) -> tuple[float, bool]:
     return dist.quantile(0.5) * time_scale, len(set(dist.values)) == 1
 
 
+def _gap_probe(
+    way: str, note: Callable[[float, float], object], inner: Any = None, since: Any = None
+) -> Callable[[str, bytes], None]:
+    """An observer: ``note(loop time, seconds since the last packet)`` per 0xD3 going ``way``."""
+    loop, last = asyncio.get_running_loop(), [since]
+
+    def observe(direction: str, data: bytes) -> None:
+        now = loop.time()
+        if direction == way and data[0] == 0xD3 and last[0] is not None:
+            note(now, now - last[0])
+        last[0] = now
+        if inner is not None:
+            inner(direction, data)
+
+    return observe
+
+
 # ---------------------------------------------------------------------------- controller
 def controller_main(ctl: Connection, time_scale: float, seed: int) -> None:
     """The controller process: ("reset", commands/s), ("stats", t0, t1, idle), "stop"."""
@@ -137,8 +151,9 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
             if link is not None and link.open and (node := nodes.get(link.conn)) is not None:
                 pending[link.conn] = entry = [time.time(), math.nan]
                 sent.append(entry)
-                toggle = PowerCommand(0, node, i % 2 == 0)
-                link.conn.apply([link.engine.command(toggle, loop.time())])
+                link.conn.apply(
+                    [link.engine.command(PowerCommand(0, node, i % 2 == 0), loop.time())]
+                )
 
     async def monitor() -> None:
         while True:
@@ -165,13 +180,15 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
         cmds = [d for t, d in sent if t0 <= t <= t1]
         acked = [d for d in cmds if not math.isnan(d)]
         (wa, ca), (wb, cb) = (window[0], window[-1]) if len(window) > 1 else ((0, 0), (0, 0))
-        commands = {"commands": len(cmds), "acked": len(acked)} | summary(acked, prefix="ack_")
+        commands = {"commands": len(cmds), "acked": len(acked)} | simkit.summary(
+            acked, prefix="ack_"
+        )
         return {
             "heartbeats": len(at_ctrl),  # a worker row's; a one-process row counts its own
-            **summary(at_ctrl, prefix="ctrl_err_"),
+            **simkit.summary(at_ctrl, prefix="ctrl_err_"),
             "controller_cpu": (cb - ca) / (wb - wa) if wb > wa else math.nan,
             **(commands if sent else {}),
-            "controller_late_p99_ms": percentile(in_window, 0.99) * 1e3,
+            "controller_late_p99_ms": simkit.percentile(in_window, 0.99) * 1e3,
             "controller_late_max_ms": max(in_window, default=math.nan) * 1e3,
         }
 
@@ -179,7 +196,7 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
     await cloud.start()
     watcher = asyncio.ensure_future(monitor())
     ctl.send(cloud.port)
-    await Child.serve(ctl, handle)
+    await simkit.Child.serve(ctl, handle)
     for task in [watcher, *commander]:
         task.cancel()
     await cloud.stop()
@@ -187,23 +204,6 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------- fleet rows
-def _gap_probe(
-    way: str, note: Callable[[float, float], object], inner: Any = None, since: Any = None
-) -> Callable[[str, bytes], None]:
-    """An observer: ``note(loop time, seconds since the last packet)`` per 0xD3 going ``way``."""
-    loop, last = asyncio.get_running_loop(), [since]
-
-    def observe(direction: str, data: bytes) -> None:
-        now = loop.time()
-        if direction == way and data[0] == 0xD3 and last[0] is not None:
-            note(now, now - last[0])
-        last[0] = now
-        if inner is not None:
-            inner(direction, data)
-
-    return observe
-
-
 def _steal() -> tuple[int, int]:
     """(CPU time stolen by the hypervisor, all CPU time) so far, in ticks (Linux)."""
     with contextlib.suppress(OSError, ValueError), open("/proc/stat", encoding="ascii") as f:
@@ -263,7 +263,7 @@ async def _fleet_row(
     finally:
         await fleet.stop()
     ticks = steal1[1] - steal0[1]
-    hb = summary(device or [], prefix="hb_err_")
+    hb = simkit.summary(device or [], prefix="hb_err_")
     hb["hb_err_min_ms"] = min(device or [math.nan]) * 1e3
     return {
         "engine": "workers" if workers else "process",
@@ -288,12 +288,13 @@ async def _fleet_row(
     }, (t0, t1)
 
 
+# ---------------------------------------------------------------------------- the suite
 def _plan(size: Size) -> list[tuple[str, int, int, float, float]]:
     """(name, devices, workers (-K: ray), time scale, commands/s) of each row."""
-    ts, cores = size.time_scale, len(os.sched_getaffinity(0))
+    ts, cores, wd = size.time_scale, len(os.sched_getaffinity(0)), size.worker_devices
     plan = [(f"{n:,} devices", n, 0, ts, 0.0) for n in size.devices]
-    for w in sorted({2, min(4, cores)} - {1}) if cores > 1 else []:
-        plan.append((f"{size.worker_devices:,}, {w} workers", size.worker_devices, w, ts, 0.0))
+    plan += [(f"{wd:,}, {w} workers", wd, w, ts, 0.0) for w in sorted({2, min(4, cores)})]
+    plan = plan if cores > 1 else plan[: len(size.devices)]
     shards, ray_devices = size.ray[0], size.ray[0] * size.ray[1]
     if importlib.util.find_spec("ray") is not None:
         plan.append((f"{ray_devices:,}, ray {shards} shards", ray_devices, -shards, ts, 0.0))
@@ -303,17 +304,17 @@ def _plan(size: Size) -> list[tuple[str, int, int, float, float]]:
     return plan + ([(f"{n:,} devices, {rate:g} commands/s", n, 0, scale, rate)] if n else [])
 
 
-def run(opts: BenchOptions, log: Log) -> SuiteResult:
-    size = SPEC.size(opts)
-    ts = size.time_scale
-    idle, constant = expected_idle(ts)
-    controllers: dict[float, Child] = {}
+def _measure(size: Size, log: Log) -> list[Row]:
+    """Every row of the plan, each fleet in a fresh process, a controller per time scale."""
+    controllers: dict[float, simkit.Child] = {}
     rows: list[Row] = []
     try:
         for name, n, workers, scale, rate in _plan(size):
             if scale not in controllers:
                 log(f"fleet: starting a controller (time_scale {scale})")
-                controllers[scale] = Child(controller_main, scale, SEED, name="the controller")
+                controllers[scale] = simkit.Child(
+                    controller_main, scale, SEED, name="the controller"
+                )
             controller = controllers[scale]
             log(f"fleet: {name} (time_scale {scale})")
             controller.ask(("reset", rate))
@@ -334,6 +335,14 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     finally:
         for controller in controllers.values():
             controller.stop()
+    return rows
+
+
+def run(opts: BenchOptions, log: Log) -> SuiteResult:
+    size = SPEC.size(opts)
+    ts = size.time_scale
+    idle, constant = expected_idle(ts)
+    rows = _measure(size, log)
     one = {(r["devices"], r["time_scale"]): r for r in rows if r["engine"] == "process"}
     biggest = max(one.values(), key=lambda r: (r["devices"], -r["time_scale"]))
     name = f"RSS of {biggest['devices']:,} devices in one process"
@@ -344,28 +353,11 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         checks.append(Check(name, p99, TARGET_HEARTBEAT_P99_MS, "<=", " ms", ",.2f"))
     missing = sum(r["devices"] - r["connected"] for r in rows)
     checks.append(Check("devices connected (all rows)", missing, 0, "<=", " missing", ",d"))
-    for r in rows:
-        if r["engine"] == "workers" and (base := one.get((r["devices"], ts))) is not None:
-            r["connect_speedup"] = r["connect_per_s"] / base["connect_per_s"]
-            r["busiest_vs_one"] = r["cpu_max_process"] / base["cpu_max_process"]
-            r["ctrl_err_p99_vs_one"] = r["ctrl_err_p99_ms"] / base["ctrl_err_p99_ms"]
-    title = (
-        f"dial-mode fleets against one CyncCloudSimulator (its own process), time_scale "
-        f"{ts} (heartbeat every {idle:.2f} s idle)"
-        + (" and 1.0 (real cadence)" if size.real_cadence else "")
-    )
-    params: dict[str, Any] = {"time_scale": ts, "heartbeat_idle_s": idle}
-    params |= {"heartbeat_constant": constant, "warmup_s": size.warmup_s, "seed": SEED}
-    params |= {"window_s": size.window_s, "cores": len(os.sched_getaffinity(0))}
-    return SPEC.result(opts, title, rows, checks, params, _notes(rows, size, idle, constant))
-
-
-def _notes(rows: list[Row], size: Size, idle: float, constant: bool) -> list[str]:
     notes = [
-        f"heartbeat idle time {idle / size.time_scale:.1f} s, {idle:.2f} s at time_scale "
-        f"{size.time_scale}; hb err at each device connection, 'at ctrl' as the controller "
-        "reads it (two loopback hops added; the only view of worker rows); memory: settled RSS "
-        "minus the RSS before the fleet, per device (ray: the actors', the driver's apart)",
+        f"heartbeat idle time {idle / ts:.1f} s, {idle:.2f} s at time_scale {ts}; hb err at "
+        "each device connection, 'at ctrl' as the controller reads it (two loopback hops "
+        "added; the only view of worker rows); memory: settled RSS minus the RSS before the "
+        "fleet, per device (ray: the actors', the driver's apart)",
         "the learned idle time is "
         + ("one value: the error is timer and write lateness" if constant else "not one value"),
     ]
@@ -374,8 +366,16 @@ def _notes(rows: list[Row], size: Size, idle: float, constant: bool) -> list[str
             require("ray", "the ray row")
         except CyncError as exc:
             notes.append(f"no ray row: {exc}")
-    for r in (r for r in rows if r["engine"] == "commands"):
-        notes.append(f"{r['name']}: toggles to each device in turn; ack: 0x73 to 0x7B at ctrl")
+    for r in rows:
+        if r["engine"] == "workers" and (base := one.get((r["devices"], ts))) is not None:
+            r["connect_speedup"] = r["connect_per_s"] / base["connect_per_s"]
+            r["busiest_vs_one"] = r["cpu_max_process"] / base["cpu_max_process"]
+            r["ctrl_err_p99_vs_one"] = r["ctrl_err_p99_ms"] / base["ctrl_err_p99_ms"]
+    notes += [
+        f"{r['name']}: toggles to each device in turn; ack: 0x73 to 0x7B at ctrl"
+        for r in rows
+        if r["engine"] == "commands"
+    ]
     for r in rows:
         if r.get("steal", 0) > 0.02:
             notes.append(f"{r['name']}: the hypervisor took {r['steal']:.1%} of the CPU")
@@ -387,4 +387,12 @@ def _notes(rows: list[Row], size: Size, idle: float, constant: bool) -> list[str
                 f"process {r['busiest_vs_one']:.2f}x its CPU, p99 at ctrl "
                 f"{r['ctrl_err_p99_vs_one']:.2f}x"
             )
-    return notes
+    title = (
+        f"dial-mode fleets against one CyncCloudSimulator (its own process), time_scale "
+        f"{ts} (heartbeat every {idle:.2f} s idle)"
+        + (" and 1.0 (real cadence)" if size.real_cadence else "")
+    )
+    params: dict[str, Any] = {"time_scale": ts, "heartbeat_idle_s": idle}
+    params |= {"heartbeat_constant": constant, "warmup_s": size.warmup_s, "seed": SEED}
+    params |= {"window_s": size.window_s, "cores": len(os.sched_getaffinity(0))}
+    return SPEC.result(opts, title, rows, checks, params, notes)

@@ -10,8 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import NODE, LockMeter, command_summary, lanes
-from cyncsim.tools.bench.stats import summary
+from cyncsim.tools.bench.simkit import NODE, LockMeter, command_summary, lanes, summary
 
 __all__ = ["DEVICES", "SPEC", "Size", "run"]
 

@@ -26,8 +26,13 @@ from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.protocol import exchange_key
 from cyncsim.tools.bench import common
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import Child, CpuMeter, command_packet, process_cpu_seconds
-from cyncsim.tools.bench.stats import percentile
+from cyncsim.tools.bench.simkit import (
+    Child,
+    CpuMeter,
+    command_packet,
+    percentile,
+    process_cpu_seconds,
+)
 
 __all__ = ["SERVERS", "SPEC", "Size", "round_trips", "run", "serve_main"]
 

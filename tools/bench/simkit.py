@@ -1,49 +1,96 @@
-# Shared asyncio machinery of the simulator suites: lanes, timers, meters, processes.
+# Shared machinery of the simulator suites: statistics, lanes, timers, meters, processes.
 #
-# Strategy: measure from the outside through the public API and its documented seams
-# (a connection's ``observer``, an engine's ``receive``), never change the simulator.  A lane
-# is a device and a ReliableTransport with one command outstanding; Child a spawned process
-# answering a control pipe.
+# Strategy: measure from the outside through the public API and its seams (a connection's
+# ``observer``, an engine's ``receive``), never change the simulator.  Percentiles interpolate
+# as replay.model.Distribution does; KS is scipy's ks_2samp against a dense grid of the
+# piecewise-linear quantiles the simulator samples.
 from __future__ import annotations
 
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
+import math
 import multiprocessing
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 from unittest import mock
 
 from cyncsim import CyncDeviceSimulator, CyncError, DeviceModel, ReliableTransport, Result
+from cyncsim.replay.model import Distribution
+from cyncsim.replay.model.dist import sorted_quantile
 from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_command
-from cyncsim.tools.bench.stats import percentile, rate, summary
 
 __all__ = [
-    "NODE",
-    "Child",
-    "CpuMeter",
-    "Lane",
-    "LockMeter",
-    "command_packet",
-    "command_summary",
-    "device_view",
-    "lanes",
-    "lateness_monitor",
-    "loop_health",
-    "loop_lateness",
-    "process_cpu_seconds",
-    "process_rss_bytes",
-]
+    "GRID", "NODE", "Child", "CpuMeter", "Lane", "LockMeter", "command_packet", "command_summary",
+    "device_view", "ks", "ks_random", "lanes", "lateness_monitor", "learned_summary",
+    "loop_health", "loop_lateness", "percentile", "process_cpu_seconds", "process_rss_bytes",
+    "rate", "summary",
+]  # fmt: skip
 
 NODE = 1  # mesh node of every lane's device (its own node: commands are applied)
+GRID = 20_000
+_KEYS = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 
 
+# ---------------------------------------------------------------------------- statistics
+def percentile(values: Sequence[float], q: float) -> float:
+    """Quantile ``q`` (0-1) of ``values`` by linear interpolation; NaN when empty."""
+    return sorted_quantile(sorted(values), min(max(q, 0.0), 1.0)) if values else math.nan
+
+
+def summary(samples: Iterable[float], unit: str = "ms", prefix: str = "") -> dict[str, float]:
+    """p50/p90/p95/p99/max/mean of ``samples`` (seconds) in ms or us (NaN when empty)."""
+    scale, vals = {"ms": 1e3, "us": 1e6, "s": 1.0}[unit], sorted(samples)
+    figures = {k: sorted_quantile(vals, q) if vals else math.nan for k, q in _KEYS}
+    figures["max"] = vals[-1] if vals else math.nan
+    figures["mean"] = sum(vals) / len(vals) if vals else math.nan
+    return {f"{prefix}{k}_{unit}": v * scale for k, v in figures.items()}
+
+
+def learned_summary(dist: Distribution) -> dict[str, float]:
+    """The same figures (ms) for a learned distribution, keys learned_*."""
+    return summary(dist.values, prefix="learned_")
+
+
+@functools.cache
+def _scipy_stats() -> Any:
+    import scipy.stats
+
+    gc.freeze()  # its thousands of objects are never garbage: keep collections short
+    return scipy.stats
+
+
+def ks(samples: Sequence[float], dist: Distribution, scale: float = 1.0) -> float:
+    """sup |F_measured - F_learned|, F_learned the piecewise-linear CDF the simulator samples
+    (``dist`` times ``scale``); NaN without samples."""
+    if not dist.values:
+        raise ValueError("empty distribution")
+    if not samples:
+        return math.nan
+    import numpy as np
+
+    at, vals = dist.knots()
+    grid = np.interp((np.arange(GRID) + 0.5) / GRID, at, vals) * scale
+    return float(_scipy_stats().ks_2samp(samples, grid, method="asymp").statistic)
+
+
+def ks_random(n: int) -> float:
+    """The median KS statistic of ``n`` independent draws from the distribution itself."""
+    return float(_scipy_stats().kstwo.ppf(0.5, n)) if n >= 1 else math.nan
+
+
+def rate(part: int, whole: int) -> float:
+    return part / whole if whole else math.nan
+
+
+# ---------------------------------------------------------------------------- lanes
 @dataclass(slots=True)
 class Lane:
     """One simulated device and the transport driving it, one command outstanding."""
@@ -126,7 +173,7 @@ def command_packet(device_id: bytes, number: int, *, light: bool = False) -> byt
     return build_command(device_id, msg_id, cmd).encode()
 
 
-# ---------------------------------------------------------------------------- timers
+# ---------------------------------------------------------------------------- timers, meters
 async def loop_lateness(
     n: int, low: float, high: float, *, seed: int = 0, sleep: bool = False
 ) -> list[float]:
@@ -159,7 +206,6 @@ async def lateness_monitor(
     return out
 
 
-# ---------------------------------------------------------------------------- meters
 class LockMeter:
     """asyncio.Lock and Semaphore acquisitions and time held while ``active()`` is entered."""
 
