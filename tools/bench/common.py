@@ -20,8 +20,8 @@ from cyncsim.replay.errors import CyncError
 
 __all__ = [
     "CHECK_COLUMNS", "PROFILE_COLUMNS", "SUITES", "BenchOptions", "Case", "Check", "Column",
-    "Log", "Rows", "SuiteResult", "SuiteSpec", "Timing", "check_rows", "fail", "format_table",
-    "load_suite", "measure", "measure_rounds", "profile_by_file", "render",
+    "Log", "Rows", "SuiteResult", "SuiteSpec", "Timing", "check_rows", "expect", "fail",
+    "format_table", "load_suite", "measure", "measure_rounds", "profile_by_file", "render",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -57,6 +57,16 @@ def load_suite(name: str) -> _Suite:
 def fail(suite: str, message: str) -> CyncError:
     """The error a suite raises when what it measured is wrong."""
     return CyncError(f"bench {suite}: {message}", reason="bench")
+
+
+def expect(suite: str, what: str, want: object) -> Callable[[object], None]:
+    """A ``measure`` verify: ``what`` must give ``want``."""
+
+    def verify(got: object) -> None:
+        if got != want:
+            raise fail(suite, f"{what} gave {got}, expected {want}")
+
+    return verify
 
 
 @dataclass(frozen=True, slots=True)

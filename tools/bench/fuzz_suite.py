@@ -1,11 +1,9 @@
 # `cyncsim bench fuzz`: random and mutated packets against everything a peer's bytes reach.
 #
 # Strategy: a seeded generator mutates real packets (the shipped model's exemplars, built
-# requests, the shared captures' packets): bit flips, truncation, length lies, splices,
-# concatenation, inserted or random bytes.  Each batch goes to every target: decode_packet
-# (strict, lenient), PacketFramer.feed in random chunks (lenient, strict) and a device engine's
-# receive (the raw input, then each packet the framer cuts from it).  An exception that is not
-# a CyncError is "untyped": counted, the first few listed with the input's hex.  Target: none.
+# requests, the shared captures' packets).  Each batch goes to every target: decode_packet,
+# PacketFramer.feed in random chunks and a device engine's receive.  An exception that is not a
+# CyncError is "untyped": counted, the first few listed with the input's hex.
 from __future__ import annotations
 
 import collections
@@ -61,6 +59,9 @@ def seed_packets(captures: Path | None) -> list[bytes]:
     return sorted(seeds)
 
 
+Mutation = Callable[[random.Random, bytearray, list[bytes]], bytearray]
+
+
 def _flip(rng: random.Random, data: bytearray, seeds: list[bytes]) -> bytearray:
     for _ in range(rng.randint(1, 4)):
         if data:
@@ -78,9 +79,9 @@ def _length_lie(rng: random.Random, data: bytearray, seeds: list[bytes]) -> byte
 def _splice(rng: random.Random, data: bytearray, seeds: list[bytes]) -> bytearray:
     other = rng.choice(seeds)
     cut = rng.randrange(min(len(data), len(other)) + 1)
-    return bytearray(
-        other[:HEADER_LEN] + data[HEADER_LEN:] if rng.random() < 0.5 else data[:cut] + other[cut:]
-    )
+    if rng.random() < 0.5:
+        return bytearray(other[:HEADER_LEN] + data[HEADER_LEN:])
+    return bytearray(data[:cut] + other[cut:])
 
 
 def _insert(rng: random.Random, data: bytearray, seeds: list[bytes]) -> bytearray:
@@ -88,7 +89,7 @@ def _insert(rng: random.Random, data: bytearray, seeds: list[bytes]) -> bytearra
     return data[:at] + rng.randbytes(rng.randint(1, 8)) + data[at + rng.randint(0, 8) :]
 
 
-MUTATIONS: dict[str, Callable[[random.Random, bytearray, list[bytes]], bytearray]] = {
+MUTATIONS: dict[str, Mutation] = {
     "as is": lambda rng, data, seeds: data,
     "bit flips": _flip,
     "truncated": lambda rng, data, seeds: data[: rng.randrange(len(data) + 1)],
@@ -110,11 +111,6 @@ def mutate(rng: random.Random, seeds: list[bytes]) -> tuple[str, bytes]:
     return name, bytes(data)
 
 
-def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
-    cuts = sorted(rng.sample(range(1, len(data)), min(rng.randint(0, 4), max(len(data) - 1, 0))))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-
-
 class _Device:
     """A device's engine (built, never started), fed as its connection feeds it."""
 
@@ -126,18 +122,18 @@ class _Device:
     def __call__(self, rng: random.Random, data: bytes) -> None:
         self.now += 0.01
         self.engine.receive(data, self.now)
-        framer = PacketFramer()
-        for offset, _ in framer.feed_with_offsets(data):
+        for offset, _ in PacketFramer().feed_with_offsets(data):
             length = HEADER_LEN + int.from_bytes(data[offset + 3 : offset + 5], "big")
             self.engine.receive(data[offset : offset + length], self.now)
         self.engine.poll(self.now)
 
 
 def _framer(strict: bool) -> Callable[[random.Random, bytes], None]:
-    def feed(rng: random.Random, data: bytes) -> None:
-        framer = PacketFramer(strict=strict)
-        for chunk in _chunks(rng, data):
-            framer.feed(chunk)
+    def feed(rng: random.Random, data: bytes) -> None:  # in up to 5 random chunks
+        framer, n = PacketFramer(strict=strict), len(data)
+        cuts = sorted(rng.sample(range(1, n), min(rng.randint(0, 4), max(n - 1, 0))))
+        for a, b in zip([0, *cuts], [*cuts, n], strict=True):
+            framer.feed(data[a:b])
 
     return feed
 

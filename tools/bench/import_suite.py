@@ -1,13 +1,10 @@
-# `cyncsim bench import`: how fast captures are read and learned, next to what others do
-# with the file.
+# `cyncsim bench import`: how fast captures are read and learned, next to what others do.
 #
-# Strategy: one generated pcap is read in interleaved rounds by read_capture (reader), by
-# the whole `cyncsim import` path (import: read, reassemble, decode, learn, write the
-# model), dpkt down to the TCP payload, a struct walk over the record headers (floor) and
-# scapy's rdpcap (on a slice); each result is checked outside the clock.  The text reader
-# reads the shared MITM logs.  The scale table imports generated pcaps of 200k, 1M and (full
-# size only) 5M segments, each in a fresh child process that reports its time and peak RSS
-# (VmHWM).  dpkt and scapy come with the `cyncsim[bench]` extra.
+# Strategy: one generated pcap is read in interleaved rounds by read_capture (reader), the whole
+# `cyncsim import` path (import), dpkt down to the TCP payload, a struct walk over the record
+# headers (floor) and scapy's rdpcap (on a slice), each result checked outside the clock; the
+# text reader reads the shared MITM logs.  The scale table imports generated pcaps of 200k, 1M
+# and (full size) 5M segments, each in a fresh process reporting its time and peak RSS.
 from __future__ import annotations
 
 import json
@@ -165,13 +162,9 @@ def _scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> 
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         if got["packets"] != stats["packets"]:
             raise _fail(f"scale import learned {got['packets']} packets of {stats['packets']}")
-        cpu, rss = got["cpu_seconds"], got["peak_rss_kb"]
-        row = {
-            "segments": stats["segments"],
-            "packets": stats["packets"],
-            "seconds": got["seconds"],
-        }
-        row |= {"cpu_seconds": cpu, "us_per_segment": cpu / stats["segments"] * 1e6}
+        cpu, rss, n = got["cpu_seconds"], got["peak_rss_kb"], stats["segments"]
+        row = {"segments": n, "packets": stats["packets"], "seconds": got["seconds"]}
+        row |= {"cpu_seconds": cpu, "us_per_segment": cpu / n * 1e6}
         rows.append(row | {"peak_rss_mb": None if rss is None else rss / 1024})
     fastest = min(r["us_per_segment"] for r in rows)
     for r in rows:
@@ -181,11 +174,8 @@ def _scale_rows(workdir: Path, sizes: tuple[int, ...], conns: int, log: Log) -> 
 
 
 def _row(name: str, what: str, items: int, unit: str, timing: common.Timing) -> dict[str, Any]:
-    return {"name": name, "what": what, "items": items, "unit": unit} | {
-        "median_s": timing.median,
-        "samples_s": list(timing.samples),
-        "per_s": timing.rate(items),
-    }
+    row = {"name": name, "what": what, "items": items, "unit": unit, "median_s": timing.median}
+    return row | {"samples_s": list(timing.samples), "per_s": timing.rate(items)}
 
 
 def text_row(captures: Path | None, repeats: int) -> dict[str, Any]:
@@ -198,18 +188,12 @@ def text_row(captures: Path | None, repeats: int) -> dict[str, Any]:
     if not files:
         return {**row, "status": "skipped", "reason": f"no MITM text logs in {captures}"}
     expected = [read_capture(p).packet_count for p in files]
-
-    def verify(counts: list[int]) -> None:
-        if counts != expected:
-            raise _fail(f"text reader gave {counts} packets, then {expected}")
-
+    verify = common.expect("import", "the text reader's packet counts", expected)
     timing = common.measure(lambda: [read_capture(p).packet_count for p in files], repeats, verify)
     what = f"read_capture on {len(files)} MITM text logs"
-    return _row("text", what, sum(expected), "packets", timing) | {
-        "status": "ok",
-        "files": ", ".join(p.name for p in files),
-        "bytes": sum(p.stat().st_size for p in files),
-    }
+    row = _row("text", what, sum(expected), "packets", timing) | {"status": "ok"}
+    names, size = ", ".join(p.name for p in files), sum(p.stat().st_size for p in files)
+    return row | {"files": names, "bytes": size}
 
 
 def _check_reader(got: CaptureResult, stats: dict[str, int], conns: int, *, full: bool) -> None:
@@ -228,14 +212,6 @@ def _check_reader(got: CaptureResult, stats: dict[str, int], conns: int, *, full
     seen = sum(sum(f.bytes_seen.values()) for f in got.flows) if full else stats["payload_bytes"]
     if errors or seen != stats["payload_bytes"]:
         raise _fail(f"byte accounting: {errors[:1]}, {seen} of {stats['payload_bytes']} bytes")
-
-
-def _expect(what: str, want: object) -> Any:
-    def verify(got: object) -> None:
-        if got != want:
-            raise _fail(f"{what} gave {got}, expected {want}")
-
-    return verify
 
 
 def _version(dist: str) -> str | None:
@@ -259,15 +235,22 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     rdpcap(str(part), count=10)  # scapy builds some tables on its first use: not timed
     model_out = opts.workdir / "import-bench.model"
     log(f"import: reader, import, dpkt, floor, scapy ({size.scapy_segments:,}), interleaved")
+    expect = common.expect
     cases: dict[str, Case] = {
         "reader": (
             lambda: read_capture(pcap),
             lambda got: _check_reader(got, stats, size.connections, full=False),
         ),
-        "import": (lambda: import_model(pcap, model_out), _expect("import", stats["packets"])),
-        "dpkt": (lambda: dpkt_parse(pcap), _expect("dpkt", (segments, stats["payload_bytes"]))),
-        "floor": (lambda: struct_floor(pcap), _expect("the struct walk", segments)),
-        "scapy": (lambda: len(rdpcap(str(part))), _expect("scapy", sliced)),
+        "import": (
+            lambda: import_model(pcap, model_out),
+            expect("import", "import", stats["packets"]),
+        ),
+        "dpkt": (
+            lambda: dpkt_parse(pcap),
+            expect("import", "dpkt", (segments, stats["payload_bytes"])),
+        ),
+        "floor": (lambda: struct_floor(pcap), expect("import", "the struct walk", segments)),
+        "scapy": (lambda: len(rdpcap(str(part))), expect("import", "scapy", sliced)),
     }
     timings = common.measure_rounds(cases, opts.repeats, log)
     log("import: MITM text reader")
