@@ -1,14 +1,9 @@
 # `cyncsim bench SUITE [--json FILE] [--quick]`: run benchmark suites, print their tables.
 #
-# A thin front end over tools/bench: the suites are registered there (common.SUITES), each
-# returns a SuiteResult that is printed as a table and, with --json, written as JSON (the form
-# tools/bench/report.py reads):
-#   {"suite", "machine", "date", "quick", "title", "params", "rows": [{"name", ...}],
-#    "checks": [{"name", "value", "target", "op", "unit", "passed"}], "passed", "notes",
-#    "details": {TITLE: [row, ...]}}
-# `all` runs every registered suite; its JSON file is {"machine": ..., "suites": [one suite
-# object each]}.  Missed targets are reported, not fatal: the exit status is 0 unless --check
-# is given (then 1 when a target is missed).
+# A thin front end over tools/bench (suites registered in common.SUITES).  --json writes each
+# suite's result as {"suite", "machine", "date", "quick", "title", "params", "rows", "checks",
+# "passed", "notes", "details": {TITLE: rows}} (`all`: {"machine", "suites": [...]}), the form
+# tools/bench/report.py reads.  Missed targets are reported; with --check the exit status is 1.
 from __future__ import annotations
 
 import argparse
@@ -83,8 +78,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _stderr_log(message: str) -> None:
-    """Progress lines for long suites, on stderr, only when it is a terminal."""
-    if sys.stderr.isatty():
+    if sys.stderr.isatty():  # progress lines for a person watching
         print(message, file=sys.stderr, flush=True)
 
 
@@ -115,8 +109,7 @@ def _proc_line(path: str, key: str) -> str | None:
     return next((ln.partition(":")[2].strip() for ln in lines if ln.startswith(key)), None)
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: those become null."""
+def _finite(value: Any) -> Any:  # JSON has no NaN or infinity: those become null
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
@@ -127,7 +120,6 @@ def _finite(value: Any) -> Any:
 
 
 def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any]:
-    """The documented JSON object of one suite run (see the module comment)."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
     obj: dict[str, Any] = {"suite": result.suite, "machine": dict(machine), "date": now}
     obj |= {k: getattr(result, k) for k in ("quick", "title", "params", "rows")}
@@ -138,7 +130,7 @@ def suite_json(result: SuiteResult, machine: Mapping[str, Any]) -> dict[str, Any
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as strict JSON (no NaN), atomically enough for a report file."""
+    """Write ``obj`` as strict JSON (no NaN), through a temporary file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)

@@ -317,35 +317,20 @@ async def _kind(
     view, device, latencies = on["view"], kind.role == "device", on["lat"]
     plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     floor = view.answer_floor(plan.key)
-    row: dict[str, Any] = {
-        "name": kind.name,
-        "loop": loop,
-        "answered_by": kind.role,
-        "request": kind.request,
-        "checked": kind.checked,
-        "targets": "checked" if kind.checked else "shown only",
-        "n": len(latencies),
-        **simkit.summary(latencies),
-        **simkit.learned_summary(plan.delay),
-        "learned_values": plan.delay.count,
-        "learned_kind": "service" if plan.queued else "latency",
-        "ks_off": simkit.ks(off["lat"], plan.delay),
-        "ks": simkit.ks(latencies, plan.delay),
-        "ks_read_off": simkit.ks(off["read"], plan.delay),
-        "ks_read": simkit.ks(on["read"], plan.delay),
-        "ks_own_off": simkit.ks(off["took"], plan.delay) if off["took"] else None,
-        "ks_own": simkit.ks(on["took"], plan.delay) if on["took"] else None,
-        "ks_asked": simkit.ks(on["asked"], plan.delay) if on["asked"] else None,
-        "ks_random": simkit.ks_random(len(latencies)),
-        **_lateness(on["late"], "late_"),
-        **_lateness(off["late"], "late_off_"),
-        "min_margin_us": min(on["margins"]) * 1e6 if on["margins"] else None,
-        "min_margin_off_us": min(off["margins"]) * 1e6 if off["margins"] else None,
-        "learned_min_ms": floor * 1e3,
-        "min_over_floor_us": (min(on["took"]) - floor) * 1e6 if on["took"] else None,
-        "samples_ms": [x * 1e3 for x in latencies],
-        "learned_ms": [v * 1e3 for v in plan.delay.values],
-    }
+    # KS of: the wire, the read callback, the simulator's own time, the delays asked
+    samples = {"_off": off["lat"], "": on["lat"], "_read_off": off["read"], "_read": on["read"]}
+    samples |= {"_own_off": off["took"], "_own": on["took"], "_asked": on["asked"]}
+    ks = {f"ks{k}": simkit.ks(v, plan.delay) if v else None for k, v in samples.items()}
+    row: dict[str, Any] = {"name": kind.name, "loop": loop, "answered_by": kind.role}
+    row |= {"request": kind.request, "checked": kind.checked, "n": len(latencies)}
+    row |= {"targets": "checked" if kind.checked else "shown only", **simkit.summary(latencies)}
+    row |= {**simkit.learned_figures(plan), **ks, "ks_random": simkit.ks_random(len(latencies))}
+    row |= {**_lateness(on["late"], "late_"), **_lateness(off["late"], "late_off_")}
+    row["min_margin_us"] = min(on["margins"]) * 1e6 if on["margins"] else None
+    row["min_margin_off_us"] = min(off["margins"]) * 1e6 if off["margins"] else None
+    row["learned_min_ms"] = floor * 1e3
+    row["min_over_floor_us"] = (min(on["took"]) - floor) * 1e6 if on["took"] else None
+    row["samples_ms"] = [x * 1e3 for x in latencies]
     row["p99_err_ms"] = row["p99_ms"] - row["learned_p99_ms"]
     row["p99_tol_ms"] = max(P99_REL * row["learned_p99_ms"], P99_ABS_S * 1e3)
     row["p99_ok"] = abs(row["p99_err_ms"]) <= row["p99_tol_ms"]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import CpuMeter, command_summary, lanes, learned_summary
+from cyncsim.tools.bench.simkit import CpuMeter, command_summary, lanes, learned_figures
 
 __all__ = ["SPEC", "TARGET_P99_MS", "TARGET_SUCCESS", "Size", "run"]
 
@@ -46,7 +46,7 @@ SPEC = SuiteSpec(
 
 
 async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[str, Any]:
-    """Row ``name``: ``n`` commands ``repeats`` times (no delay: at time_scale 0, warmed up)."""
+    """``n`` commands ``repeats`` times (no delay: at time_scale 0, after a warm-up)."""
     light, no_delay = name == "light", name == "no delay"
     key, scale = "0x73:f8:f0" if light else "0x73:f8:d0", 0.0 if no_delay else 1.0
     rates, cpu = list[float](), list[float]()
@@ -67,31 +67,22 @@ async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[st
     if no_delay:
         row["cpu_utilisation"] = statistics.median(cpu)
         return row | {"per_s_samples": rates, "repeats": repeats}
-    plan = lane.device.engine.view.split(key).acks[0]  # what the device samples
-    return row | {
-        **learned_summary(plan.delay),
-        "learned_values": plan.delay.count,
-        "learned_kind": "service" if plan.queued else "latency",
-        "ack_timeout_s": lane.transport.ack_timeout_seconds,
-        "max_retries": lane.transport.max_retries,
-        "learned_ms": [v * 1e3 for v in plan.delay.values],
-    }
+    row |= learned_figures(lane.device.engine.view.split(key).acks[0])  # what it samples
+    timeout, retries = lane.transport.ack_timeout_seconds, lane.transport.max_retries
+    return row | {"ack_timeout_s": timeout, "max_retries": retries}
 
 
-async def _run(size: Size, repeats: int, log: Log) -> list[dict[str, Any]]:
+async def _rows(size: Size, repeats: int, log: Log) -> list[dict[str, Any]]:
     log(f"baseline: {size.no_delay:,} toggles x {repeats} with no injected latency")
     no_delay = await _row("no delay", 0, size.no_delay, repeats, log)
     log(f"baseline: {size.learned:,} toggles and {size.learned:,} light commands, learned latency")
-    toggle, light = await asyncio.gather(
-        _row("toggle", 1, size.learned, 1, log), _row("light", 2, size.learned, 1, log)
-    )
-    return [toggle, light, no_delay]
+    rows = (_row(name, i + 1, size.learned, 1, log) for i, name in enumerate(("toggle", "light")))
+    return [*await asyncio.gather(*rows), no_delay]
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     size = SPEC.size(opts)
-    rows = asyncio.run(_run(size, opts.repeats, log))
-    toggle, light, no_delay = rows
+    toggle, light, no_delay = rows = asyncio.run(_rows(size, opts.repeats, log))
     for row in (toggle, light):
         row["vs_learned_p50"] = row["p50_ms"] / row["learned_p50_ms"]
         row["vs_learned_p99"] = row["p99_ms"] / row["learned_p99_ms"]

@@ -16,14 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cyncsim import ChaosConfig, DeviceModel, load_default_model
+from cyncsim.tools.bench import simkit
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import (
-    command_summary,
-    device_view,
-    lanes,
-    learned_summary,
-    loop_health,
-)
 
 __all__ = ["DEFAULT_TIMEOUT", "ROWS", "SPEC", "TIMEOUT_RULE", "Row", "Size", "chaos_config", "run"]
 
@@ -133,43 +127,36 @@ async def _row(row: Row, r: int, size: Size, rule_timeout: float) -> dict[str, A
     kw: dict[str, Any] = {"model": chaos_model(), "time_scale": 1.0, "ack_timeout_seconds": timeout}
     kw |= {"max_retries": row.max_retries, "handshake_timeout_seconds": 60.0}
     chaos = functools.partial(chaos_config, row, commands=size.per_lane)  # by lane number
-    async with lanes(size.lanes, first=r * 100, seed=SEED, chaos=chaos, **kw) as group:
+    async with simkit.lanes(size.lanes, first=r * 100, seed=SEED, chaos=chaos, **kw) as group:
         await asyncio.gather(*(lane.commands(size.per_lane) for lane in group))
     faults = collections.Counter[str]()
     for policy in (lane.device.chaos_policy for lane in group if lane.device.chaos_policy):
         faults.update(policy.fault_counts())
-    return {
-        "name": row.name,
-        "checked": row.checked,
-        "loss": row.loss,
-        **row.faults,
-        "directions": "to_device" if row.commands_only else "both",
-        "ack_timeout_s": timeout,
-        "max_retries": row.max_retries,
-        "lanes": size.lanes,
-        **command_summary(group),
-        "applied": sum(lane.device.state.toggle_count for lane in group),
-        "duplicate_acks": sum(lane.transport.stats.duplicate_acks for lane in group),
-        "faults": dict(faults),
-        "success_target": row.success_target,
-        "p99_target_ms": row.p99_target_ms,
-    }
+    out: dict[str, Any] = {"name": row.name, "checked": row.checked, "loss": row.loss}
+    out |= row.faults
+    out["directions"] = "to_device" if row.commands_only else "both"
+    out |= {"ack_timeout_s": timeout, "max_retries": row.max_retries, "lanes": size.lanes}
+    out |= simkit.command_summary(group)
+    out["applied"] = sum(lane.device.state.toggle_count for lane in group)
+    out["duplicate_acks"] = sum(lane.transport.stats.duplicate_acks for lane in group)
+    targets = {"success_target": row.success_target, "p99_target_ms": row.p99_target_ms}
+    return out | {"faults": dict(faults), **targets}
 
 
-async def _run(size: Size, rule_timeout: float, log: Log) -> tuple[list[dict[str, Any]], Any]:
-    what = f"{len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at once"
-    log(f"chaos: {what} (ack timeout {rule_timeout:.3f} s by the rule)")
-    async with loop_health() as health:
+async def _run(size: Size, rule_timeout: float) -> tuple[list[dict[str, Any]], Any]:
+    async with simkit.loop_health() as health:
         rows = await asyncio.gather(*(_row(r, i, size, rule_timeout) for i, r in enumerate(ROWS)))
     return list(rows), health
 
 
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     size = SPEC.size(opts)
-    sampled = device_view(chaos_model()).split("0x73:f8:d0").acks[0].delay
-    learned = learned_summary(sampled)
+    sampled = simkit.device_view(chaos_model()).split("0x73:f8:d0").acks[0].delay
+    learned = simkit.learned_summary(sampled)
     rule_timeout = TIMEOUT_RULE * sampled.quantile(0.99)
-    rows, health = asyncio.run(_run(size, rule_timeout, log))
+    what = f"{len(ROWS)} rows x {size.lanes} lanes x {size.per_lane} commands, all at once"
+    log(f"chaos: {what} (ack timeout {rule_timeout:.3f} s by the rule)")
+    rows, health = asyncio.run(_run(size, rule_timeout))
     base = rows[0]
     checks: list[Check] = []
     for spec, row in zip(ROWS, rows, strict=True):
@@ -194,10 +181,7 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
     params: dict[str, Any] = {"lanes": size.lanes, "commands_per_lane": size.per_lane, "seed": SEED}
     params |= {"time_scale": 1.0, "model": model, **learned, "ack_timeout_rule_s": rule_timeout}
     params |= {"max_retries": 3, **health}
-    return SPEC.result(opts, title, rows, checks, params, _notes(rows, params))
-
-
-def _notes(rows: list[dict[str, Any]], p: dict[str, Any]) -> list[str]:
+    p = params
     notes = [
         f"device 0x7B (real-cloud variant) p50 {p['learned_p50_ms']:.0f} ms, p99 "
         f"{p['learned_p99_ms']:.0f} ms; {p['cpu_utilisation']:.0%} of a core over "
@@ -206,4 +190,4 @@ def _notes(rows: list[dict[str, Any]], p: dict[str, Any]) -> list[str]:
     for row in (r for r in rows if r["loss"]):  # q: a round trip lost
         q, tries = row["min_retransmit_rate"], row["max_retries"] + 1
         notes.append(f"{row['name']}: expected success 1 - q^{tries} = {1 - q**tries:.2%}")
-    return notes
+    return SPEC.result(opts, title, rows, checks, params, notes)

@@ -56,18 +56,12 @@ async def _row(name: str, time_scale: float, rounds: int) -> dict[str, Any]:
                 for lane, res in zip(group, results, strict=True):
                     lane.results.append(res)
         dist = group[0].device.engine.view.split("0x73:f8:d0").acks[0].delay
-    row: dict[str, Any] = {
-        "name": name,
-        "time_scale": time_scale,
-        "devices": DEVICES,
-        "rounds": rounds,
-        **summary(times, prefix="round_"),
-        **command_summary(group),
-        "retries": sum(res.retry_count for lane in group for res in lane.results),
-        "lock_acquisitions": meter.acquisitions,
-        "lock_held_ms": meter.held_s * 1e3,
-        "round_samples_ms": [t * 1e3 for t in times],
-    }
+    row: dict[str, Any] = {"name": name, "time_scale": time_scale, "devices": DEVICES}
+    row["rounds"] = rounds
+    row |= {**summary(times, prefix="round_"), **command_summary(group)}
+    row["retries"] = sum(res.retry_count for lane in group for res in lane.results)
+    row |= {"lock_acquisitions": meter.acquisitions, "lock_held_ms": meter.held_s * 1e3}
+    row["round_samples_ms"] = [t * 1e3 for t in times]
     if time_scale:
         for key, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
             row[f"expected_round_{key}_ms"] = dist.quantile(q ** (1 / DEVICES)) * time_scale * 1e3

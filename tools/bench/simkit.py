@@ -29,7 +29,8 @@ from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_comma
 
 __all__ = [
     "GRID", "NODE", "Child", "CpuMeter", "Lane", "LockMeter", "command_packet", "command_summary",
-    "device_view", "ks", "ks_random", "lanes", "lateness_monitor", "learned_summary",
+    "device_view", "ks", "ks_random", "lanes", "lateness_monitor", "learned_figures",
+    "learned_summary",
     "loop_health", "loop_lateness", "percentile", "process_cpu_seconds", "process_rss_bytes",
     "rate", "summary",
 ]  # fmt: skip
@@ -57,6 +58,13 @@ def summary(samples: Iterable[float], unit: str = "ms", prefix: str = "") -> dic
 def learned_summary(dist: Distribution) -> dict[str, float]:
     """The same figures (ms) for a learned distribution, keys learned_*."""
     return summary(dist.values, prefix="learned_")
+
+
+def learned_figures(plan: Any) -> dict[str, Any]:
+    """An answer plan's learned delay: its summary (ms), values, kind, the values (ms)."""
+    kind = "service" if plan.queued else "latency"
+    figures = {**learned_summary(plan.delay), "learned_values": plan.delay.count}
+    return figures | {"learned_kind": kind, "learned_ms": [v * 1e3 for v in plan.delay.values]}
 
 
 @functools.cache

@@ -4,6 +4,7 @@
 # interleaved with `python -c pass` (the interpreter's own start).  Target: median < 0.3 s.
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -40,14 +41,6 @@ def cyncsim_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "cyncsim.tools.cli"]
 
 
-def _case(argv: list[str]) -> Case:
-    def verify(code: int) -> None:
-        if code != 0:
-            raise common.fail("startup", f"{' '.join(argv)} exited {code}")
-
-    return (lambda: subprocess.call(argv, stdout=DEVNULL, stderr=DEVNULL)), verify
-
-
 def run(opts: BenchOptions, log: Log) -> SuiteResult:
     runs, cli = SPEC.size(opts), cyncsim_command()
     capture = opts.captures / SMALL_CAPTURE if opts.captures is not None else None
@@ -59,24 +52,24 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
         "cyncsim --help": [*cli, "--help"],
         "cyncsim inspect": [*cli, "inspect", str(capture)],
     }
-    for argv in commands.values():  # once untimed: the files are in the page cache
-        _case(argv)[0]()
+    cases: dict[str, Case] = {
+        name: (
+            functools.partial(subprocess.call, argv, stdout=DEVNULL, stderr=DEVNULL),
+            common.expect("startup", f"{' '.join(argv)} (exit status)", 0),
+        )
+        for name, argv in commands.items()
+    }
+    for call, _ in cases.values():  # once untimed: the files are in the page cache
+        call()
     log(f"startup: {', '.join(commands)}, {runs} runs each, interleaved")
-    timings = common.measure_rounds({n: _case(a) for n, a in commands.items()}, runs, log)
+    timings = common.measure_rounds(cases, runs, log)
     base = timings["python -c pass"].median
-    rows: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "argv": " ".join(Path(a).name if i == 0 or "/" in a else a for i, a in enumerate(argv)),
-            "median_s": t.median,
-            "min_s": min(t.samples),
-            "max_s": max(t.samples),
-            "samples_s": list(t.samples),
-            "vs_baseline": t.median / base,
-            "over_baseline_s": t.median - base,
-        }
-        for (name, argv), t in zip(commands.items(), timings.values(), strict=True)
-    ]
+    rows: list[dict[str, Any]] = []
+    for (name, argv), t in zip(commands.items(), timings.values(), strict=True):
+        shown = " ".join(Path(a).name if i == 0 or "/" in a else a for i, a in enumerate(argv))
+        row = {"name": name, "argv": shown, "median_s": t.median, "min_s": min(t.samples)}
+        row |= {"max_s": max(t.samples), "samples_s": list(t.samples)}
+        rows.append(row | {"vs_baseline": t.median / base, "over_baseline_s": t.median - base})
     checks = [
         Check(f"{r['name']} median", r["median_s"], TARGET_S, "<=", " s", ".3f") for r in rows[1:]
     ]
