@@ -126,7 +126,7 @@ def test_every_registered_suite_loads_and_describes_itself() -> None:
     for name in SUITES:
         module = load_suite(name)
         assert callable(module.run)
-        spec = module.SPEC  # type: ignore[attr-defined]
+        spec = module.SPEC
         assert spec.name == name and spec.columns
         assert spec.full is not None and spec.quick is not None
 

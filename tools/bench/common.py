@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from cyncsim.replay.errors import CyncError
 
@@ -29,8 +29,7 @@ S = TypeVar("S")
 Log = Callable[[str], None]
 Rows = list[dict[str, Any]]
 
-# name -> one-line description; suite NAME is the module cyncsim.tools.bench.NAME_suite,
-# imported only when it runs.  `cyncsim bench all` runs them in this order.
+# suite NAME (module cyncsim.tools.bench.NAME_suite, imported when it runs): description
 _DESCRIPTIONS = {
     "import": "capture reader throughput against dpkt, a struct floor and scapy",
     "baseline": "toggles through ReliableTransport to a simulated device: learned latency, none",
@@ -45,13 +44,9 @@ _DESCRIPTIONS = {
 SUITES = {n: (f"cyncsim.tools.bench.{n}_suite", d) for n, d in _DESCRIPTIONS.items()}
 
 
-class _Suite(Protocol):
-    def run(self, opts: BenchOptions, log: Log) -> SuiteResult: ...
-
-
-def load_suite(name: str) -> _Suite:
-    """The module of suite ``name`` (KeyError for an unregistered name)."""
-    return cast(_Suite, importlib.import_module(SUITES[name][0]))
+def load_suite(name: str) -> Any:
+    """The module of suite ``name``: its ``SPEC`` and ``run(opts, log) -> SuiteResult``."""
+    return importlib.import_module(SUITES[name][0])
 
 
 def fail(suite: str, message: str) -> CyncError:
@@ -80,7 +75,6 @@ class BenchOptions:
     profile: bool = False  # suites that support it add a cProfile summary
 
 
-# ---------------------------------------------------------------------------- timing
 @dataclass(frozen=True, slots=True)
 class Timing:
     """Wall-clock seconds of each repeat of one measurement."""
@@ -124,7 +118,6 @@ def measure_rounds(
     return {name: Timing(tuple(s)) for name, s in samples.items()}
 
 
-# ---------------------------------------------------------------------------- description
 @dataclass(frozen=True, slots=True)
 class Check:
     """One target: ``value`` OP ``target``, OP being ``>=`` or ``<=``."""
@@ -172,7 +165,7 @@ PROFILE_COLUMNS = {
         Column("cum_share", "cumulative", ".1%"),
     ],
 }
-Section = tuple[str, list[Column], Rows]  # an extra table: title, cols, rows
+Section = tuple[str, list[Column], Rows]  # an extra table (title, cols, rows): JSON "details"
 
 
 @dataclass(slots=True)
@@ -185,7 +178,6 @@ class SuiteResult:
     params: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     quick: bool = False
-    # further tables, printed after the checks and kept in the JSON under "details" by title
     sections: list[Section] = field(default_factory=list)
 
     @property
@@ -230,7 +222,6 @@ class SuiteSpec(Generic[S]):
         return SuiteResult(self.name, title, *args)
 
 
-# ---------------------------------------------------------------------------- tables
 def _cell(value: Any, spec: str) -> str:
     """``-`` if missing or non-finite, PASS/FAIL for a bool, numbers in ``spec``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
@@ -288,7 +279,6 @@ def render(result: SuiteResult) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-# ---------------------------------------------------------------------------- profile
 def profile_by_file(fn: Callable[[], object], top: int = 12) -> dict[str, Any]:
     """Run ``fn`` once under cProfile: own-time shares per file and top functions."""
     prof = cProfile.Profile()

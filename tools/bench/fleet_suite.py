@@ -107,7 +107,6 @@ def _gap_probe(
     return observe
 
 
-# ---------------------------------------------------------------------------- controller
 def controller_main(ctl: Connection, time_scale: float, seed: int) -> None:
     """The controller process: ("reset", commands/s), ("stats", t0, t1, idle), "stop"."""
     asyncio.run(_controller(ctl, time_scale, seed))
@@ -203,7 +202,6 @@ async def _controller(ctl: Connection, time_scale: float, seed: int) -> None:
     ctl.send(None)
 
 
-# ---------------------------------------------------------------------------- fleet rows
 def _steal() -> tuple[int, int]:
     """(CPU time stolen by the hypervisor, all CPU time) so far, in ticks (Linux)."""
     with contextlib.suppress(OSError, ValueError), open("/proc/stat", encoding="ascii") as f:
@@ -265,30 +263,20 @@ async def _fleet_row(
     ticks = steal1[1] - steal0[1]
     hb = simkit.summary(device or [], prefix="hb_err_")
     hb["hb_err_min_ms"] = min(device or [math.nan]) * 1e3
-    return {
-        "engine": "workers" if workers else "process",
-        "devices": n,
-        "processes": max(workers, 1),
-        "workers": workers,
-        "connected": stats.connected,
-        "connect_s": connect_s,
-        "connect_per_s": n / connect_s,
-        "rss_mb": rss / 2**20,
-        "baseline_rss_mb": rss0 / 2**20,
-        "kib_per_device": (rss - rss0 * max(workers, 1)) / n / 1024,
-        **({"heartbeats": len(device)} if device is not None else {}),
-        **(dict.fromkeys(hb) if device is None else hb),
-        "cpu": sum(cpu) / (t1 - t0),
-        "cpu_max_process": max(cpu) / (t1 - t0),
-        "us_per_device_s": sum(cpu) / (t1 - t0) / n * 1e6,
-        "steal": (steal1[0] - steal0[0]) / ticks if ticks > 0 else math.nan,
-        "packets_in": stats.packets_in,
-        "packets_out": stats.packets_out,
-        **{k: v for k, v in health.items() if k.startswith(("loop_late", "gc_"))},
-    }, (t0, t1)
+    procs, wall = max(workers, 1), t1 - t0
+    row: Row = {"engine": "workers" if workers else "process", "devices": n, "processes": procs}
+    row |= {"workers": workers, "connected": stats.connected, "connect_s": connect_s}
+    row |= {"connect_per_s": n / connect_s, "rss_mb": rss / 2**20, "baseline_rss_mb": rss0 / 2**20}
+    row["kib_per_device"] = (rss - rss0 * procs) / n / 1024
+    row |= {"heartbeats": len(device)} if device is not None else {}
+    row |= dict.fromkeys(hb) if device is None else hb
+    row |= {"cpu": sum(cpu) / wall, "cpu_max_process": max(cpu) / wall}
+    row["us_per_device_s"] = sum(cpu) / wall / n * 1e6
+    row["steal"] = (steal1[0] - steal0[0]) / ticks if ticks > 0 else math.nan
+    row |= {"packets_in": stats.packets_in, "packets_out": stats.packets_out}
+    return row | {k: v for k, v in health.items() if k.startswith(("loop_late", "gc_"))}, (t0, t1)
 
 
-# ---------------------------------------------------------------------------- the suite
 def _plan(size: Size) -> list[tuple[str, int, int, float, float]]:
     """(name, devices, workers (-K: ray), time scale, commands/s) of each row."""
     ts, cores, wd = size.time_scale, len(os.sched_getaffinity(0)), size.worker_devices
@@ -371,11 +359,8 @@ def run(opts: BenchOptions, log: Log) -> SuiteResult:
             r["connect_speedup"] = r["connect_per_s"] / base["connect_per_s"]
             r["busiest_vs_one"] = r["cpu_max_process"] / base["cpu_max_process"]
             r["ctrl_err_p99_vs_one"] = r["ctrl_err_p99_ms"] / base["ctrl_err_p99_ms"]
-    notes += [
-        f"{r['name']}: toggles to each device in turn; ack: 0x73 to 0x7B at ctrl"
-        for r in rows
-        if r["engine"] == "commands"
-    ]
+    for r in (r for r in rows if r["engine"] == "commands"):
+        notes.append(f"{r['name']}: toggles to each device in turn; ack: 0x73 to 0x7B at ctrl")
     for r in rows:
         if r.get("steal", 0) > 0.02:
             notes.append(f"{r['name']}: the hypervisor took {r['steal']:.1%} of the CPU")

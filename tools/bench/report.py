@@ -1,10 +1,8 @@
 # docs/performance.md from one `cyncsim bench all --json FILE` run: tables, checks, notes, plots.
 #
-# Strategy: generated blocks between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (a
-# suite, or ``summary``) are rewritten from the JSON with each suite's SPEC columns; the prose
-# around them is kept; a missing block is appended.  The plots (matplotlib, the
-# `cyncsim[report]` extra) each read only their suite's JSON.
-#   python -m cyncsim.tools.bench.report docs/bench.json --doc docs/performance.md --img docs/img
+# Strategy: the blocks between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (a suite,
+# or ``summary``) are rewritten from the JSON with each suite's SPEC columns, the prose around
+# them kept, a missing block appended.  Plots need matplotlib (the `cyncsim[report]` extra).
 from __future__ import annotations
 
 import argparse
@@ -31,7 +29,7 @@ Suite = Mapping[str, Any]
 
 def _columns(name: str, title: str | None, rows: Sequence[Mapping[str, Any]]) -> list[Column]:
     """The SPEC's columns of the suite's table (``title`` None) or an extra table, else a
-    profile's by its rows, else every scalar key of the rows."""
+    profile's, else one per scalar key of the rows."""
     spec = getattr(load_suite(name), "SPEC", None) if name in SUITES else None
     cols = None if spec is None else spec.columns if title is None else spec.details.get(title)
     if cols:
@@ -55,7 +53,6 @@ def _num(value: Any, _: str = "") -> str:
 
 
 def render_block(suite: Suite, image: str | None, command: str) -> str:
-    """The generated markdown of one suite."""
     name, quick = suite["suite"], " (**quick size**)" if suite.get("quick") else ""
     parts = [
         f"*{suite.get('title', '')}*",
@@ -120,7 +117,6 @@ def update_document(text: str, blocks: Mapping[str, str]) -> str:
     return out
 
 
-# ---------------------------------------------------------------------------- plots
 def _pyplot() -> Any:
     require("matplotlib", "the bench report's plots").use("Agg")
     import matplotlib.pyplot as plt
@@ -130,8 +126,7 @@ def _pyplot() -> Any:
 
 def _axes(
     ax: Any, title: str, xlabel: str, ylabel: str, legend: int = 0, grid: str = "both"
-) -> None:
-    """Title, axis labels, a grid, and a legend in font size ``legend`` (0: none)."""
+) -> None:  # a legend in font size ``legend`` (0: none)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis=grid)
@@ -253,7 +248,6 @@ def plot_all(bench: Mapping[str, Any], out: Path) -> dict[str, Path]:
     return {s["suite"]: PLOTS[s["suite"]](s, out) for s in suites}
 
 
-# ---------------------------------------------------------------------------- command
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyncsim.tools.bench.report", description=__doc__)
     p.add_argument("json", type=Path, help="the JSON of `cyncsim bench all --json FILE`")

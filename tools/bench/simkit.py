@@ -40,7 +40,6 @@ GRID = 20_000
 _KEYS = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 
 
-# ---------------------------------------------------------------------------- statistics
 def percentile(values: Sequence[float], q: float) -> float:
     """Quantile ``q`` (0-1) of ``values`` by linear interpolation; NaN when empty."""
     return sorted_quantile(sorted(values), min(max(q, 0.0), 1.0)) if values else math.nan
@@ -98,7 +97,6 @@ def rate(part: int, whole: int) -> float:
     return part / whole if whole else math.nan
 
 
-# ---------------------------------------------------------------------------- lanes
 @dataclass(slots=True)
 class Lane:
     """One simulated device and the transport driving it, one command outstanding."""
@@ -153,18 +151,13 @@ def command_summary(lanes: list[Lane], retransmits: int | None = None) -> dict[s
         retransmits = sum(lane.transport.stats.retransmissions for lane in lanes)
     ok = [r.latency_s for r in results if r.success]
     reasons = collections.Counter(r.reason for r in results if not r.success)
-    return {
-        "commands": len(results),
-        "acked": len(ok),
-        "success": rate(len(ok), len(results)),
-        **summary(ok),
-        "retransmits": retransmits,
-        "retransmit_rate": rate(retransmits, len(results)),
-        "retried_commands": sum(1 for r in results if r.retry_count),
-        "timeouts": reasons.get("timeout", 0),
-        "failures": dict(sorted(reasons.items())),
-        "samples_ms": [x * 1e3 for x in ok],
-    }
+    figures: dict[str, Any] = {"commands": len(results), "acked": len(ok)}
+    figures["success"] = rate(len(ok), len(results))
+    figures |= {**summary(ok), "retransmits": retransmits}
+    figures["retransmit_rate"] = rate(retransmits, len(results))
+    figures["retried_commands"] = sum(1 for r in results if r.retry_count)
+    figures |= {"timeouts": reasons.get("timeout", 0), "failures": dict(sorted(reasons.items()))}
+    return figures | {"samples_ms": [x * 1e3 for x in ok]}
 
 
 def device_view(model: DeviceModel | None = None) -> Any:
@@ -181,7 +174,6 @@ def command_packet(device_id: bytes, number: int, *, light: bool = False) -> byt
     return build_command(device_id, msg_id, cmd).encode()
 
 
-# ---------------------------------------------------------------------------- timers, meters
 async def loop_lateness(
     n: int, low: float, high: float, *, seed: int = 0, sleep: bool = False
 ) -> list[float]:
@@ -269,17 +261,14 @@ async def loop_health() -> AsyncIterator[dict[str, Any]]:
         stop.set()
         late = await monitor
         cpu.stop()
-        figures |= {
-            "gc_collections": len(pauses),
-            "gc_full_collections": sum(1 for g, _ in pauses if g == 2),
-            "gc_longest_ms": max((p for _, p in pauses), default=0.0) * 1e3,
-            "gc_total_ms": sum(p for _, p in pauses) * 1e3,
-            "loop_late_p50_ms": percentile(late, 0.5) * 1e3,
-            "loop_late_p99_ms": percentile(late, 0.99) * 1e3,
-            "loop_late_max_ms": max(late, default=0.0) * 1e3,
-            "cpu_utilisation": cpu.utilisation,
-            "wall_s": cpu.wall_s,
-        }
+        figures["gc_collections"] = len(pauses)
+        figures["gc_full_collections"] = sum(1 for g, _ in pauses if g == 2)
+        figures["gc_longest_ms"] = max((p for _, p in pauses), default=0.0) * 1e3
+        figures["gc_total_ms"] = sum(p for _, p in pauses) * 1e3
+        for key, q in (("p50", 0.5), ("p99", 0.99)):
+            figures[f"loop_late_{key}_ms"] = percentile(late, q) * 1e3
+        figures["loop_late_max_ms"] = max(late, default=0.0) * 1e3
+        figures |= {"cpu_utilisation": cpu.utilisation, "wall_s": cpu.wall_s}
 
 
 class CpuMeter:
@@ -312,7 +301,6 @@ def process_rss_bytes(pid: int | None = None) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------------------- processes
 class Child:
     """A spawned process and its pipe: ``target(ctl, *args)`` sends one "ready" value, answers
     messages (``Child.serve``) until "stop", then sends one last value."""
