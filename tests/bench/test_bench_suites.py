@@ -59,9 +59,11 @@ def test_ks_is_the_distance_to_the_sampled_piecewise_linear_cdf() -> None:
     at_quantiles = [dist.quantile((i + 0.5) / 200) for i in range(200)]
     assert abs(ks(at_quantiles, dist) - 0.5 / 200) <= tol
     assert abs(ks([x * 2 for x in draws], dist, scale=2.0) - ks(draws, dist)) <= tol
-    # a point mass (repeated values) is a jump of the CDF: F(0) = 2/3, F(0.5) = 5/6
+    # repeated values are spread, not a jump (dist.py, Ties): the run 0, 0, 0 is one knot at
+    # rank 0, so the CDF of [0, 0, 0, 1] is linear from 0 to 1 and F(0.5) = 0.5
     tied = Distribution.from_samples([0.0, 0.0, 0.0, 1.0])
-    assert abs(ks([0.5] * 10, tied) - (2 / 3 + 0.5 / 3)) <= tol
+    assert abs(ks([0.5] * 10, tied) - 0.5) <= tol
+    assert abs(ks([0.25, 0.75], tied) - 0.25) <= tol
     assert math.isnan(ks([], dist))
     # the median KS of n random draws is scipy's Kolmogorov distribution
     assert ks_random(300) == scipy.stats.kstwo.ppf(0.5, 300)
