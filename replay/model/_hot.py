@@ -51,12 +51,13 @@ _REPORT_KIND = int(FrameKind.REPORT)
 _GROUP_ANSWER = "0x83:fa:db"  # answers group commands too (see FlowPairer._match)
 _CLOUD_BIT = 1 << 24  # plan codes: sender, type, frame kind, opcode in one int
 
-# A request waiting for its responses: [answered, time, packet], shared by the queues it
-# waits in; in each queue an entry [responses left, arrival time, arrival number, queue
-# depth at arrival, request, echo key, target] (lists: cheaper to make than objects, and
-# one is made per request).  The target, one per flow, request kind and response kind:
-# [responses expected, request key, its _Kind per occurrence (made on the first pair),
-# its _Outstanding (likewise), the answered counter's key].
+# A request waiting for its responses: [answered, time, packet, time of its latest answer
+# or None], shared by the queues it waits in; in each queue an entry [responses left,
+# arrival time, arrival number, queue depth at arrival, request, echo key, target] (lists:
+# cheaper to make than objects, and one is made per request).  The target, one per flow,
+# request kind and response kind: [responses expected, request key, its _Kind per
+# occurrence (made on the first pair), its _Outstanding (likewise), the answered counter's
+# key].
 _LEFT, _TS, _SEQ, _DEPTH, _REQ, _IKEY, _TARGET = range(7)
 _T_TIMES, _T_KEY, _T_KINDS, _T_OUT, _T_ANSWERED = range(5)
 _Entry = list[Any]
@@ -262,7 +263,7 @@ class FlowLearner:
                                         order.popleft()
                                 _pair(ex, n, e, ts, pkt, key, e[_TARGET][_T_TIMES] - left - 1)
             if adds:
-                req = [False, ts, pkt]
+                req = [False, ts, pkt, None]
                 for q, keyof, times, target in adds:
                     order = q.order
                     if order and ts - order[0][_TS] > MAX_WAIT:
@@ -353,6 +354,8 @@ def _pair(state: _FlowState, n: int, e: _Entry, ts: float, pkt: CyncPacket, rk: 
     if not req[0]:
         req[0] = True
         st.answered[target[_T_ANSWERED]] += 1
+    before = req[3]
+    req[3] = ts
     if occ:
         return
     out = target[_T_OUT]
@@ -371,8 +374,13 @@ def _pair(state: _FlowState, n: int, e: _Entry, ts: float, pkt: CyncPacket, rk: 
     svc = out.service
     if svc is not None:
         prev = state.prev.get(rk)
-        start = rq_ts if prev is None or prev < rq_ts else prev
-        svc.values.append(max(0.0, ts - start))
+        if before is None:
+            start = rq_ts if prev is None or prev < rq_ts else prev
+            svc.values.append(max(0.0, ts - start))
+        else:  # a later answer: the work after the request's previous answer left
+            svc.values.append(max(0.0, ts - before))
         if rk == "0x7b":
             state.stalls.add(target[_T_KEY], rq_ts, ts, prev, depth)  # stalls.py
+        elif before is not None:
+            state.stalls.result(rq_ts, before, ts)
         state.prev[rk] = ts

@@ -125,7 +125,7 @@ class Pending:
     """One request waiting for its responses (``expected`` is shared by the requests of a
     kind on a flow: read only)."""
 
-    __slots__ = ("answered", "depth", "expected", "fp", "key", "remaining", "seq")
+    __slots__ = ("answered", "depth", "expected", "fp", "key", "last_answer", "remaining", "seq")
 
     def __init__(
         self,
@@ -142,6 +142,7 @@ class Pending:
         self.remaining = remaining
         self.depth: dict[str, int] = {}  # requests still waiting, at arrival
         self.answered = False
+        self.last_answer: float | None = None  # when its latest answer left
 
 
 class _Queue:

@@ -12,10 +12,13 @@
 #    the pairs for the byte template (template.py; all of them up to TEMPLATE_PAIRS, an
 #    evenly spaced sample of 1,024-2,048 beyond, every 2^k-th pair: a field's role is then
 #    decided on that sample, its agreement known to within about 0.5 % at the 98 %
-#    threshold, and the exemplar is still the first pair), and for device answers the FIFO
-#    service time S_k = t_k - max(arrival_k, t_{k-1}), which separates a command's own
-#    processing time from the time it waited behind others, and the first answer's latency
-#    by queue depth.
+#    threshold, and the exemplar is still the first pair), and for device answers the
+#    service time: for a request's first answer (an ack) the FIFO S_k = t_k - max(arrival_k,
+#    t_{k-1}), which separates a command's own processing time from the time it waited
+#    behind others; for a later answer (an f9 result, a status) the work after the request's
+#    previous answer left, t_k - t_prev (the device acks, works, then sends the result:
+#    docs/fidelity.md); and the first answer's latency by queue depth.  The acks and the
+#    results feed the stall track (stalls.py).
 # 3. At the end, per setup variant (a capture's peer: the real cloud or a local server), the
 #    sources of that variant are summed and each exchange keeps the responses that answer at
 #    least _MIN_SHARE of its answered requests.
@@ -243,6 +246,8 @@ class _FlowState:
         if not req.answered:
             req.answered = True
             st.answered[(rq.sender, req.key)] += 1
+        before = req.last_answer
+        req.last_answer = resp.ts
         if occ:
             return
         kr = (req.key, rk)
@@ -257,10 +262,15 @@ class _FlowState:
         svc = out.service
         if svc is not None:
             prev = self.prev.get(rk)
-            start = rq.ts if prev is None or prev < rq.ts else prev
-            svc.values.append(max(0.0, resp.ts - start))
+            if before is None:
+                start = rq.ts if prev is None or prev < rq.ts else prev
+                svc.values.append(max(0.0, resp.ts - start))
+            else:  # a later answer: the work after the request's previous answer left
+                svc.values.append(max(0.0, resp.ts - before))
             if rk == "0x7b":
                 self.stalls.add(req.key, rq.ts, resp.ts, prev, depth)
+            elif before is not None:  # its result, when its previous answer was its ack
+                self.stalls.result(rq.ts, before, resp.ts)
             self.prev[rk] = resp.ts
 
 
@@ -395,6 +405,8 @@ class ExchangeLearner:
     def finish(self, order: Sequence[Flow] = ()) -> tuple[list[ExchangeModel], dict[str, str]]:
         """The exchanges; ``order``: the flows in the reader's order (default: first packet)."""
         variants = self.variants()
+        for state in self._flows.values():
+            state.stalls.close()  # results not known by now never came
         ranks = {id(f): i for i, f in enumerate(order)}
         grouped: dict[str, _Stats] = {}
         for rank, (src, st) in enumerate(sorted(self._sources.items())):

@@ -15,15 +15,27 @@
 #   * the durations (the stalls' busy gaps), a dist.Distribution;
 #   * the flush: of the commands queued behind a stall, how many left with it (none queued
 #     behind one: a flush, as after every stall of 152132);
-#   * per request kind, the busy service without stalls and flushes (the device's pace).
+#   * per request kind, the busy service without stalls and flushes (the device's pace);
+#   * serial results: a command the device could take (at its arrival, or at the previous
+#     ack when it queued behind it) while an earlier command's result was owed (its ack had
+#     left, its result, the first answer after the ack, had not) either waited: its ack left
+#     at or after that result (toggles in 152132, 4.5-11.7 ms after it: the gap), or ran
+#     ahead: its ack left while a result owed then was still owed (brightness).  Counted per
+#     request kind, each command at most once, stalls and the commands queued behind them
+#     left out (the stall explains their acks; in 152132 their flushes carried owed results
+#     with a gap of 0).  A command whose owed results are not all known yet waits in
+#     ``pending`` until they are (a result that never came within MAX_WAIT was not owed).
+#     What a track keeps is bounded by the commands of the last MAX_WAIT seconds.
 # The idle latency (nothing queued) is the exchange's by_outstanding["0"], learned already.
 # A model without a StallModel (older files, captures without exact flows) has no stalls.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from cyncsim.replay.model._pairing import MAX_WAIT
 from cyncsim.replay.model.dist import Distribution, Samples
 
 __all__ = [
@@ -61,6 +73,8 @@ class StallModel:
     queued: int = 0  # commands queued behind a stall
     flushed: int = 0  # of which left in its flush
     service: dict[str, Distribution] = field(default_factory=dict)  # request key -> busy pace
+    serial: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (waited, ahead)
+    serial_gap: Distribution = field(default_factory=Distribution)  # result -> waiting ack, s
 
     @property
     def episodes(self) -> int:
@@ -87,6 +101,12 @@ class StallModel:
         n = sum(self.served.values())
         return self.episodes / n if n else 0.0
 
+    def wait_p(self, request: str) -> float:
+        """Share of the commands of this kind that arrived while a result was owed whose ack
+        waited for that result (0.0 when none of this kind arrived so)."""
+        waited, ahead = self.serial.get(request, (0, 0))
+        return waited / (waited + ahead) if waited + ahead else 0.0
+
     def merge(self, other: StallModel) -> StallModel:
         """Both as one, as if learned together (counts add, distributions merge)."""
         service = dict(self.service)
@@ -100,6 +120,8 @@ class StallModel:
             self.queued + other.queued,
             self.flushed + other.flushed,
             dict(sorted(service.items())),
+            _add_pairs(self.serial, other.serial),
+            _merge_dist(self.serial_gap, other.serial_gap),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -114,6 +136,10 @@ class StallModel:
         }
         if self.durations:
             out["duration_ms"] = self.durations.summary(1000.0)
+        if self.serial:
+            out["serial"] = {k: list(v) for k, v in self.serial.items()}  # [waited, ahead]
+        if self.serial_gap:
+            out["serial_gap_ms"] = self.serial_gap.summary(1000.0)
         return out
 
     def to_obj(self) -> dict[str, Any]:
@@ -125,6 +151,8 @@ class StallModel:
             "queued": self.queued,
             "flushed": self.flushed,
             "service": {k: d.to_obj() for k, d in sorted(self.service.items())},
+            "serial": {k: list(v) for k, v in sorted(self.serial.items())},
+            "serial_gap": self.serial_gap.to_obj(),
         }
 
     @classmethod
@@ -137,13 +165,17 @@ class StallModel:
             int(obj["queued"]),
             int(obj["flushed"]),
             {str(k): Distribution.from_obj(d) for k, d in obj["service"].items()},
+            # files written before serial results were learned have none
+            {str(k): (int(v[0]), int(v[1])) for k, v in obj.get("serial", {}).items()},
+            Distribution.from_obj(obj["serial_gap"]) if "serial_gap" in obj else Distribution(),
         )
 
 
 class StallSamples:
     """What the learner keeps of one source's (or variant's) stalls while it reads: bounded."""
 
-    __slots__ = ("durations", "flushed", "queued", "served", "service", "stalls")
+    __slots__ = ("ahead", "durations", "flushed", "gap", "queued", "served", "service", "stalls",
+                 "waited")  # fmt: skip
 
     def __init__(self) -> None:
         self.served: dict[str, int] = {}
@@ -152,6 +184,9 @@ class StallSamples:
         self.queued = 0
         self.flushed = 0
         self.service: dict[str, Samples] = {}
+        self.waited: dict[str, int] = {}  # serial results: acks that waited for one owed
+        self.ahead: dict[str, int] = {}  # acks that left while one was still owed
+        self.gap = Samples()  # owed result -> the ack that waited for it, seconds
 
     def track(self) -> StallTrack:
         """The per-flow reader that feeds these samples."""
@@ -168,10 +203,14 @@ class StallSamples:
             if mine is None:
                 self.service[k] = mine = Samples()
             mine.merge(smp)
+        self.waited = _add(self.waited, other.waited)
+        self.ahead = _add(self.ahead, other.ahead)
+        self.gap.merge(other.gap)
 
     def build(self) -> StallModel | None:
-        """The StallModel, or None when no command was ever acked while another waited."""
-        if not self.served:
+        """The StallModel, or None when no command was ever acked while another waited nor
+        arrived while a result was owed."""
+        if not self.served and not self.waited and not self.ahead:
             return None
         return StallModel(
             STALL_GAP_S,
@@ -181,32 +220,64 @@ class StallSamples:
             self.queued,
             self.flushed,
             {k: s.build() for k, s in sorted(self.service.items()) if len(s)},
+            {
+                k: (self.waited.get(k, 0), self.ahead.get(k, 0))
+                for k in sorted({*self.waited, *self.ahead})
+            },
+            self.gap.build() if len(self.gap) else Distribution(),
         )
 
 
-class StallTrack:
-    """One flow's acks, fed in the order they left: classifies each busy gap."""
+class _Command:
+    """A command whose ack left, for the serial results: kept while its result may come
+    (``awaiting``) or while it is not classified yet (``pending``)."""
 
-    __slots__ = ("out", "stall_end")
+    __slots__ = ("ack", "arrival", "n", "request", "start", "unknown", "waited_on")
+
+    def __init__(self, request: str, arrival: float, start: float, ack: float, n: int) -> None:
+        self.request = request
+        self.arrival = arrival
+        self.start = start  # when the device could take it: arrival, or the previous ack
+        self.ack = ack
+        self.n = n  # ack order on the flow
+        self.waited_on: float | None = None  # latest owed result that left by the ack
+        self.unknown = 0  # results owed at ``start`` not known yet
+
+
+class StallTrack:
+    """One flow's acks (``add``) and results (``result``), fed in the order they left:
+    classifies each busy gap, and each command taken while a result was owed."""
+
+    __slots__ = ("acks", "awaiting", "out", "pending", "results", "stall_end")
 
     def __init__(self, out: StallSamples) -> None:
         self.out = out
         self.stall_end: float | None = None  # end of the last stall, while its flush lasts
+        self.acks = 0
+        self.awaiting: deque[_Command] = deque()  # acked, no result yet: in ack order
+        self.results: deque[tuple[float, float]] = deque()  # (result, its command's ack)
+        self.pending: list[_Command] = []  # acked, some owed result not known yet
 
     def add(self, request: str, arrival: float, ack: float, prev: float | None, depth: int) -> None:
         """An ack at ``ack`` to a ``request`` that arrived at ``arrival``; ``prev``: the
         previous ack on the flow (None: the first); ``depth``: acks still owed at arrival."""
-        out = self.out
         if prev is None or arrival >= prev:  # idle: nothing queued in front
             self.stall_end = None
-            return
+            self._serial(request, arrival, arrival, ack, True)
+        else:
+            paced = self._busy(request, arrival, ack, prev, depth)
+            self._serial(request, arrival, prev, ack, paced)
+
+    def _busy(self, request: str, arrival: float, ack: float, prev: float, depth: int) -> bool:
+        """The busy gap of an ack; False when it began a stall or was queued behind one."""
+        out = self.out
         gap = ack - prev
         end = self.stall_end
         if end is not None and arrival < end:  # queued behind a stall
             out.queued += 1
             if gap <= FLUSH_GAP_S:
                 out.flushed += 1
-                return
+                return False
         else:
             self.stall_end = None
         b = backlog_bucket(depth)
@@ -215,11 +286,92 @@ class StallTrack:
             out.stalls[b] = out.stalls.get(b, 0) + 1
             out.durations.add(gap)
             self.stall_end = ack
-            return
+            return False
         smp = out.service.get(request)
         if smp is None:
             smp = out.service[request] = Samples()
         smp.add(max(0.0, gap))
+        return end is None or arrival >= end
+
+    def result(self, arrival: float, prev: float, at: float) -> None:
+        """An answer at ``at`` to the command that arrived at ``arrival``, after its answer at
+        ``prev``: the command's result when ``prev`` was its ack (else not: ignored)."""
+        self._expire(at)
+        for c in self.awaiting:
+            if c.arrival == arrival and c.ack == prev:
+                break
+        else:
+            return
+        self.awaiting.remove(c)
+        self.results.append((at, c.ack))
+        self._known(c, at)
+
+    def close(self) -> None:
+        """The flow ended: results still unknown never came (so were not owed)."""
+        for c in self.pending:
+            self._classify(c, False)
+        self.pending = []
+        self.awaiting.clear()
+        self.results.clear()
+
+    def _serial(self, request: str, arrival: float, start: float, ack: float, count: bool) -> None:
+        """A command the device could take at ``start`` (``count``: classify it)."""
+        self._expire(ack)
+        self.acks += 1
+        cmd = _Command(request, arrival, start, ack, self.acks)
+        if count:
+            for c in self.awaiting:  # acked by ``start``, result not known yet
+                if c.ack > start:
+                    break
+                cmd.unknown += 1
+            for r, ack_c in reversed(self.results):  # the latest owed result that left
+                if r <= start:
+                    break
+                if ack_c <= start:
+                    cmd.waited_on = r
+                    break
+            if cmd.unknown:
+                self.pending.append(cmd)
+            else:
+                self._classify(cmd, False)
+        self.awaiting.append(cmd)
+
+    def _known(self, c: _Command, at: float | None) -> None:
+        """The result of ``c`` left at ``at`` (None: never): the pending commands it was owed
+        to learn whether they waited for it."""
+        if not self.pending:
+            return
+        keep = []
+        for p in self.pending:
+            if c.n < p.n and c.ack <= p.start:
+                p.unknown -= 1
+                if at is not None:
+                    if at > p.ack:  # still owed when p's ack left
+                        self._classify(p, True)
+                        continue
+                    if p.waited_on is None or at > p.waited_on:
+                        p.waited_on = at  # left with p's ack (one write): a gap of 0
+                if not p.unknown:
+                    self._classify(p, False)
+                    continue
+            keep.append(p)
+        self.pending = keep
+
+    def _expire(self, now: float) -> None:
+        """Forget what can no longer be answered (the pairing gives up after MAX_WAIT)."""
+        awaiting, results = self.awaiting, self.results
+        while awaiting and now - awaiting[0].arrival > MAX_WAIT:
+            self._known(awaiting.popleft(), None)
+        while results and now - results[0][0] > MAX_WAIT:
+            results.popleft()
+
+    def _classify(self, c: _Command, ahead: bool) -> None:
+        out = self.out
+        if ahead:
+            out.ahead[c.request] = out.ahead.get(c.request, 0) + 1
+        elif c.waited_on is not None:
+            out.waited[c.request] = out.waited.get(c.request, 0) + 1
+            out.gap.add(c.ack - c.waited_on)
 
 
 def lr_pvalue(cells: list[tuple[int, int]]) -> float:
@@ -262,6 +414,16 @@ def _add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     out = dict(a)
     for k, n in b.items():
         out[k] = out.get(k, 0) + n
+    return dict(sorted(out.items()))
+
+
+def _add_pairs(
+    a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    out = dict(a)
+    for k, (x, y) in b.items():
+        x0, y0 = out.get(k, (0, 0))
+        out[k] = (x0 + x, y0 + y)
     return dict(sorted(out.items()))
 
 
