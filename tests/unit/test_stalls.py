@@ -1,8 +1,8 @@
 # Stall episodes learned from the acks (replay/model/stalls.py): synthetic bursts from a device
 # with known parameters (onset per busy command, possibly by backlog, stall durations, flush,
 # busy pace) go through the real learner (pairing included) and come back within stated
-# tolerances; the numbers of 152132; the model file keeps them, older files load without them,
-# and merging adds them up as importing together does.
+# tolerances; the numbers of 152132 (stalls and serial results); the model file keeps them,
+# older files load without them, and merging adds them up as importing together does.
 from __future__ import annotations
 
 import random
@@ -158,6 +158,19 @@ def test_the_stalls_of_152132() -> None:
     assert got.onset("5+") == pytest.approx(3 / 57)
     assert got.service["0x73:f8:f0"].p50 == pytest.approx(0.0142, abs=5e-4)
     assert all(v < STALL_GAP_S / 5 for v in got.service["0x73:f8:f0"].values)
+
+
+def test_the_serial_results_of_152132() -> None:
+    """docs/fidelity.md: a toggle taken while the previous result was owed got its ack after
+    that result, 4.5-11.7 ms later (6 cases, counting one that arrived 19 ms before its ack);
+    brightness acks ran ahead of owed results (the two that waited left with a result in one
+    write, or 24 ms after it).  Stalls and their flushes are left out."""
+    model = import_captures([str(capture_path("capture_20251107_152132.txt"))])
+    got = model.stalls["local"]
+    assert got.serial == {"0x73:f8:d0": (6, 0), "0x73:f8:f0": (2, 55)}
+    assert got.wait_p("0x73:f8:d0") == 1.0 and got.wait_p("0x73:f8:f0") < 0.05
+    gaps = [round(v * 1000, 1) for v in got.serial_gap.values]
+    assert gaps == [0.0, 4.5, 5.8, 5.9, 7.2, 9.8, 11.7, 24.4]
 
 
 def test_the_model_file_keeps_them_and_older_files_have_none() -> None:
