@@ -11,6 +11,7 @@ import random
 import pytest
 
 from cyncsim.replay.capture import CLOUD, DEVICE, CaptureResult, Flow, FlowPacket
+from cyncsim.replay.capture.model import Sender
 from cyncsim.replay.model import learn_model
 from cyncsim.replay.model.importer import ModelLearner
 from cyncsim.replay.model.learn import ExchangeModel
@@ -27,7 +28,7 @@ from cyncsim.replay.protocol import CyncPacket
 DEV = b"\x64\x57\xe7\xf2"
 TOGGLE, BRIGHTNESS = "0x73:f8:d0", "0x73:f8:f0"
 
-Event = tuple[float, str, CyncPacket]  # (time, sender, packet)
+Event = tuple[float, Sender, CyncPacket]  # (time, sender, packet)
 
 
 class _Device:
