@@ -25,7 +25,9 @@
 #     left out (the stall explains their acks; in 152132 their flushes carried owed results
 #     with a gap of 0).  A command whose owed results are not all known yet waits in
 #     ``pending`` until they are (a result that never came within MAX_WAIT was not owed).
-#     What a track keeps is bounded by the commands of the last MAX_WAIT seconds.
+#     What a track keeps is bounded: the commands of the last MAX_WAIT seconds, at most
+#     SERIAL_KEEP awaiting a result and SERIAL_KEEP pending (the oldest go first, as if
+#     their unknown results never came), so a command costs O(SERIAL_KEEP) at worst.
 # The idle latency (nothing queued) is the exchange's by_outstanding["0"], learned already.
 # A model without a StallModel (older files, captures without exact flows) has no stalls.
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "BUCKETS",
     "FLUSH_GAP_S",
     "LOAD_P",
+    "SERIAL_KEEP",
     "STALL_GAP_S",
     "StallModel",
     "StallSamples",
@@ -56,6 +59,7 @@ STALL_GAP_S = 0.25
 FLUSH_GAP_S = 0.003  # acks this close after a stall's end left in the same write as it
 BUCKETS = ("1-4", "5+")  # backlog at arrival: commands still unacked (busy only)
 LOAD_P = 0.05  # onset per backlog bucket only when a likelihood-ratio test rejects one rate
+SERIAL_KEEP = 64  # commands awaiting a result, and commands pending, kept per flow
 
 
 def backlog_bucket(depth: int) -> str:
@@ -319,11 +323,13 @@ class StallTrack:
         self._expire(ack)
         self.acks += 1
         cmd = _Command(request, arrival, start, ack, self.acks)
+        awaiting = self.awaiting
         if count:
-            for c in self.awaiting:  # acked by ``start``, result not known yet
-                if c.ack > start:
+            cmd.unknown = len(awaiting)  # those acked by ``start``: all but the last few
+            for c in reversed(awaiting):
+                if c.ack <= start:
                     break
-                cmd.unknown += 1
+                cmd.unknown -= 1
             for r, ack_c in reversed(self.results):  # the latest owed result that left
                 if r <= start:
                     break
@@ -332,9 +338,13 @@ class StallTrack:
                     break
             if cmd.unknown:
                 self.pending.append(cmd)
+                if len(self.pending) > SERIAL_KEEP:
+                    self._classify(self.pending.pop(0), False)
             else:
                 self._classify(cmd, False)
-        self.awaiting.append(cmd)
+        awaiting.append(cmd)
+        if len(awaiting) > SERIAL_KEEP:
+            self._known(awaiting.popleft(), None)
 
     def _known(self, c: _Command, at: float | None) -> None:
         """The result of ``c`` left at ``at`` (None: never): the pending commands it was owed
