@@ -61,7 +61,9 @@ class ResponseModel:
     template: Template
     share: float  # fraction of answered requests that got this response
     latency: Distribution  # request -> this response, seconds
-    service: Distribution | None = None  # de-queued processing time (device answers)
+    # device answers: the first de-queued (from max(arrival, the previous of its kind)), a
+    # later one from the request's previous answer (an f9 result: the work after its ack)
+    service: Distribution | None = None
 
 
 @dataclass(slots=True)
