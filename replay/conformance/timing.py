@@ -20,12 +20,13 @@
 # Calibration of the defaults (ks = 0.75, rel = 0.5, alpha = 0.01), by splitting real captures
 # by time at 1/3, 1/2 and 2/3, learning a reference from one part and diffing the other, both
 # ways (kinds with >= 5 samples each side):
-#   capture_20251107_152132.txt (local server): largest slack distance 0.68 (0x73:f8:f0 ->
-#     0x73:f9:f0 service time at the 1/2 split, p = 1e-8: the LED-strip bridge stalls for 1-2 s
-#     on the commands of the second half and writes its answers in batches); its latency gives
-#     0.77 there, which is why device answers are judged on service time.  All other kinds
-#     <= 0.40 (0x83:fa:db -> 0x88, p = 0.03); heartbeat idle 0.29 (plain KS 0.64, p = 0.001:
-#     the idle times drift by 0.5 s around 21 s, well inside the slack).
+#   capture_20251107_152132.txt (local server): largest slack distance 0.40 (0x83:fa:db ->
+#     0x88, p = 0.03); 0x73:f8:f0 -> 0x73:f9:f0 gives 0.38 at the 1/2 and 2/3 splits on its
+#     service time, now timed from the command's own ack (0.68 when it was timed from the
+#     arrival: the LED-strip bridge stalls for 1-2 s on the commands of the second half and
+#     writes its answers in batches); its latency gives 0.77 there, which is why device answers
+#     are judged on service time; heartbeat idle 0.29 (plain KS 0.64, p = 0.001: the idle
+#     times drift by 0.5 s around 21 s, well inside the slack).
 #   capture_20251106_085753.txt (real cloud, mixed connections): 0xd3 -> 0xd8 (324..1465
 #     samples a side) slack distance 0.00-0.01, plain KS 0.05-0.07, p = 0.16-0.25.
 # Defects the default must catch: every latency x5 gives 0.94 on 0xd3 -> 0xd8 (local) and 1.0
@@ -142,22 +143,28 @@ def compare(ref: Distribution, cand: Sequence[float], tol: Tolerance) -> Compari
 
 
 def service_times(samples: Sequence[Sample]) -> dict[int, float]:
-    """FIFO service time of each first response, keyed by id(sample) (exact flows only).
+    """Service time of each first response of its kind, keyed by id(sample) (exact flows).
 
-    A connection answers its requests one after another, so the k-th response of a kind
-    leaves at max(arrival_k, previous response of that kind) + S_k; S_k is the answerer's
-    own time (the learner's definition, replay/model/learn.py ``_service_times``).
+    The learner's definition (replay/model/learn.py ``_FlowState._pair``): a request's first
+    answer (the ack) leaves at max(arrival, the previous answer of that kind) + S; a later
+    answer (the f9 result) is worked on once the request's previous answer has left, so S is
+    its time since that answer.
     """
     chains: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    answers: dict[tuple[str, int], list[tuple[float, int]]] = defaultdict(list)
     for s in samples:
-        if s.exact and s.occurrence == 0:
-            chains[(s.flow, s.response)].append(s)
+        if s.exact:
+            answers[(s.flow, s.request_index)].append((s.ts, s.response_index))
+            if s.occurrence == 0:
+                chains[(s.flow, s.response)].append(s)
     out: dict[int, float] = {}
     for chain in chains.values():
         chain.sort(key=lambda s: (s.ts, s.response_index))
         prev = float("-inf")
         for s in chain:
-            out[id(s)] = round(max(0.0, s.ts - max(s.ts - s.latency, prev)), 9)
+            before = [t for t, i in answers[(s.flow, s.request_index)] if i < s.response_index]
+            start = max(before) if before else max(s.ts - s.latency, prev)
+            out[id(s)] = round(max(0.0, s.ts - start), 9)
             prev = s.ts
     return out
 

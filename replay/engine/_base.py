@@ -66,6 +66,7 @@ class Engine:
         self._free_at: dict[str, float] = {}
         self._counter_out: dict[str, float] = {}  # counter -> departure of its last value
         self._last_out = -INF
+        self._results_until = -INF  # departure of the last later answer (an f9 result) owed
         self._stall_q: StallQueue | None = None  # made on the first stall-aware ack
         self.last_traffic = -INF
         self.connected = False
@@ -99,10 +100,14 @@ class Engine:
     ) -> list[Action]:
         """Render ``plans`` as answers to ``request`` with their departure times.
 
-        Device: response k of a queued kind (acks, results) leaves at max(arrival, the kind's
+        Device: the first answer of a queued kind (the ack) leaves at max(arrival, the kind's
         previous departure) + a service sample, or, for a 0x7B under a learned stall process,
-        as _stalls.StallQueue decides (idle latency, busy pace, stalls and their flushes; the
-        other queued answers to a command queued behind a stall leave in its flush too);
+        as _stalls.StallQueue decides (idle latency, busy pace, stalls and their flushes, and
+        whether it waits for the results still owed to earlier commands); a later queued
+        answer (the f9 result) is worked on once the previous answer to the same request has
+        left: it leaves at that departure + a service sample (learned the same way), never
+        before the previous one of its kind; the queued answers to a command queued behind a
+        stall leave in its flush;
         status reports at arrival + a latency sample;
         an answer learned without a service time (the general 0x7B to an unknown command)
         leaves at arrival + a latency sample, but never before the previous one of its kind.
@@ -118,6 +123,7 @@ class Engine:
         # The hot path of every answer: max() spelt as conditional expressions (not as if
         # statements, which ruff turns back into max() calls), Send made as the tuple it is
         # (tuple.__new__: no Python-level __new__), each a fraction of the call.
+        first = True
         for plan in plans:
             key = plan.key
             if queued and plan.queued:
@@ -126,12 +132,17 @@ class Engine:
                     q = self._stall_q
                     if q is None:
                         q = self._stall_q = StallQueue(self.seeds, self.name)
-                    at = q.depart(plan.stall, key, now, f, self.time_scale)
+                    at = q.depart(plan.stall, key, now, f, self.time_scale, self._results_until)
                 elif self._stall_q is not None and now < self._stall_q.flush_end:
                     at = f if f > prev else prev  # a result queued behind a stall: its flush
-                else:
+                elif first:
                     at = (f if f > now else now) + (self.sample_delay(plan) if scaled else 0.0)
+                else:  # worked on after the previous answer to this request left
+                    at = prev + (self.sample_delay(plan) if scaled else 0.0)
+                    at = f if f > at else at
                 free[key] = at = prev if prev > at else at
+                if not first and at > self._results_until:
+                    self._results_until = at
             else:
                 delay = self.sample_delay(plan) if scaled else 0.0
                 at = now + delay
@@ -147,6 +158,7 @@ class Engine:
                 f = slots.get(counter, -INF)
                 slots[counter] = at = f if f > at else at
             prev = at
+            first = False
             out.append(_new_tuple(Send, (at, tpl.render(request, ctx), key)))
         return out
 
@@ -172,6 +184,7 @@ class Engine:
         self._free_at.clear()
         self._counter_out.clear()
         self._last_out = -INF
+        self._results_until = -INF
         if self._stall_q is not None:
             self._stall_q.reset()
         self.last_traffic = now

@@ -12,6 +12,14 @@
 #     busy pace of its request kind (stalls and flushes taken out of it).
 # The other queued answers (f9 results) to a command queued behind a stall leave in its flush
 # too, right after its ack, as in 152132 (_base.py asks ``flush_end``).
+# Serial results: a command that, when the device could take it (its arrival, or the previous
+# ack when it queued behind one; not in a stall), still finds an earlier command's result
+# owed (the work between an ack and its f9) waits for that result when most commands of its
+# kind did (toggles on the strip bridge: 6 of 6), and leaves a learned gap after it (4.5-11.7
+# ms); otherwise its ack runs ahead (brightness: 55 of 57).  A kind follows its majority,
+# not a coin: the captures split cleanly, and the two brightness acks that waited left
+# within 24 ms of the result, where a drawn wait behind a result with a long work time would
+# pause a burst for seconds, which no capture shows.
 # Every draw is seeded: the onsets from the engine's "engine/<name>/stall" stream, the
 # latencies and durations stratified per (answer key, idle|busy|stall) like the engine's other
 # delays, over "engine/<name>/stall-delay".
@@ -39,6 +47,7 @@ class StallPlan:
     onset: tuple[float, float]  # per backlog bucket (BUCKETS: 1-4, 5+)
     durations: Distribution
     flush: bool
+    gap: Distribution | None = None  # the ack waits for the results owed: this long after
 
 
 def stall_plan(ex: ExchangeModel, stalls: StallModel | None) -> StallPlan | None:
@@ -53,7 +62,8 @@ def stall_plan(ex: ExchangeModel, stalls: StallModel | None) -> StallPlan | None
     onset = (stalls.onset(BUCKETS[0]), stalls.onset(BUCKETS[1]))
     if not stalls.durations:
         onset = (0.0, 0.0)
-    return StallPlan(idle, busy, onset, stalls.durations, stalls.flush)
+    gap = stalls.serial_gap if stalls.serial_gap and stalls.wait_p(ex.request) > 0.5 else None
+    return StallPlan(idle, busy, onset, stalls.durations, stalls.flush, gap)
 
 
 class StallQueue:
@@ -80,14 +90,20 @@ class StallQueue:
             strat = self._strata[which] = StratifiedUniform(self._delays, strata=100)
         return max(0.0, dist.sample(strat))
 
-    def depart(self, plan: StallPlan, key: str, now: float, free: float, scale: float) -> float:
+    def depart(
+        self, plan: StallPlan, key: str, now: float, free: float, scale: float,
+        owed: float = -math.inf,
+    ) -> float:  # fmt: skip
         """Departure of an ack whose command arrived at ``now``; ``free``: the previous ack's
-        departure (-inf: none); ``scale``: the engine's time scale (> 0)."""
+        departure (-inf: none); ``scale``: the engine's time scale (> 0); ``owed``: when the
+        last result owed to an earlier command leaves (-inf: none)."""
         deps = self._deps
         while deps and deps[0] <= now:
             deps.popleft()
         if free <= now:
-            at = now + self._draw(plan.idle, f"{key}/idle") * scale
+            at = self._serial_wait(
+                plan, now, owed, now + self._draw(plan.idle, f"{key}/idle") * scale, scale
+            )
         elif now < self.stall_end and plan.flush:
             at = self.stall_end
         else:
@@ -97,5 +113,17 @@ class StallQueue:
                 self.flush_end = at if plan.flush else -math.inf
             else:
                 at = free + self._draw(plan.busy, f"{key}/busy") * scale
+                at = self._serial_wait(plan, free, owed, at, scale)
         deps.append(at)
+        return at
+
+    def _serial_wait(
+        self, plan: StallPlan, start: float, owed: float, at: float, scale: float
+    ) -> float:
+        """``at``, or later when the ack waits for the results owed at ``start`` (when the
+        device could take the command: its arrival, or the previous ack), as learned."""
+        gap = plan.gap
+        if owed > start and gap is not None:
+            after = owed + self._draw(gap, "serial-gap") * scale
+            return after if after > at else at
         return at

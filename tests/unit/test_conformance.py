@@ -161,8 +161,8 @@ def test_halves_of_a_real_capture_pass_the_default_tolerance(
             judged = [t for t in report.timing if t.verdict != "insufficient" and t.distance]
             worst = max([worst, *(t.distance or 0.0 for t in judged)])
     assert worst < Tolerance().ks
-    if name == LOCAL:  # the strip bridge's stalls in the second half: 0.68, see timing.py
-        assert worst == pytest.approx(0.68, abs=0.01)
+    if name == LOCAL:  # 0x83 fa db -> 0x88 and the f9 results' work times, see timing.py
+        assert worst == pytest.approx(0.40, abs=0.01)
     else:
         assert worst <= 0.02
 
