@@ -381,14 +381,16 @@ class ReliableTransport:
         if isinstance(ack, str):
             return Result(False, ack, retries, loop.time() - start)
         self.stats.acked += 1
+        acked = loop.time() - start
         if waiters.result is None:
-            return Result(True, "acked", retries, loop.time() - start, ack)
+            return Result(True, "acked", retries, acked, ack, ack_latency_s=acked)
         if not await _settled(waiters.result, self.result_timeout_seconds):
-            return Result(False, "result_timeout", retries, loop.time() - start, ack)
+            return Result(False, "result_timeout", retries, loop.time() - start, ack, None, acked)
         res = exchange.result
         if not isinstance(res, CyncPacket):
-            return Result(False, res or "result_timeout", retries, loop.time() - start, ack)
-        return Result(True, "acked", retries, loop.time() - start, ack, res)
+            reason = res or "result_timeout"
+            return Result(False, reason, retries, loop.time() - start, ack, None, acked)
+        return Result(True, "acked", retries, loop.time() - start, ack, res, acked)
 
     async def send_heartbeat(self, timeout: float | None = None) -> Result:  # noqa: ASYNC109
         """Wait for the device's next 0xD3 ping (the dispatcher answers it with 0xD8).

@@ -19,9 +19,10 @@ class Result:
     success: bool
     reason: str  # "acked", "timeout", "not_connected", "reconnecting", "closed", ...
     retry_count: int = 0
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # to the end of the exchange: the ack, or the f9 result waited for
     ack: CyncPacket | None = None
     result: CyncPacket | None = None
+    ack_latency_s: float | None = None  # to the ack, when one came
 
 
 @dataclass(slots=True)

@@ -91,13 +91,14 @@ def test_bench_all_runs_every_suite_and_prints_each(quick_run: tuple[dict[str, A
 def test_baseline_rows(quick_run: tuple[dict[str, Any], str]) -> None:
     suite = _suite(quick_run, "baseline")
     rows = {r["name"]: r for r in suite["rows"]}
-    assert list(rows) == ["toggle", "light", "no delay"]
-    for name in ("toggle", "light"):
+    assert list(rows) == ["toggle", "light", "back to back", "no delay"]
+    for name in ("toggle", "light", "back to back"):
         r = rows[name]
         assert r["commands"] == baseline.SPEC.quick.learned and r["time_scale"] == 1.0
         assert len(r["samples_ms"]) == r["acked"]
         assert r["success"] == r["acked"] / baseline.SPEC.quick.learned
-        assert r["learned_kind"] == "service" and r["learned_values"] == len(r["learned_ms"])
+        kind = "service" if name == "back to back" else "idle latency"
+        assert r["learned_kind"] == kind and r["learned_values"] == len(r["learned_ms"])
         assert math.isclose(r["p99_ms"], percentile(r["samples_ms"], 0.99))
         assert math.isclose(r["vs_learned_p99"], r["p99_ms"] / r["learned_p99_ms"])
         _ordered(r)

@@ -144,7 +144,7 @@ async def test_toggle_acked_with_latency_and_result(make_pair: MakePair) -> None
     t, fake = await make_pair()
     res = await t.send_toggle_command(0x42, True, wait_result=True)
     assert res.success and res.reason == "acked" and res.retry_count == 0
-    assert res.latency_s > 0
+    assert res.ack_latency_s is not None and 0 < res.ack_latency_s <= res.latency_s
     (cmd,) = fake.commands
     assert cmd.device_id == DEV and cmd.msg_id == b"\x00\x01\x00"  # own counter, byte 11 = 0
     assert cmd.frame is not None
@@ -166,6 +166,8 @@ async def test_toggle_acked_with_latency_and_result(make_pair: MakePair) -> None
         fake.commands[1].frame.seq_byte, 0x8004, False
     )
     assert fake.commands[1].msg_id == b"\x00\x02\x00"
+    # without the result, the exchange ends at the ack
+    assert res2.ack_latency_s == res2.latency_s > 0
 
 
 async def test_light_state_encodings(make_pair: MakePair) -> None:

@@ -59,11 +59,13 @@ def learned_summary(dist: Distribution) -> dict[str, float]:
     return summary(dist.values, prefix="learned_")
 
 
-def learned_figures(plan: Any) -> dict[str, Any]:
-    """An answer plan's learned delay: its summary (ms), values, kind, the values (ms)."""
-    kind = "service" if plan.queued else "latency"
-    figures = {**learned_summary(plan.delay), "learned_values": plan.delay.count}
-    return figures | {"learned_kind": kind, "learned_ms": [v * 1e3 for v in plan.delay.values]}
+def learned_figures(plan: Any, idle: Distribution | None = None) -> dict[str, Any]:
+    """An answer plan's learned delay (``idle``: its idle latency instead): its summary (ms),
+    values, kind, the values (ms)."""
+    dist = plan.delay if idle is None else idle
+    kind = "idle latency" if idle is not None else "service" if plan.queued else "latency"
+    figures = {**learned_summary(dist), "learned_values": dist.count}
+    return figures | {"learned_kind": kind, "learned_ms": [v * 1e3 for v in dist.values]}
 
 
 @functools.cache
@@ -105,13 +107,15 @@ class Lane:
     transport: ReliableTransport
     results: list[Result] = field(default_factory=list)
 
-    async def commands(self, n: int, *, light: bool = False) -> None:
-        """``n`` commands, one at a time: toggles (f8 d0) or brightness changes (f8 f0)."""
+    async def commands(self, n: int, *, light: bool = False, wait_result: bool = False) -> None:
+        """``n`` commands, one at a time: toggles (f8 d0) or brightness changes (f8 f0), each
+        sent on the previous one's ack, or on its f9 result (``wait_result``)."""
+        send = self.transport
         for i in range(n):
             if light:
-                res = await self.transport.send_light_state(NODE, brightness=10 + i % 90)
+                res = await send.send_light_state(NODE, 10 + i % 90, wait_result=wait_result)
             else:
-                res = await self.transport.send_toggle_command(NODE, bool(i % 2))
+                res = await send.send_toggle_command(NODE, bool(i % 2), wait_result=wait_result)
             self.results.append(res)
 
 
@@ -145,11 +149,12 @@ async def lanes(
 
 
 def command_summary(lanes: list[Lane], retransmits: int | None = None) -> dict[str, Any]:
-    """Latency of the acknowledged commands, success, retransmissions (default: so far)."""
+    """Latency to the ack of the acknowledged commands, success, retransmissions (default:
+    so far)."""
     results = [r for lane in lanes for r in lane.results]
     if retransmits is None:
         retransmits = sum(lane.transport.stats.retransmissions for lane in lanes)
-    ok = [r.latency_s for r in results if r.success]
+    ok = [r.latency_s if r.ack_latency_s is None else r.ack_latency_s for r in results if r.success]
     reasons = collections.Counter(r.reason for r in results if not r.success)
     figures: dict[str, Any] = {"commands": len(results), "acked": len(ok)}
     figures["success"] = rate(len(ok), len(results))
