@@ -3,9 +3,11 @@
 # Strategy: per exchange a raw WireProbe sends requests one at a time to a cloud or device
 # simulator (time_scale 1.0, all kinds at once) and times each answer in the kernel
 # (SO_TIMESTAMPNS, the wire) and at its read callback, against the distribution the engine
-# samples (KS, p99).  A TimerAudit notes each answer's asked departure against its real write.
-# Every kind runs with lateness compensation off and on at once (same seeds, same load), on
-# two event loops.
+# samples (KS, p99).  A device's next command waits for the previous one's f9 result, so
+# each meets an idle device and is compared with the learned idle latency (a command sent on
+# the ack alone would wait for that result: docs/fidelity.md).  A TimerAudit notes each
+# answer's asked departure against its real write.  Every kind runs with lateness
+# compensation off and on at once (same seeds, same load), on two event loops.
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +28,7 @@ from cyncsim.replay.engine.actions import Send
 from cyncsim.replay.engine.state import firmware_report
 from cyncsim.replay.framer import PacketFramer
 from cyncsim.replay.payloads import StatusReport, build_hello, build_report, build_simple
-from cyncsim.replay.protocol import CyncPacket, exchange_key
+from cyncsim.replay.protocol import CyncPacket, FrameKind, decode_packet, exchange_key
 from cyncsim.simulator._lateness import LoopLateness
 from cyncsim.tools.bench import simkit
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
@@ -261,6 +263,18 @@ def _wants(kind: Kind, request: bytes) -> Callable[[CyncPacket], bool]:
     return lambda p: p.type == _ANSWERS[kind.answer]
 
 
+def _result_of(request: bytes) -> Callable[[CyncPacket], bool]:
+    """What ends a command's exchange: its f9 result (the inner sequence byte echoed)."""
+    frame = getattr(decode_packet(request), "frame", None)
+    seq = frame.seq_byte if frame is not None else None
+
+    def result(p: CyncPacket) -> bool:
+        f = getattr(p, "frame", None)
+        return f is not None and f.kind == FrameKind.RESULT and f.seq_byte == seq
+
+    return result
+
+
 async def _connection(kind: Kind, n: int, seed: int, compensate: bool) -> dict[str, Any]:
     """``n`` requests of ``kind`` on one connection to a simulator of its own: seconds to each
     answer (in the kernel: lat, at the read callback: read), the TimerAudit's figures, the view."""
@@ -288,6 +302,8 @@ async def _connection(kind: Kind, n: int, seed: int, compensate: bool) -> dict[s
                     raise ValueError(f"0x88 does not echo the 0x83's bytes 9-11 ({kind.name})")
                 got["lat"].append(wire)
                 got["read"].append(read)
+                if device:  # the next command meets an idle device
+                    await probe.exchange(b"", _result_of(request))
         finally:
             probe.close()
     finally:
@@ -317,14 +333,17 @@ async def _kind(
     view, device, latencies = on["view"], kind.role == "device", on["lat"]
     plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     floor = view.answer_floor(plan.key)
+    idle = plan.stall.idle if device and plan.stall is not None else None
+    learned = plan.delay if idle is None else idle  # what an idle device samples
     # KS of: the wire, the read callback, the simulator's own time, the delays asked
     samples = {"_off": off["lat"], "": on["lat"], "_read_off": off["read"], "_read": on["read"]}
     samples |= {"_own_off": off["took"], "_own": on["took"], "_asked": on["asked"]}
-    ks = {f"ks{k}": simkit.ks(v, plan.delay) if v else None for k, v in samples.items()}
+    ks = {f"ks{k}": simkit.ks(v, learned) if v else None for k, v in samples.items()}
     row: dict[str, Any] = {"name": kind.name, "loop": loop, "answered_by": kind.role}
     row |= {"request": kind.request, "checked": kind.checked, "n": len(latencies)}
     row |= {"targets": "checked" if kind.checked else "shown only", **simkit.summary(latencies)}
-    row |= {**simkit.learned_figures(plan), **ks, "ks_random": simkit.ks_random(len(latencies))}
+    row |= {**simkit.learned_figures(plan, idle), **ks}
+    row["ks_random"] = simkit.ks_random(len(latencies))
     row |= {**_lateness(on["late"], "late_"), **_lateness(off["late"], "late_off_")}
     row["min_margin_us"] = min(on["margins"]) * 1e6 if on["margins"] else None
     row["min_margin_off_us"] = min(off["margins"]) * 1e6 if off["margins"] else None
