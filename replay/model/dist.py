@@ -2,17 +2,21 @@
 #
 # Strategy: keep the sorted samples; above ``cap`` samples keep ``cap`` evenly spaced order
 # statistics instead (a quantile summary that preserves the tails), plus the true count.
-# Quantiles and sampling both use the same piecewise-linear inverse CDF, so sampling many
-# times reproduces the captured p50/p95/p99.  Pure: the caller passes the random source.
+# ``quantile`` reports the samples' own percentiles (linear between order statistics, as
+# numpy's default); draws use the same piecewise-linear inverse CDF, so sampling many times
+# reproduces the captured p50/p95/p99.  Pure: the caller passes the random source.
 #
 # Ties.  What is kept are times, and times are continuous: equal samples come from the
 # resolution of the stamps (a proxy's one read holding several answers, a log's millisecond
 # stamps, order statistics read from one sketch bucket), not from an atom of the real
-# distribution.  The inverse CDF therefore puts each run of equal values at one knot, at the
-# middle of its ranks (the minimum at rank 0 and the maximum at the last rank, so the range
-# stays [min, max]), and interpolates linearly between knots: a draw never repeats a tied
-# value exactly, where the plain order statistics would give it the weight of a step.
-# Without ties the knots are the order statistics themselves.
+# distribution.  The inverse CDF that draws sample (``inverse_cdf``) therefore puts each run
+# of equal values at one knot, at the middle of its ranks (the minimum at rank 0 and the
+# maximum at the last rank, so the range stays [min, max]), and interpolates linearly
+# between knots: a draw never repeats a tied value exactly, where the plain order statistics
+# would give it the weight of a step.  Without ties the knots are the order statistics
+# themselves, and draws and reported percentiles are one curve; with ties they differ only
+# between the neighbours of a tied run.  ``quantile`` stays the samples' percentile, so a
+# summary of measured values (a diff's candidate p50) says what was measured.
 #
 # Bounded learning and merging.  A distribution of more than ``cap`` samples also carries a
 # LogSketch (sketch.py) of them, so that models can be merged.  Accuracy, stated:
@@ -138,6 +142,13 @@ class Distribution:
         return bool(self.values)
 
     def quantile(self, q: float) -> float:
+        """Percentile ``q`` (0-1) of the samples kept (linear between order statistics)."""
+        if not self.values:
+            raise ValueError("empty distribution")
+        return sorted_quantile(self.values, min(max(q, 0.0), 1.0))
+
+    def inverse_cdf(self, q: float) -> float:
+        """The value a draw of ``q`` (0-1) gives: ``quantile``, with tied runs spread."""
         if not self.values:
             raise ValueError("empty distribution")
         q = min(max(q, 0.0), 1.0)
@@ -158,7 +169,7 @@ class Distribution:
         return _knot_quantile(knots, rng.random())
 
     def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The inverse CDF as (positions 0-1, values): linear between them (module comment)."""
+        """``inverse_cdf`` as (positions 0-1, values): linear between them."""
         vals = self.values
         if self._knots is not None:
             ranks, at = self._knots
