@@ -8,8 +8,9 @@
 #
 # Ties.  What is kept are times, and times are continuous: equal samples come from the
 # resolution of the stamps (a proxy's one read holding several answers, a log's millisecond
-# stamps, order statistics read from one sketch bucket), not from an atom of the real
-# distribution.  The inverse CDF that draws sample (``inverse_cdf``) therefore puts each run
+# stamps, order statistics read from one sketch bucket) or from a batch (requests read
+# together, answered in one write), not from an atom of one request's delay, which is what
+# a draw stands for.  The inverse CDF that draws sample (``inverse_cdf``) therefore puts each run
 # of equal values at one knot, at the middle of its ranks (the minimum at rank 0 and the
 # maximum at the last rank, so the range stays [min, max]), and interpolates linearly
 # between knots: a draw never repeats a tied value exactly, where the plain order statistics

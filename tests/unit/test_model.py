@@ -2,6 +2,7 @@
 # determinism, persistence errors and the shipped default model.
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -140,10 +141,17 @@ def test_sampling_reproduces_captured_quantiles(
     dist = ex.responses[0].latency
     rng = StratifiedUniform(random.Random(1234))
     draws = sorted(dist.sample(rng) for _ in range(10_000))
+    vals, last = dist.values, len(dist.values) - 1
     for q in (0.5, 0.95, 0.99):
         got = draws[int(q * (len(draws) - 1))]
-        want = dist.quantile(q)
+        want = dist.inverse_cdf(q)  # the draws' curve: the captured one, tied runs spread
         assert abs(got - want) <= 0.05 * want, (q, got, want)
+        # and the captured percentile's: within the captured values around it (a tied run
+        # moves the draws only inside the gap to its neighbours: f8 f0's p95 lies in the gap
+        # 1.12 -> 1.75 s, before two pairs of acks flushed together)
+        pos = q * last
+        low, high = vals[max(0, math.floor(pos) - 1)], vals[min(last, math.ceil(pos) + 1)]
+        assert low <= got <= high and low <= dist.quantile(q) <= high, (q, got, low, high)
 
 
 def test_import_is_deterministic() -> None:
