@@ -152,7 +152,9 @@ class Distribution:
         """The value a draw of ``q`` (0-1) gives: ``quantile``, with tied runs spread."""
         if not self.values:
             raise ValueError("empty distribution")
-        q = min(max(q, 0.0), 1.0)
+        return self._at(min(max(q, 0.0), 1.0))
+
+    def _at(self, q: float) -> float:
         knots = self._knots
         return sorted_quantile(self.values, q) if knots is None else _knot_quantile(knots, q)
 
@@ -164,10 +166,7 @@ class Distribution:
         """One draw by inverse CDF; pass a StratifiedUniform for low-variance tails."""
         if len(self.values) == 1:
             return self.values[0]  # no draw taken: a constant leaves the stream as it is
-        knots = self._knots
-        if knots is None:
-            return sorted_quantile(self.values, rng.random())
-        return _knot_quantile(knots, rng.random())
+        return self._at(rng.random())
 
     def knots(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """``inverse_cdf`` as (positions 0-1, values): linear between them."""
