@@ -84,7 +84,7 @@ class AnswerTimes:
     before the request plus the smallest learned delay of the answer's kind (scaled);
     ``call_at`` schedules the connection's timer (the loop's timerfd where it has one)."""
 
-    __slots__ = ("_engine", "_floors", "call_at", "late")
+    __slots__ = ("_engine", "call_at", "late")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine) -> None:
         self.late = LoopLateness.of(loop)
@@ -93,17 +93,12 @@ class AnswerTimes:
             loop.call_at if precise is None else precise.call_at
         )
         self._engine = engine
-        self._floors: dict[str, float] = {}  # answer key -> its floor, scaled
 
     def fire(self, send: Send, now: float) -> float:
         """The timer time of ``send``, asked for at ``now`` (the request's arrival)."""
         at, lead = send.at, self.late.lead
         if at <= now or not lead:
             return at
-        floor = self._floors.get(send.key)
-        if floor is None:
-            engine = self._engine
-            floor = engine.view.answer_floor(send.key) * engine.time_scale
-            self._floors[send.key] = floor
-        fire, low = at - lead, now + floor
+        engine = self._engine  # the view caches the floors; the scale is the engine's now
+        fire, low = at - lead, now + engine.view.answer_floor(send.key) * engine.time_scale
         return fire if fire > low else low if low < at else at
