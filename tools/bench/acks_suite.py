@@ -333,7 +333,7 @@ async def _kind(
     view, device, latencies = on["view"], kind.role == "device", on["lat"]
     plan = view.split(kind.request).acks[0] if device else view.plans(kind.request)[0]
     floor = view.answer_floor(plan.key)
-    idle = plan.stall.idle if device and plan.stall is not None else None
+    idle = simkit.idle_delay(plan) if device else None
     learned = plan.delay if idle is None else idle  # what an idle device samples
     # KS of: the wire, the read callback, the simulator's own time, the delays asked
     samples = {"_off": off["lat"], "": on["lat"], "_read_off": off["read"], "_read": on["read"]}

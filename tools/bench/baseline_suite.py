@@ -15,7 +15,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import CpuMeter, command_summary, lanes, learned_figures
+from cyncsim.tools.bench.simkit import (
+    CpuMeter,
+    command_summary,
+    idle_delay,
+    lanes,
+    learned_figures,
+)
 
 __all__ = ["SPEC", "TARGET_P99_MS", "TARGET_SUCCESS", "Size", "run"]
 
@@ -71,7 +77,7 @@ async def _row(name: str, index: int, n: int, repeats: int, log: Log) -> dict[st
         row["cpu_utilisation"] = statistics.median(cpu)
         return row | {"per_s_samples": rates, "repeats": repeats}
     plan = lane.device.engine.view.split(key).acks[0]  # what it samples: idle, or its pace
-    row |= learned_figures(plan, plan.stall.idle if plan.stall is not None and idle else None)
+    row |= learned_figures(plan, idle_delay(plan) if idle else None)
     timeout, retries = lane.transport.ack_timeout_seconds, lane.transport.max_retries
     return row | {"ack_timeout_s": timeout, "max_retries": retries}
 

@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cyncsim.tools.bench.common import BenchOptions, Check, Column, Log, SuiteResult, SuiteSpec
-from cyncsim.tools.bench.simkit import NODE, LockMeter, command_summary, lanes, summary
+from cyncsim.tools.bench.simkit import (
+    NODE,
+    LockMeter,
+    command_summary,
+    idle_delay,
+    lanes,
+    summary,
+)
 
 __all__ = ["DEVICES", "SPEC", "Size", "run"]
 
@@ -60,7 +67,7 @@ async def _row(name: str, time_scale: float, rounds: int) -> dict[str, Any]:
                 for lane, res in zip(group, results, strict=True):
                     lane.results.append(res)
         plan = group[0].device.engine.view.split("0x73:f8:d0").acks[0]
-        dist = plan.stall.idle if plan.stall is not None else plan.delay
+        dist = idle_delay(plan) or plan.delay
     row: dict[str, Any] = {"name": name, "time_scale": time_scale, "devices": DEVICES}
     row["rounds"] = rounds
     row |= {**summary(times, prefix="round_"), **command_summary(group)}

@@ -29,7 +29,7 @@ from cyncsim.replay.payloads import LightStateCommand, PowerCommand, build_comma
 
 __all__ = [
     "GRID", "NODE", "Child", "CpuMeter", "Lane", "LockMeter", "command_packet", "command_summary",
-    "device_view", "ks", "ks_random", "lanes", "lateness_monitor", "learned_figures",
+    "device_view", "idle_delay", "ks", "ks_random", "lanes", "lateness_monitor", "learned_figures",
     "learned_summary",
     "loop_health", "loop_lateness", "percentile", "process_cpu_seconds", "process_rss_bytes",
     "rate", "summary",
@@ -57,6 +57,12 @@ def summary(samples: Iterable[float], unit: str = "ms", prefix: str = "") -> dic
 def learned_summary(dist: Distribution) -> dict[str, float]:
     """The same figures (ms) for a learned distribution, keys learned_*."""
     return summary(dist.values, prefix="learned_")
+
+
+def idle_delay(plan: Any) -> Distribution | None:
+    """What an idle device draws for a 0x7B ack plan: its stall process's idle latency (None
+    without one: the plan's own delay is drawn)."""
+    return plan.stall.idle if plan.stall is not None else None
 
 
 def learned_figures(plan: Any, idle: Distribution | None = None) -> dict[str, Any]:
